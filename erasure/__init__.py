@@ -1,0 +1,78 @@
+"""erasure: erase concepts from text-to-image diffusion models, measure the erasure,
+and hand back weights that load in diffusers.
+
+    import erasure
+    pipe = erasure.load_pipeline("mini-sd")
+    edited = erasure.erase(pipe, "uce", "circle")
+    edited.save("circle.safetensors")
+    erasure.apply(pipe, "circle.safetensors")
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+import dataclasses
+from pathlib import Path
+
+from .concepts import CONCEPT_TYPES, Concept, check_concept_type, parse_concepts
+from .config import build_config, packaged_overrides, read_yaml
+from .errors import ErasureError
+from .loading import load_pipeline
+from .weights import EditedWeights, apply
+
+__all__ = [
+    "CONCEPT_TYPES",
+    "Concept",
+    "EditedWeights",
+    "ErasureError",
+    "apply",
+    "erase",
+    "load_pipeline",
+    "resolve_config",
+]
+
+
+def resolve_config(method: str, concept_type: str = "object", config=None, **overrides):
+    """The method's config: paper defaults < ``configs/<method>/<concept_type>.yaml`` <
+    ``config`` (a mapping, a YAML path or a config instance) < ``overrides``."""
+    from .methods import get_method
+
+    spec = get_method(method)
+    check_concept_type(concept_type)
+    if isinstance(config, spec.config_class):
+        user = dataclasses.asdict(config)
+    elif isinstance(config, (str, Path)):
+        user = read_yaml(config)
+    else:
+        user = dict(config or {})
+    return build_config(spec.config_class, packaged_overrides(method, concept_type), user, overrides)
+
+
+def erase(pipe, method: str, concepts, concept_type: str = "object", config=None, **overrides) -> EditedWeights:
+    """Erase concepts from a pipeline with one of the registered methods.
+
+    Args:
+        pipe: a pipeline from ``load_pipeline``; it is left unchanged.
+        method: ``"uce"``, ``"esd"``, ``"rece"`` or ``"mace"``.
+        concepts: ``"airplane, car"``, a list of names, or ``Concept`` objects
+            (``"cat->dog"`` maps a concept to a chosen target).
+        concept_type: one of ``CONCEPT_TYPES``; selects ``configs/<method>/<type>.yaml``.
+        config: overrides as a mapping, a YAML file or a config instance.
+        **overrides: individual config fields, applied last.
+
+    Returns:
+        ``EditedWeights``: ``.apply(pipe)``, ``.save(path)``.
+    """
+    from .methods import get_method
+
+    spec = get_method(method)
+    resolved = resolve_config(method, concept_type, config, **overrides)
+    if isinstance(concepts, str):
+        parsed = parse_concepts(concepts)
+    else:
+        concepts = [concepts] if isinstance(concepts, Concept) else concepts
+        parsed = [c if isinstance(c, Concept) else parse_concepts([c])[0] for c in concepts]
+    if not parsed:
+        raise ErasureError("no concepts given: name at least one concept to erase")
+    return spec.erase(pipe, parsed, resolved)

@@ -1,0 +1,205 @@
+"""Model-family adapters: the only place where SD 1.x, SD 2.x and SDXL differ.
+
+Methods never look at the pipeline's class or text encoders; they ask the adapter to
+encode prompts, to list the cross-attention projections, and to predict noise.
+
+- SD 1.x: CLIP ViT-L/14 text encoder (768-d), epsilon prediction.
+- SD 2.x: OpenCLIP ViT-H/14 text encoder (1024-d), tokenizer pads with "!", the 768px
+  models predict ``v`` instead of noise. ``predict_noise`` returns whatever the UNet
+  predicts (its scheduler's ``prediction_type``): every method here combines
+  predictions linearly, which is valid in either parameterisation.
+- SDXL: two text encoders whose penultimate hidden states are concatenated (2048-d),
+  a pooled embedding and "added time ids" as extra UNet conditioning.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .errors import ErasureError
+
+CROSS_ATTENTION = "attn2"
+KEY_VALUE_PROJECTIONS = ("to_k", "to_v")
+
+
+@dataclass
+class PromptEmbeddings:
+    """Text conditioning for a batch of prompts, in the UNet's expected form.
+
+    Attributes:
+        hidden: ``(batch, 77, dim)`` token vectors fed to every cross-attention layer.
+        token_counts: ``(batch,)`` number of real tokens, start and end tokens included.
+        pooled: SDXL's pooled text embedding ``(batch, 1280)``, else ``None``.
+    """
+
+    hidden: torch.Tensor
+    token_counts: torch.Tensor
+    pooled: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return self.hidden.shape[0]
+
+    def repeat(self, times: int) -> "PromptEmbeddings":
+        pooled = None if self.pooled is None else self.pooled.repeat_interleave(times, 0)
+        return PromptEmbeddings(
+            self.hidden.repeat_interleave(times, 0), self.token_counts.repeat_interleave(times, 0), pooled
+        )
+
+    @staticmethod
+    def cat(parts: list["PromptEmbeddings"]) -> "PromptEmbeddings":
+        pooled = None if parts[0].pooled is None else torch.cat([p.pooled for p in parts])
+        return PromptEmbeddings(
+            torch.cat([p.hidden for p in parts]), torch.cat([p.token_counts for p in parts]), pooled
+        )
+
+
+class StableDiffusionAdapter:
+    """SD 1.x (and the base of the other families)."""
+
+    family = "sd1"
+
+    def __init__(self, pipe):
+        self.pipe = pipe
+
+    @property
+    def unet(self) -> nn.Module:
+        return self.pipe.unet
+
+    @property
+    def device(self) -> torch.device:
+        return self.pipe.unet.device
+
+    @property
+    def text_dim(self) -> int:
+        return self.pipe.unet.config.cross_attention_dim
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        """``(channels, height, width)`` of the latents at the model's native resolution."""
+        size = self.pipe.unet.config.sample_size
+        return (self.pipe.unet.config.in_channels, size, size)
+
+    def token_counts(self, prompts: list[str]) -> torch.Tensor:
+        tokens = self.pipe.tokenizer(
+            prompts, padding="max_length", max_length=self.pipe.tokenizer.model_max_length, truncation=True
+        )
+        return torch.tensor([sum(mask) for mask in tokens.attention_mask])
+
+    @torch.no_grad()
+    def encode(self, prompts: list[str] | str) -> PromptEmbeddings:
+        """Encode prompts exactly as the pipeline does for generation."""
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        hidden, _ = self.pipe.encode_prompt(prompts, self.device, 1, False)
+        return PromptEmbeddings(hidden, self.token_counts(prompts))
+
+    def cross_attention_modules(self) -> dict[str, nn.Module]:
+        """Every text cross-attention block of the UNet, by diffusers module name."""
+        modules = {
+            name: module
+            for name, module in self.unet.named_modules()
+            if name.endswith(CROSS_ATTENTION) and hasattr(module, "to_k")
+        }
+        if not modules:
+            raise ErasureError("this UNet has no text cross-attention (attn2) layers: it is not a Stable Diffusion UNet")
+        return modules
+
+    def cross_attention_projections(self) -> dict[str, nn.Linear]:
+        """The key and value projections of every cross-attention block: the matrices the
+        closed-form methods edit (32 in SD 1.x, 140 in SDXL)."""
+        return {
+            f"{name}.{proj}": getattr(module, proj)
+            for name, module in self.cross_attention_modules().items()
+            for proj in KEY_VALUE_PROJECTIONS
+        }
+
+    def cross_attention_weights(self) -> dict[str, torch.Tensor]:
+        """The key/value projection weights under their UNet parameter names (views, not copies)."""
+        return {f"{name}.weight": linear.weight for name, linear in self.cross_attention_projections().items()}
+
+    def encode_in_batches(self, prompts: list[str], batch_size: int = 64):
+        """Yield ``(prompts, PromptEmbeddings)`` chunks: bounded memory for thousands of prompts."""
+        for start in range(0, len(prompts), batch_size):
+            chunk = prompts[start : start + batch_size]
+            yield chunk, self.encode(chunk)
+
+    def _added_conditioning(self, embeddings: PromptEmbeddings, latents: torch.Tensor) -> dict | None:
+        return None
+
+    def predict_noise(
+        self,
+        latents: torch.Tensor,
+        timestep: torch.Tensor | int,
+        cond: PromptEmbeddings,
+        uncond: PromptEmbeddings | None = None,
+        guidance_scale: float = 1.0,
+    ) -> torch.Tensor:
+        """The UNet's prediction, with classifier-free guidance when ``uncond`` is given.
+
+        Gradients flow when the caller enables them (ESD trains through this call).
+        """
+        if uncond is None or guidance_scale == 1.0:
+            return self._unet(latents, timestep, cond)
+        both = PromptEmbeddings.cat([uncond, cond])
+        pred_uncond, pred_cond = self._unet(torch.cat([latents, latents]), timestep, both).chunk(2)
+        return pred_uncond + guidance_scale * (pred_cond - pred_uncond)
+
+    def _unet(self, latents: torch.Tensor, timestep, embeddings: PromptEmbeddings) -> torch.Tensor:
+        if len(embeddings) != latents.shape[0]:
+            embeddings = embeddings.repeat(latents.shape[0] // len(embeddings))
+        hidden = embeddings.hidden.to(self.unet.dtype)
+        added = self._added_conditioning(embeddings, latents)
+        return self.unet(
+            latents.to(self.unet.dtype), timestep, encoder_hidden_states=hidden, added_cond_kwargs=added
+        ).sample
+
+
+class StableDiffusion2Adapter(StableDiffusionAdapter):
+    """SD 2.x: same code path; the differences (1024-d OpenCLIP text encoder, ``"!"``
+    padding, v-prediction) are carried by the pipeline's own components."""
+
+    family = "sd2"
+
+
+class StableDiffusionXLAdapter(StableDiffusionAdapter):
+    """SDXL: two text encoders, a pooled embedding and added time ids."""
+
+    family = "sdxl"
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        size = self.pipe.default_sample_size
+        return (self.pipe.unet.config.in_channels, size, size)
+
+    @torch.no_grad()
+    def encode(self, prompts: list[str] | str) -> PromptEmbeddings:
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        hidden, _, pooled, _ = self.pipe.encode_prompt(
+            prompts, device=self.device, num_images_per_prompt=1, do_classifier_free_guidance=False
+        )
+        return PromptEmbeddings(hidden, self.token_counts(prompts), pooled)
+
+    def _added_conditioning(self, embeddings: PromptEmbeddings, latents: torch.Tensor) -> dict:
+        # Original size, crop offset, target size: the full image, uncropped.
+        height, width = (s * self.pipe.vae_scale_factor for s in latents.shape[-2:])
+        time_ids = torch.tensor([height, width, 0, 0, height, width], dtype=latents.dtype, device=latents.device)
+        return {
+            "text_embeds": embeddings.pooled.to(self.unet.dtype),
+            "time_ids": time_ids.expand(latents.shape[0], -1).to(self.unet.dtype),
+        }
+
+
+def adapter_for(pipe) -> StableDiffusionAdapter:
+    """The adapter for a diffusers Stable Diffusion pipeline of any supported family."""
+    if getattr(pipe, "text_encoder_2", None) is not None:
+        return StableDiffusionXLAdapter(pipe)
+    if getattr(pipe, "unet", None) is None or getattr(pipe, "text_encoder", None) is None:
+        raise ErasureError(
+            f"{type(pipe).__name__} is not a Stable Diffusion pipeline (needs a UNet and a CLIP text encoder)"
+        )
+    # OpenCLIP's tokenizer pads with "!" where OpenAI CLIP's pads with the end token.
+    if pipe.text_encoder.config.hidden_size == 1024 or getattr(pipe.tokenizer, "pad_token", None) == "!":
+        return StableDiffusion2Adapter(pipe)
+    return StableDiffusionAdapter(pipe)

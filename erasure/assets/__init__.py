@@ -1,0 +1,88 @@
+"""Models bundled with the package, trained by the project on the shapes world.
+
+- ``mini-sd``: a diffusers ``StableDiffusionPipeline`` folder (no tokenizer: the real
+  CLIP tokenizer is rebuilt offline by ``erasure.tokenizer.clip_tokenizer``).
+- ``mini-clip``: the vision tower and projections of a ``CLIPModel``; its text tower
+  is mini-sd's ``text_encoder`` (stored once, assembled by ``load_mini_clip``).
+- ``world-classifier``: the shape/colour/style classifier (``erasure.world.classifier``).
+
+Each folder has a README.md model card with its data, training command and accuracy.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+BUNDLED_MODELS = ("mini-sd", "mini-clip", "world-classifier")
+_ROOT = Path(__file__).resolve().parent
+
+
+def bundled_model_path(name: str) -> Path:
+    """Folder of a bundled model.
+
+    Args:
+        name: one of ``BUNDLED_MODELS``.
+    """
+    if name not in BUNDLED_MODELS:
+        raise ValueError(f"unknown bundled model {name!r}; expected one of {BUNDLED_MODELS}")
+    path = _ROOT / name
+    if not path.is_dir():
+        raise FileNotFoundError(f"bundled model {name!r} is missing at {path}; run scripts/build_bundled_models.sh")
+    return path
+
+
+def generation_defaults(name: str = "mini-sd") -> dict:
+    """Recommended ``resolution``, ``num_inference_steps`` and ``guidance_scale``."""
+    return json.loads((bundled_model_path(name) / "erasure_defaults.json").read_text())
+
+
+def load_mini_sd(torch_dtype=None, folder: str | Path | None = None):
+    """The bundled ``StableDiffusionPipeline`` (float32 unless ``torch_dtype`` says).
+
+    The project's general loader is ``erasure.load_pipeline("mini-sd")``; this one is
+    the minimal equivalent, used by the training scripts.
+
+    Args:
+        torch_dtype: dtype of the modules; the files are float16, loaded as float32.
+        folder: a pipeline folder; default: the bundled one.
+    """
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    from ..tokenizer import clip_tokenizer
+
+    pipe = StableDiffusionPipeline.from_pretrained(
+        str(folder or bundled_model_path("mini-sd")),
+        tokenizer=clip_tokenizer(),
+        torch_dtype=torch_dtype or torch.float32,
+        local_files_only=True,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def load_mini_clip(torch_dtype=None, folder: str | Path | None = None, text_folder: str | Path | None = None):
+    """mini-clip as a ``transformers.CLIPModel`` (vision tower + mini-sd's text tower).
+
+    Args:
+        torch_dtype: dtype of the model; float32 by default.
+        folder: the vision/projection folder; default: the bundled ``mini-clip``.
+        text_folder: a ``CLIPTextModel`` folder; default: mini-sd's ``text_encoder``.
+    """
+    import torch
+    from safetensors.torch import load_file
+    from transformers import CLIPConfig, CLIPModel, CLIPTextModel
+
+    folder = Path(folder or bundled_model_path("mini-clip"))
+    text_folder = Path(text_folder or bundled_model_path("mini-sd") / "text_encoder")
+    dtype = torch_dtype or torch.float32
+    config = CLIPConfig.from_pretrained(folder)
+    model = CLIPModel(config)
+    text = CLIPTextModel.from_pretrained(text_folder, torch_dtype=dtype, local_files_only=True)
+    model.text_model.load_state_dict(text.text_model.state_dict())
+    rest = load_file(str(folder / "model.safetensors"))
+    missing, unexpected = model.load_state_dict({k: v.to(dtype) for k, v in rest.items()}, strict=False)
+    if unexpected or any(not k.startswith("text_model.") for k in missing):
+        raise RuntimeError(f"mini-clip weights do not fit: missing {missing}, unexpected {unexpected}")
+    return model.to(dtype).eval()

@@ -1,0 +1,143 @@
+"""``erase``: erase concepts from a Stable Diffusion model and write the changed weights.
+
+    erase --method uce --concepts "airplane" --model mini-sd
+    erase --method esd --concepts "Van Gogh" --concept-type style --config configs/esd/fast.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+import time
+from pathlib import Path
+
+from .concepts import CONCEPT_TYPES, parse_concepts, read_concept_file, slug
+from .errors import ErasureError
+from .weights import export_pipeline
+
+EXPORTS = ("diffusers", "lora")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .methods import METHODS
+
+    parser = argparse.ArgumentParser(
+        prog="erase",
+        description="Erase concepts from a text-to-image diffusion model; writes the changed UNet tensors "
+        "as .safetensors with provenance metadata.",
+    )
+    parser.add_argument("--method", required=True, choices=sorted(METHODS), help="erasure method")
+    parser.add_argument("--concepts", help='comma- or semicolon-separated, e.g. "airplane, car"; "cat->dog" maps')
+    parser.add_argument("--concepts-file", type=Path, help="a text file with one concept per line")
+    parser.add_argument("--concept-type", default="object", choices=CONCEPT_TYPES,
+                        help="selects configs/<method>/<type>.yaml (default: object)")
+    parser.add_argument("--model", default="CompVis/stable-diffusion-v1-4",
+                        help="Hub id, local diffusers folder, single-file .safetensors, or mini-sd (bundled)")
+    parser.add_argument("--config", type=Path, help="YAML of config overrides (applied after the concept-type preset)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one config field, e.g. --set lam=0.1 (repeatable; applied last)")
+    parser.add_argument("--preserve", help="comma-separated prompts/concepts to preserve (methods with a preserve set)")
+    parser.add_argument("--output", type=Path, help="output .safetensors (default: outputs/<method>-<concepts>.safetensors)")
+    parser.add_argument("--export", choices=EXPORTS, action="append", default=[],
+                        help="also write a full diffusers pipeline folder, or a diffusers LoRA (mace)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument("--device", help="cuda, cuda:1, cpu... (default: the GPU if there is one)")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
+                        help="weights dtype (auto: float32 on CPU and for training methods, float16 otherwise)")
+    parser.add_argument("--resume", action="store_true", help="continue a checkpointed run (training methods)")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    try:
+        return run(args)
+    except ErasureError as error:
+        print(f"erase: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("erase: interrupted (training methods keep their last checkpoint; rerun with --resume)", file=sys.stderr)
+        return 130
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from . import resolve_config
+    from .config import parse_override
+    from .loading import load_pipeline
+    from .methods import get_method
+
+    method = get_method(args.method)
+    concepts = _concepts(args)
+    overrides = dict(parse_override(item) for item in args.overrides)
+    if args.preserve is not None:
+        overrides["preserve"] = [p.strip() for p in args.preserve.split(",") if p.strip()]
+    if args.resume:
+        if "resume" not in {f.name for f in dataclasses.fields(method.config_class)}:
+            raise ErasureError(f"--resume applies to methods that train and checkpoint; {args.method} does not")
+        overrides["resume"] = True
+    config = resolve_config(args.method, args.concept_type, args.config, **overrides)
+    output = args.output or Path("outputs") / f"{args.method}-{slug(concepts)}.safetensors"
+    _check_outputs(output, args)
+
+    torch.manual_seed(args.seed)
+    started = time.perf_counter()
+    # Training needs float32 master weights; closed-form methods solve in float64 anyway.
+    dtype = "float32" if args.dtype == "auto" and method.trains else args.dtype
+    pipe = load_pipeline(args.model, device=args.device, dtype=dtype)
+    loaded = time.perf_counter()
+    edited = method.erase(pipe, concepts, config)
+    erased = time.perf_counter()
+    edited.save(output, overwrite=args.overwrite)
+    exports = [_export(kind, edited, pipe, output, args.overwrite) for kind in args.export]
+
+    total = sum(p.numel() for p in pipe.unet.parameters())
+    changed = sum(t.numel() for t in edited.tensors.values())
+    names = ", ".join(str(c) for c in concepts[:5]) + (f" and {len(concepts) - 5} more" if len(concepts) > 5 else "")
+    print(
+        f"erased {len(concepts)} concept(s) ({names}) with {args.method}: changed {len(edited.tensors)} UNet tensors "
+        f"({changed / 1e6:.2f}M of {total / 1e6:.1f}M parameters) in {erased - loaded:.1f} s "
+        f"(load {loaded - started:.1f} s) -> {output}" + "".join(f", {e}" for e in exports)
+    )
+    return 0
+
+
+def _concepts(args):
+    if bool(args.concepts is not None) == bool(args.concepts_file is not None):
+        raise ErasureError("give the concepts with either --concepts or --concepts-file (exactly one)")
+    return read_concept_file(args.concepts_file) if args.concepts_file else parse_concepts(args.concepts)
+
+
+def _check_outputs(output: Path, args) -> None:
+    if output.suffix != ".safetensors":
+        raise ErasureError(f"--output {output}: the weights file must end in .safetensors")
+    for path in [output] + [_export_path(kind, output) for kind in args.export]:
+        if path.exists() and not args.overwrite:
+            raise ErasureError(f"{path} already exists: pass --overwrite to replace it")
+    if "lora" in args.export and args.method != "mace":
+        raise ErasureError("--export lora is available for --method mace (its edit is a low-rank update)")
+
+
+def _export_path(kind: str, output: Path) -> Path:
+    suffix = {"diffusers": "-diffusers", "lora": "-lora.safetensors"}[kind]
+    return output.with_name(output.stem + suffix)
+
+
+def _export(kind: str, edited, pipe, output: Path, overwrite: bool) -> str:
+    path = _export_path(kind, output)
+    if kind == "diffusers":
+        export_pipeline(edited, pipe, path, overwrite)
+        return f"pipeline folder {path}"
+    from .lora_export import export_lora
+
+    report = export_lora(edited, path, overwrite=overwrite)
+    return f"LoRA {path} (rank {report['rank']}, relative error {report['relative_error']:.2e})"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

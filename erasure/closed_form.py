@@ -1,0 +1,111 @@
+"""The regularised least-squares edit of cross-attention projections, shared by UCE,
+RECE and MACE (stages 1 and 3).
+
+Every cross-attention key/value projection ``W_l`` reads the same token vectors ``e``,
+so all the objectives have the form
+
+    W_l* = argmin  lam ||W - A_l||^2 + sum_k s_k sum_i ||W e_ki - M_kl e'_ki||^2
+
+whose solution is
+
+    W_l* = [ lam A_l + sum_k s_k M_kl C_k ] @ [ lam I + sum_k s_k G_k ]^-1,
+    G_k = sum_i e_ki e_ki^T,   C_k = sum_i e'_ki e_ki^T.
+
+The Gram matrices ``G_k, C_k`` live in text space (dim x dim) and do not depend on the
+layer, so they are streamed once over any number of prompts (memory stays
+``O(dim^2)`` per term, however many concepts or captions), and one linear system with
+all layers as right-hand sides gives every new projection at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+SOLVE_DTYPE = torch.float64
+
+
+class GramAccumulator:
+    """Streams ``G = sum w e e^T`` and ``C = sum w e' e^T`` over batches of token vectors."""
+
+    def __init__(self, dim: int, device: torch.device | str = "cpu"):
+        self.keys = torch.zeros(dim, dim, dtype=SOLVE_DTYPE, device=device)
+        self.cross = torch.zeros(dim, dim, dtype=SOLVE_DTYPE, device=device)
+        self.count = 0
+
+    def add(self, keys: torch.Tensor, sources: torch.Tensor | None = None, weight: float = 1.0) -> None:
+        """Add token vectors.
+
+        Args:
+            keys: ``(n, dim)`` vectors ``e`` whose outputs are constrained.
+            sources: ``(n, dim)`` vectors ``e'`` whose current outputs ``M e'`` the keys
+                should map to; ``None`` means the keys themselves (preservation).
+            weight: per-batch weight (e.g. MACE's domain weight ``w``).
+        """
+        keys = keys.reshape(-1, keys.shape[-1]).to(self.keys.device, SOLVE_DTYPE)
+        sources = keys if sources is None else sources.reshape(keys.shape).to(self.keys.device, SOLVE_DTYPE)
+        self.keys += weight * keys.T @ keys
+        self.cross += weight * sources.T @ keys
+        self.count += keys.shape[0]
+
+
+@dataclass
+class MappingTerm:
+    """One ``s_k sum_i ||W e_ki - M_kl e'_ki||^2`` term of the objective.
+
+    Attributes:
+        targets: per projection name, the matrix ``M_kl`` whose outputs are the targets
+            (the original weights for UCE's "replace"; a LoRA-updated weight in MACE's fusion).
+        grams: the streamed ``G_k`` and ``C_k``.
+        scale: ``s_k``.
+    """
+
+    targets: dict[str, torch.Tensor]
+    grams: GramAccumulator
+    scale: float = 1.0
+
+
+def solve_projections(
+    anchors: dict[str, torch.Tensor], lam: float, terms: list[MappingTerm]
+) -> dict[str, torch.Tensor]:
+    """New weights for every projection in ``anchors``, from one symmetric solve.
+
+    Args:
+        anchors: ``A_l`` per projection name (``(out, dim)`` each; ``out`` may differ).
+        lam: the weight of staying near the anchor; ``0`` is allowed when the Gram sum
+            is full rank (MACE's explicit-content setting).
+        terms: the mapping and preservation terms.
+
+    Returns:
+        The new weights, same names, shapes, dtypes and devices as the anchors.
+    """
+    names = list(anchors)
+    dim = anchors[names[0]].shape[1]
+    device = terms[0].grams.keys.device if terms else anchors[names[0]].device
+    lhs = lam * torch.eye(dim, dtype=SOLVE_DTYPE, device=device)
+    for term in terms:
+        lhs += term.scale * term.grams.keys
+    # rhs_l^T = lam A_l^T + sum_k s_k C_k^T M_kl^T, stacked side by side for one solve.
+    rhs = []
+    for name in names:
+        block = lam * anchors[name].to(device, SOLVE_DTYPE).T
+        for term in terms:
+            block = block + term.scale * term.grams.cross.T @ term.targets[name].to(device, SOLVE_DTYPE).T
+        rhs.append(block)
+    solution = _solve_symmetric(lhs, torch.cat(rhs, dim=1))
+    new, start = {}, 0
+    for name, block in zip(names, rhs):
+        out = block.shape[1]
+        new[name] = solution[:, start : start + out].T.to(anchors[name].device, anchors[name].dtype).contiguous()
+        start += out
+    return new
+
+
+def _solve_symmetric(lhs: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    """Cholesky when positive definite (the usual case, lam > 0), least squares otherwise."""
+    factor, info = torch.linalg.cholesky_ex(lhs)
+    if int(info) == 0:
+        return torch.cholesky_solve(rhs, factor)
+    # Singular Gram sum (lam = 0 with few tokens): the minimum-norm solution.
+    return torch.linalg.lstsq(lhs.cpu(), rhs.cpu(), driver="gelsd").solution.to(lhs.device)

@@ -1,0 +1,158 @@
+"""One loader for every Stable Diffusion this toolkit edits.
+
+``load_pipeline`` takes a Hub id, a local diffusers folder, a single-file
+``.safetensors`` checkpoint, or the name of a bundled model (``"mini-sd"``) and returns
+a diffusers pipeline on the chosen device and dtype.
+
+The safety checker is always off: this is a research tool for measuring what a model
+generates, and the checker would blank the very images the evaluation must score.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+from .errors import ErasureError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "CompVis/stable-diffusion-v1-4"
+ASSETS = Path(__file__).parent / "assets"
+BUNDLED_MODELS = ("mini-sd",)
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """fp32 on the CPU; fp16 on a GPU (the checkpoints' own precision); or as asked."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in (None, "auto"):
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if dtype not in _DTYPES:
+        raise ErasureError(f"unknown dtype {dtype!r}: use one of float32, float16, bfloat16")
+    return _DTYPES[dtype]
+
+
+def bundled_model_path(name: str) -> Path:
+    """The folder of a model shipped inside the package."""
+    path = ASSETS / name
+    if not (path / "model_index.json").is_file():
+        raise ErasureError(f"bundled model {name!r} is missing from {ASSETS}: reinstall erasure")
+    return path
+
+
+def load_pipeline(
+    model: str | os.PathLike = DEFAULT_MODEL,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+):
+    """Load a Stable Diffusion 1.x, 2.x or SDXL pipeline, safety checker off.
+
+    Args:
+        model: a Hub id (``"CompVis/stable-diffusion-v1-4"``), a local diffusers folder,
+            a single-file ``.safetensors`` checkpoint, or ``"mini-sd"`` (bundled).
+        device: ``"cuda"``, ``"cpu"``...; default: the GPU if there is one.
+        dtype: ``"float32"``, ``"float16"``, ``"bfloat16"`` or ``"auto"`` (fp16 on GPU, fp32 on CPU).
+
+    Returns:
+        A diffusers pipeline whose ``name_or_path`` is ``model``.
+    """
+    device = torch.device(device) if device is not None else default_device()
+    torch_dtype = resolve_dtype(dtype, device)
+    name = str(model)
+    if name in BUNDLED_MODELS:
+        pipe = _from_folder(bundled_model_path(name), torch_dtype)
+    elif os.path.isdir(name):
+        pipe = _from_folder(Path(name), torch_dtype)
+    elif os.path.isfile(name):
+        pipe = _from_single_file(Path(name), torch_dtype)
+    elif name.endswith((".safetensors", ".ckpt", ".pt", ".bin")) or name.startswith((".", "/", "~")):
+        raise ErasureError(f"model file or folder {name!r} not found: check the path")
+    else:
+        pipe = _from_hub(name, torch_dtype)
+    pipe.register_to_config(_name_or_path=name)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def _no_safety_checker(pipeline_class) -> dict:
+    if "safety_checker" in getattr(pipeline_class, "_optional_components", []):
+        return {"safety_checker": None, "requires_safety_checker": False}
+    return {}
+
+
+def _from_folder(path: Path, torch_dtype: torch.dtype):
+    from diffusers import DiffusionPipeline
+
+    if not (path / "model_index.json").is_file():
+        raise ErasureError(f"{path} is not a diffusers pipeline folder (no model_index.json)")
+    extra = {}
+    if not (path / "tokenizer").is_dir():
+        # Bundled models carry no 3.6 MB tokenizer copy: it is the real CLIP one, built offline.
+        from .tokenizer import clip_tokenizer
+
+        extra["tokenizer"] = clip_tokenizer()
+    pipeline_class = _pipeline_class(path)
+    try:
+        return pipeline_class.from_pretrained(
+            str(path), torch_dtype=torch_dtype, local_files_only=True, use_safetensors=True,
+            **extra, **_no_safety_checker(pipeline_class),
+        )
+    except (OSError, ValueError, EnvironmentError) as error:
+        raise ErasureError(f"could not load the pipeline in {path}: {str(error).splitlines()[0]}") from None
+
+
+def _pipeline_class(path: Path):
+    import json
+
+    import diffusers
+
+    class_name = json.loads((path / "model_index.json").read_text()).get("_class_name", "StableDiffusionPipeline")
+    return getattr(diffusers, class_name, diffusers.DiffusionPipeline)
+
+
+def _from_single_file(path: Path, torch_dtype: torch.dtype):
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    from safetensors import safe_open
+
+    if path.suffix != ".safetensors":
+        raise ErasureError(
+            f"{path}: only .safetensors checkpoints are loaded (pickled {path.suffix} files can run code); "
+            "convert it to .safetensors first"
+        )
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            is_sdxl = any(key.startswith("conditioner.embedders.1.") for key in handle.keys())
+    except Exception as error:  # safetensors raises several types for damaged files
+        raise ErasureError(f"{path} is not a readable .safetensors checkpoint ({error})") from None
+    pipeline_class = StableDiffusionXLPipeline if is_sdxl else StableDiffusionPipeline
+    try:
+        return pipeline_class.from_single_file(str(path), torch_dtype=torch_dtype, **_no_safety_checker(pipeline_class))
+    except (OSError, ValueError) as error:
+        raise ErasureError(
+            f"could not load single-file checkpoint {path} ({str(error).splitlines()[0]}); its configs come from "
+            "the Hub, so offline pass a diffusers folder instead"
+        ) from None
+
+
+def _from_hub(model_id: str, torch_dtype: torch.dtype):
+    from diffusers import DiffusionPipeline
+
+    try:
+        return DiffusionPipeline.from_pretrained(
+            model_id, torch_dtype=torch_dtype, use_safetensors=True, safety_checker=None, requires_safety_checker=False
+        )
+    except (OSError, ValueError) as error:
+        raise ErasureError(
+            f"model {model_id!r} could not be loaded from the Hugging Face Hub or its cache "
+            f"({str(error).splitlines()[0][:160]}): check the id, log in for gated models, or pass a local folder"
+        ) from None
