@@ -125,6 +125,11 @@ class StableDiffusionAdapter:
             chunk = prompts[start : start + batch_size]
             yield chunk, self.encode(chunk)
 
+    def pipeline_inputs(self, cond: PromptEmbeddings, uncond: PromptEmbeddings) -> dict:
+        """Keyword arguments that make ``pipe(...)`` generate from embeddings instead of prompts
+        (used to generate from adversarial embeddings)."""
+        return {"prompt_embeds": cond.hidden, "negative_prompt_embeds": uncond.hidden}
+
     def _added_conditioning(self, embeddings: PromptEmbeddings, latents: torch.Tensor) -> dict | None:
         return None
 
@@ -180,6 +185,13 @@ class StableDiffusionXLAdapter(StableDiffusionAdapter):
             prompts, device=self.device, num_images_per_prompt=1, do_classifier_free_guidance=False
         )
         return PromptEmbeddings(hidden, self.token_counts(prompts), pooled)
+
+    def pipeline_inputs(self, cond: PromptEmbeddings, uncond: PromptEmbeddings) -> dict:
+        return {
+            **super().pipeline_inputs(cond, uncond),
+            "pooled_prompt_embeds": cond.pooled,
+            "negative_pooled_prompt_embeds": uncond.pooled,
+        }
 
     def _added_conditioning(self, embeddings: PromptEmbeddings, latents: torch.Tensor) -> dict:
         # Original size, crop offset, target size: the full image, uncropped.

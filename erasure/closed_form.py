@@ -109,3 +109,35 @@ def _solve_symmetric(lhs: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
         return torch.cholesky_solve(rhs, factor)
     # Singular Gram sum (lam = 0 with few tokens): the minimum-norm solution.
     return torch.linalg.lstsq(lhs.cpu(), rhs.cpu(), driver="gelsd").solution.to(lhs.device)
+
+
+def adversarial_embedding(
+    current: dict[str, torch.Tensor], original: dict[str, torch.Tensor], tokens: torch.Tensor, reg: float
+) -> torch.Tensor:
+    """The token vectors that make the edited projections reproduce the original ones.
+
+    RECE (Gong et al., ECCV 2024, Eq. 6), shared over all projections ``l``:
+
+        c' = argmin_c'  sum_l ||W'_l c' - W0_l c||^2 + reg ||c'||^2
+           = (reg I + sum_l W'_l^T W'_l)^-1 (sum_l W'_l^T W0_l) c
+
+    Args:
+        current: edited weights ``W'_l`` by name.
+        original: original weights ``W0_l`` under the same names.
+        tokens: ``(n, dim)`` vectors ``c`` (e.g. the 77 token vectors of a concept prompt).
+        reg: ``reg``; larger keeps ``c'`` small and limits collateral damage.
+
+    Returns:
+        ``(n, dim)`` adversarial vectors, in the dtype and device of ``tokens``.
+    """
+    device = tokens.device
+    dim = tokens.shape[-1]
+    gram = reg * torch.eye(dim, dtype=SOLVE_DTYPE, device=device)
+    cross = torch.zeros(dim, dim, dtype=SOLVE_DTYPE, device=device)
+    for name, edited in current.items():
+        edited = edited.to(device, SOLVE_DTYPE)
+        gram += edited.T @ edited
+        cross += edited.T @ original[name].to(device, SOLVE_DTYPE)
+    # Rows: c'^T = c^T cross^T gram^-1 (gram is symmetric).
+    solution = _solve_symmetric(gram, cross @ tokens.to(SOLVE_DTYPE).T)
+    return solution.T.to(tokens.dtype)

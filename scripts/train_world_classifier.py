@@ -29,7 +29,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="torch seed (initialisation, batches, augmentation)")
     p.add_argument("--train-size", type=int, default=40000, help="training scenes (TRAIN_SEED)")
     p.add_argument("--eval-size", type=int, default=4000, help="held-out scenes (HELD_OUT_SEED)")
-    p.add_argument("--steps", type=int, default=1200)
+    p.add_argument("--steps", type=int, default=600)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--threads", type=int, default=2)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,7 +123,9 @@ def load_prompt_set(spec: str | os.PathLike | PromptSet, limit: int | None = Non
     """
     if isinstance(spec, PromptSet):
         return spec.limited(limit)
-    return read_prompt_csv(resolve_prompt_path(spec)).limited(limit)
+    path = resolve_prompt_path(spec)
+    name = None if Path(str(spec)).expanduser().is_file() else str(spec)  # "shapes/circle", "i2p"
+    return read_prompt_csv(path, name=name).limited(limit)
 
 
 def resolve_prompt_path(spec: str | os.PathLike) -> Path:
@@ -142,16 +145,12 @@ def resolve_prompt_path(spec: str | os.PathLike) -> Path:
     bundled = bundled_prompt_path(text)
     if bundled is not None:
         return bundled
-    if path.suffix == ".csv" or os.sep in text and not _looks_bundled(text):
+    if path.suffix == ".csv" or text.startswith((".", "/", "~")):
         raise ErasureError(f"prompt file {text} not found: check the path")
     raise ErasureError(
-        f"unknown prompt set {text!r}: pass a CSV file, one of the bundled sets ({', '.join(list_bundled_sets()[:6])}, ...; "
-        f"see erase-eval --list-prompts), or {', '.join(REMOTE_SETS)}"
+        f"unknown prompt set {text!r}: pass a CSV file, a bundled set (erase-eval --list-prompts lists them), "
+        f"{', '.join(REMOTE_SETS)}, or hf://datasets/OWNER/REPO/FILE.csv"
     )
-
-
-def _looks_bundled(text: str) -> bool:
-    return text.count("/") == 1 and not text.startswith((".", "/", "~"))
 
 
 def bundled_prompts_dir() -> Path | None:
@@ -210,7 +209,7 @@ def read_prompt_csv(path: str | os.PathLike, name: str | None = None) -> PromptS
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise ErasureError(f"{path} is not UTF-8 text: save it as a UTF-8 CSV") from None
-    reader = csv.DictReader(text.splitlines(keepends=True))
+    reader = csv.DictReader(io.StringIO(text, newline=""))
     header = [h.strip() for h in (reader.fieldnames or [])]
     if "prompt" not in header:
         shown = ", ".join(h for h in header if h) or "none"
@@ -272,8 +271,6 @@ def _parse_guidance(text: str, path: Path, line: int) -> float | None:
 
 def write_prompt_csv(path: str | os.PathLike, rows: list[dict], columns: list[str]) -> None:
     """Write rows (dicts) as a CSV with the given columns, atomically."""
-    import io
-
     from ..weights import atomic_write
 
     buffer = io.StringIO()

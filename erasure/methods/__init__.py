@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ..errors import ErasureError
-from . import esd, uce
+from . import esd, mace, rece, uce
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,8 @@ class Method:
 METHODS: dict[str, Method] = {
     "uce": Method("uce", uce.UCEConfig, uce.erase, trains=False),
     "esd": Method("esd", esd.ESDConfig, esd.erase, trains=True),
+    "mace": Method("mace", mace.MACEConfig, mace.erase, trains=True),
+    "rece": Method("rece", rece.RECEConfig, rece.erase, trains=False),
 }
 
 

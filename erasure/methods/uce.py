@@ -100,11 +100,16 @@ def concept_prompt_pairs(concepts: list[Concept], config: UCEConfig) -> tuple[li
     """Erased prompts and, position by position, the guide prompts they should become."""
     sources, targets = [], []
     for concept in concepts:
-        target = config.guide if concept.target is None else concept.target
+        target = guide_of(concept, config.guide)
         for template in config.prompt_templates:
             sources.append(template.format(concept.text))
             targets.append(template.format(target) if target.strip() else target)
     return sources, targets
+
+
+def guide_of(concept: Concept, guide: str) -> str:
+    """The concept's own target if it names one (``"cat->dog"``), else the config's guide."""
+    return guide if concept.target is None else concept.target
 
 
 def token_spans(source_count: int, target_count: int, length: int, token_choice: TokenChoice):

@@ -1,0 +1,245 @@
+"""Measure an erasure: generate images for erased and retained prompts from the base and
+the erased model, score them, and put the two side by side.
+
+    import erasure
+    report = erasure.evaluate("mini-sd", "circle.safetensors", "shapes/circle", ["world", "clip"])
+    print(report.headline("world"))
+
+The same from the command line: ``erase-eval --prompts shapes/circle --model mini-sd
+--weights circle.safetensors --metrics world,clip --output runs/eval-circle``; on
+several GPUs: ``accelerate launch -m erasure.eval --prompts i2p ...``.
+
+Steps: read the prompt set (``prompts``), build and check the metrics (``metrics``),
+generate the base images then the erased ones from the same seeds (``generate``), score
+every image on the main process, write ``report.json``/``report.md``/``report.html``
+(``report``). Everything is resumable: rerunning the same command skips finished images.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import torch
+
+from ..errors import ErasureError
+from ..weights import EditedWeights
+from .generate import (
+    GenerationSettings,
+    applied_weights,
+    collect_images,
+    generate_images,
+    generation_settings,
+    weights_record,
+)
+from .metrics import METRICS, MetricContext, build_metrics, default_metrics
+from .prompts import PromptSet, list_bundled_sets, load_prompt_set, read_prompt_csv
+from .report import build_report, write_report
+
+__all__ = ["METRICS", "EvalReport", "PromptSet", "evaluate", "list_bundled_sets", "load_prompt_set", "read_prompt_csv"]
+
+DEFAULT_OUTPUT_ROOT = Path("outputs") / "eval"
+
+
+@dataclass
+class EvalReport:
+    """The result of ``evaluate``.
+
+    Attributes:
+        data: the content of ``report.json``.
+        output_dir: the folder with ``base/``, ``erased/`` and the report files.
+        files: paths of ``report.json``, ``report.md`` and ``report.html``.
+    """
+
+    data: dict
+    output_dir: Path
+    files: dict[str, Path] = field(default_factory=dict)
+
+    def headline(self, metric: str, variant: str | None = None) -> dict:
+        """The summary numbers of one metric: ``{variant: {label: value}}``, or one variant's."""
+        result = self.data["metrics"][metric]
+        if variant is not None:
+            return result[variant]["headline"]
+        return {v: result[v]["headline"] for v in self.data["variants"]}
+
+    @property
+    def markdown(self) -> str:
+        return self.files["markdown"].read_text(encoding="utf-8")
+
+
+def evaluate(
+    base,
+    erased_weights: "str | os.PathLike | EditedWeights | None",
+    prompt_set: "str | os.PathLike | PromptSet",
+    metrics: Sequence[str] | Mapping[str, Mapping] | None = None,
+    output_dir: "str | os.PathLike | None" = None,
+    *,
+    limit: int | None = None,
+    batch_size: int = 8,
+    num_inference_steps: int | None = None,
+    guidance_scale: float | None = None,
+    resolution: int | None = None,
+    device: "str | torch.device | None" = None,
+    dtype: "str | torch.dtype | None" = None,
+    metric_options: Mapping[str, Mapping] | None = None,
+    overwrite: bool = False,
+    html: bool = True,
+) -> EvalReport | None:
+    """Generate, score and compare images of the base and the erased model.
+
+    Args:
+        base: the base model: ``"mini-sd"``, a Hub id, a folder, a ``.safetensors``
+            checkpoint, or a loaded pipeline (left unchanged).
+        erased_weights: a file written by ``erase``, an ``EditedWeights``, or ``None``
+            to evaluate the base model alone.
+        prompt_set: a CSV path, a bundled set (``"shapes/circle"``), ``"i2p"``,
+            ``"hf://datasets/OWNER/REPO/FILE.csv"``, or a ``PromptSet``.
+        metrics: names from ``METRICS`` (``["world", "clip"]``), or a mapping of name
+            to config overrides (``{"nudenet": {"threshold": 0.5}}``); default: the
+            world classifier and CLIP score for mini-sd, CLIP score and zero-shot
+            accuracy (when rows have classes) otherwise.
+        output_dir: where images and reports go; default
+            ``outputs/eval/<set>-<model>[-<weights>]``. Rerunning resumes.
+        limit: use only the first ``limit`` rows.
+        batch_size: rows per pipeline call.
+        num_inference_steps, guidance_scale, resolution: generation settings; default:
+            the model's ``erasure_defaults.json``, else 50 steps, 7.5 and the native
+            size. A row's ``evaluation_guidance`` wins over ``guidance_scale``.
+        device, dtype: for loading ``base`` (ignored for a pipeline); under
+            ``accelerate launch`` each process uses its own GPU.
+        metric_options: more config overrides per metric (``{"clip": {"model": ...}}``).
+        overwrite: regenerate images that already exist.
+        html: also write ``report.html``.
+
+    Returns:
+        An ``EvalReport`` on the main process; ``None`` on the other processes of a
+        multi-process launch.
+    """
+    prompts = load_prompt_set(prompt_set, limit)
+    weights, weights_file = _edited_weights(erased_weights)
+    state = _process_state()
+    device = _device(base, device, state)
+    model = _model_name(base)
+    names = metrics if metrics is not None else default_metrics(model, has_labels=bool(prompts.class_names))
+    scorers = build_metrics(names, MetricContext(model, device, prompts), metric_options)
+    output_dir = Path(output_dir) if output_dir is not None else _default_output(prompts, model, weights, weights_file)
+    weights_info = weights_record(weights, weights_file) if weights is not None else None
+
+    pipe, owned = _pipeline(base, device, dtype)
+    if weights is not None:
+        weights.check_base(pipe.unet)  # before the first image, not after the base half
+    settings = generation_settings(pipe, model, num_inference_steps, guidance_scale, resolution, batch_size)
+    model_id = _model_id(base, model)
+    if state.is_main_process:
+        for scorer in scorers:
+            scorer.settings()  # loads scoring models now: a missing one fails before generating
+    variants = {"base": None} if weights is None else {"base": None, "erased": weights_info["sha256"]}
+    generate_images(pipe, prompts.rows, output_dir / "base", settings, model_id, None, overwrite, state, "base")
+    if weights is not None:
+        with applied_weights(pipe, weights):
+            generate_images(pipe, prompts.rows, output_dir / "erased", settings, model_id, variants["erased"], overwrite, state, "erased")
+    if owned:
+        del pipe
+        _free_memory()
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        return None
+    return _score_and_report(prompts, scorers, variants, output_dir, settings, model, model_id, weights_info, html)
+
+
+def _score_and_report(prompts: PromptSet, scorers, variants: dict, output_dir: Path, settings: GenerationSettings,
+                      model: str, model_id: str, weights_info: dict | None, html: bool) -> EvalReport:
+    rows = prompts.rows
+    paths = {v: collect_images(rows, output_dir / v, settings, model_id, sha) for v, sha in variants.items()}
+    images = [_image_entry(row, settings) for row in rows]
+    for v in variants:
+        for entry, path in zip(images, paths[v]):
+            entry[v] = {"path": path.relative_to(output_dir).as_posix()}
+    results = {}
+    for scorer in scorers:
+        results[scorer.name] = {"settings": scorer.settings()}
+        for v in variants:
+            records = scorer.score(paths[v], rows)
+            results[scorer.name][v] = scorer.summarize(rows, records)
+            for entry, record in zip(images, records):
+                entry[v][scorer.name] = record
+    generation = {**settings.record(), "batch_size": settings.batch_size,
+                  "seeds": "each row's evaluation_seed (its index when absent), CPU generator per row"}
+    report = build_report(prompts, model, weights_info, generation, list(variants), results, images)
+    return EvalReport(report, output_dir, write_report(output_dir, report, html_page=html))
+
+
+def _image_entry(row, settings: GenerationSettings) -> dict:
+    return {"index": row.index, "case_number": row.case_number, "prompt": row.prompt, "class": row.label, "type": row.type,
+            "seed": row.seed, "guidance_scale": row.guidance if row.guidance is not None else settings.guidance_scale}
+
+
+# ---- helpers ----
+
+
+def _edited_weights(weights) -> tuple[EditedWeights | None, Path | None]:
+    if weights is None or isinstance(weights, EditedWeights):
+        return weights, None
+    path = Path(weights)
+    return EditedWeights.load(path), path
+
+
+def _is_pipeline(base) -> bool:
+    return hasattr(base, "unet") and hasattr(base, "scheduler")
+
+
+def _model_name(base) -> str:
+    if _is_pipeline(base):
+        return str(getattr(base.config, "_name_or_path", None) or type(base).__name__)
+    return str(base)
+
+
+def _model_id(base, model: str) -> str:
+    """The base model's name as stored in images: absolute for paths, so that a resumed
+    run given the same folder by another relative path still matches."""
+    path = Path(model).expanduser()
+    return str(path.resolve()) if not _is_pipeline(base) and path.exists() else model
+
+
+def _process_state():
+    """accelerate's view of the processes (one, unless started by ``accelerate launch``)."""
+    from accelerate import PartialState
+
+    return PartialState()
+
+
+def _device(base, device, state) -> torch.device:
+    if _is_pipeline(base):
+        return base.device
+    if state.num_processes > 1 or device is None:
+        return state.device
+    return torch.device(device)
+
+
+def _pipeline(base, device: torch.device, dtype):
+    if _is_pipeline(base):
+        return base, False
+    from ..loading import load_pipeline
+
+    return load_pipeline(base, device=device, dtype=dtype), True
+
+
+def _free_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-")[:60] or "x"
+
+
+def _default_output(prompts: PromptSet, model: str, weights: EditedWeights | None, path: Path | None) -> Path:
+    name = f"{_slug(prompts.name)}-{_slug(Path(model).name or model)}"
+    if weights is not None:
+        name += "-" + _slug(path.stem if path is not None else "-".join(weights.concepts))
+    return DEFAULT_OUTPUT_ROOT / name

@@ -1,0 +1,109 @@
+"""``erase-eval``: generate, score and compare the base and the erased model.
+
+    erase-eval --prompts shapes/circle --model mini-sd --weights circle.safetensors \\
+        --metrics world,clip --output runs/eval-circle
+    accelerate launch -m erasure.eval --prompts i2p --model CompVis/stable-diffusion-v1-4 \\
+        --weights nudity.safetensors --metrics nudenet --output runs/eval-nudity
+
+Errors the user can fix are one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..config import parse_override
+from ..errors import ErasureError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .metrics import METRICS
+
+    parser = argparse.ArgumentParser(
+        prog="erase-eval",
+        description="Generate images for a prompt set from the base and the erased model, score them, and write "
+        "report.json, report.md and report.html side by side.",
+    )
+    parser.add_argument("--prompts", help="CSV file, bundled set (see --list-prompts), 'i2p', or hf://datasets/OWNER/REPO/FILE.csv")
+    parser.add_argument("--model", default="mini-sd", help="base model: mini-sd, a Hub id, a folder or a .safetensors file (default: mini-sd)")
+    parser.add_argument("--weights", help="erased weights (.safetensors written by erase)")
+    parser.add_argument("--base-only", action="store_true", help="evaluate the base model alone (no --weights)")
+    parser.add_argument("--metrics", help=f"comma-separated, from: {', '.join(METRICS)} (default: world,clip for mini-sd, "
+                        "else clip, plus clip-accuracy when rows have a class)")
+    parser.add_argument("--output", help="output folder (default: outputs/eval/<set>-<model>-<weights>); rerun to resume")
+    parser.add_argument("--limit", type=int, help="use only the first N rows")
+    parser.add_argument("--batch-size", type=int, default=8, help="rows per pipeline call (default 8)")
+    parser.add_argument("--steps", type=int, help="denoising steps (default: the model's erasure_defaults.json, else 50)")
+    parser.add_argument("--guidance", type=float, help="guidance for rows without evaluation_guidance (default: model's, else 7.5)")
+    parser.add_argument("--resolution", type=int, help="image side in pixels (default: the model's)")
+    parser.add_argument("--device", help="cuda, cpu, ... (default: the GPU if there is one)")
+    parser.add_argument("--dtype", help="float32, float16, bfloat16 or auto (default: fp16 on GPU, fp32 on CPU)")
+    parser.add_argument("--set", dest="options", action="append", default=[], metavar="METRIC.KEY=VALUE",
+                        help="a metric option, e.g. --set clip.model=ViT-B-32/openai --set nudenet.threshold=0.45")
+    parser.add_argument("--overwrite", action="store_true", help="regenerate images that already exist")
+    parser.add_argument("--no-html", action="store_true", help="skip report.html")
+    parser.add_argument("--list-prompts", action="store_true", help="list the bundled prompt sets and exit")
+    return parser
+
+
+def metric_options(items: list[str]) -> dict[str, dict]:
+    """``["clip.model=ViT-B-32/openai"]`` -> ``{"clip": {"model": "ViT-B-32/openai"}}``."""
+    options: dict[str, dict] = {}
+    for item in items:
+        key, value = parse_override(item)
+        metric, dot, field = key.partition(".")
+        if not dot or not metric or not field:
+            raise ErasureError(f"--set {item!r}: write METRIC.KEY=VALUE, e.g. --set nudenet.threshold=0.5")
+        options.setdefault(metric, {})[field] = value
+    return options
+
+
+def run(args: argparse.Namespace) -> int:
+    from . import evaluate
+    from .metrics import parse_metric_names
+    from .prompts import list_bundled_sets
+
+    if args.list_prompts:
+        print("\n".join(list_bundled_sets()))
+        return 0
+    if not args.prompts:
+        raise ErasureError("--prompts is required: a CSV file or a bundled set such as shapes/circle (see --list-prompts)")
+    if args.weights and args.base_only:
+        raise ErasureError("--weights and --base-only contradict each other: give one")
+    if not args.weights and not args.base_only:
+        raise ErasureError("no --weights given: pass the erased weights, or --base-only to evaluate the base model alone")
+    report = evaluate(
+        args.model,
+        args.weights,
+        args.prompts,
+        parse_metric_names(args.metrics) if args.metrics is not None else None,
+        args.output,
+        limit=args.limit,
+        batch_size=args.batch_size,
+        num_inference_steps=args.steps,
+        guidance_scale=args.guidance,
+        resolution=args.resolution,
+        device=args.device,
+        dtype=args.dtype,
+        metric_options=metric_options(args.options),
+        overwrite=args.overwrite,
+        html=not args.no_html,
+    )
+    if report is not None:
+        print(report.markdown.split("## Settings")[0].rstrip())
+        print(f"\nwritten: {', '.join(str(p) for p in report.files.values())}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except ErasureError as error:
+        print(f"erase-eval: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,311 @@
+"""Generate one image per prompt row: seeded, batched, resumable, split across processes.
+
+Why it is built this way:
+
+- Each row's initial noise comes from its own CPU ``torch.Generator`` seeded with the
+  row's ``evaluation_seed``, so an image does not depend on which rows share its batch,
+  on the device, or on the number of processes; and the base and the erased model
+  start from the same noise, so their images form comparable pairs.
+- Rows are batched in a fixed plan (sorted by guidance scale, which must be uniform in
+  one pipeline call, then cut into ``batch_size`` chunks), so a resumed run computes
+  every remaining batch exactly as an uninterrupted run would have.
+- Every PNG carries, in a text chunk, the prompt, seed, guidance and the generation
+  settings and model it was made with. A rerun skips images whose record matches and
+  refuses (unless ``overwrite``) to mix in images made otherwise; unreadable files
+  (a crash mid-write) are generated again. Files are written atomically.
+- Under ``accelerate launch`` each process takes a contiguous share of the rows
+  (``PartialState.split_between_processes``) and writes its own files; the images are
+  named by row index, so the shares merge without duplicates, and ``collect_images``
+  checks afterwards that none is missing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..errors import ErasureError
+from ..weights import EditedWeights, atomic_write
+from .prompts import PromptRow
+
+logger = logging.getLogger(__name__)
+
+PNG_KEY = "erasure"  # the PNG text chunk holding an image's record
+# Generation defaults for models without an ``erasure_defaults.json``: diffusers' own
+# 50 steps and the 7.5 guidance of the SD 1.x evaluations (rows may set their own).
+DEFAULT_STEPS = 50
+DEFAULT_GUIDANCE = 7.5
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """How images are generated; all but ``batch_size`` are part of each image's record.
+
+    Attributes:
+        num_inference_steps: denoising steps of the pipeline's own scheduler.
+        guidance_scale: guidance for rows without ``evaluation_guidance``.
+        resolution: image height and width in pixels.
+        dtype: the pipeline's dtype, e.g. ``"float32"``.
+        scheduler: the scheduler's class name.
+        batch_size: rows per pipeline call.
+    """
+
+    num_inference_steps: int
+    guidance_scale: float
+    resolution: int
+    dtype: str
+    scheduler: str
+    batch_size: int = 8
+
+    def record(self) -> dict:
+        values = asdict(self)
+        values.pop("batch_size")
+        return values
+
+
+def model_defaults(model: str) -> dict:
+    """``erasure_defaults.json`` of a bundled model or a model folder, if it has one."""
+    from ..loading import BUNDLED_MODELS, bundled_model_path
+
+    folder = bundled_model_path(model) if model in BUNDLED_MODELS else Path(model)
+    path = folder / "erasure_defaults.json"
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ErasureError(f"{path} is not valid JSON ({error}): repair or remove it") from None
+
+
+def generation_settings(
+    pipe,
+    model: str,
+    num_inference_steps: int | None = None,
+    guidance_scale: float | None = None,
+    resolution: int | None = None,
+    batch_size: int = 8,
+) -> GenerationSettings:
+    """Settings from the arguments, else the model's ``erasure_defaults.json``, else
+    diffusers' defaults and the pipeline's native resolution."""
+    defaults = model_defaults(model)
+    native = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    settings = GenerationSettings(
+        num_inference_steps=int(num_inference_steps or defaults.get("num_inference_steps", DEFAULT_STEPS)),
+        guidance_scale=float(guidance_scale if guidance_scale is not None else defaults.get("guidance_scale", DEFAULT_GUIDANCE)),
+        resolution=int(resolution or defaults.get("resolution", native)),
+        dtype=str(pipe.unet.dtype).replace("torch.", ""),
+        scheduler=type(pipe.scheduler).__name__,
+        batch_size=int(batch_size),
+    )
+    if settings.num_inference_steps < 1 or settings.batch_size < 1:
+        raise ErasureError("--steps and --batch-size must be at least 1")
+    if settings.resolution % pipe.vae_scale_factor:
+        raise ErasureError(f"--resolution {settings.resolution} must be a multiple of {pipe.vae_scale_factor} for this model")
+    return settings
+
+
+# ---- identity of what made an image ----
+
+
+def weights_record(weights: EditedWeights, path: "str | os.PathLike | None" = None) -> dict:
+    """What identifies erased weights: a content hash (of the file, or of the tensors
+    when they were never saved), method, concepts and config."""
+    digest = hashlib.sha256()
+    if path is not None:
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(block)
+    else:
+        for name in sorted(weights.tensors):
+            digest.update(name.encode())
+            digest.update(weights.tensors[name].float().contiguous().numpy().tobytes())
+    return {"path": None if path is None else str(path), "sha256": digest.hexdigest(), "method": weights.method,
+            "concepts": list(weights.concepts), "config": weights.config, "base_model": weights.base_model}
+
+
+def image_record(row: PromptRow, settings: GenerationSettings, model: str, weights_sha256: str | None) -> dict:
+    """The record stored in an image; two images with equal records are interchangeable."""
+    return {
+        "prompt": row.prompt,
+        "seed": row.seed,
+        "guidance_scale": row.guidance if row.guidance is not None else settings.guidance_scale,
+        **settings.record(),
+        "model": model,
+        "weights_sha256": weights_sha256,
+    }
+
+
+def image_path(folder: Path, row: PromptRow) -> Path:
+    return folder / f"{row.index:05d}.png"
+
+
+def read_record(path: Path) -> dict | None:
+    """The record in an existing image; ``None`` if the file is missing or unreadable."""
+    from PIL import Image
+
+    if not path.is_file():
+        return None
+    try:
+        with Image.open(path) as image:
+            image.load()  # decodes every byte: a truncated file fails here
+            return json.loads(image.text.get(PNG_KEY, "null"))
+    except Exception:  # PIL raises many types for damaged files; all mean "generate again"
+        return None
+
+
+def _save_png(path: Path, image, record: dict, row: PromptRow) -> None:
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text(PNG_KEY, json.dumps(record, sort_keys=True))
+    # The row's own columns, for anyone browsing the images without the report.
+    info.add_text("row", json.dumps({"index": row.index, "case_number": row.case_number, "class": row.label, "type": row.type}))
+    atomic_write(path, lambda tmp: image.save(tmp, format="PNG", pnginfo=info))
+
+
+# ---- generation ----
+
+
+def plan_batches(rows: list[PromptRow], settings: GenerationSettings) -> list[list[PromptRow]]:
+    """A fixed plan: rows sorted by guidance (one value per pipeline call), then chunked."""
+    def guidance(row):
+        return row.guidance if row.guidance is not None else settings.guidance_scale
+
+    ordered = sorted(rows, key=lambda row: (guidance(row), row.index))
+    batches, current = [], []
+    for row in ordered:
+        if current and (len(current) == settings.batch_size or guidance(current[0]) != guidance(row)):
+            batches.append(current)
+            current = []
+        current.append(row)
+    return batches + ([current] if current else [])
+
+
+def needs_image(path: Path, expected: dict, overwrite: bool) -> bool:
+    """True if the image must be (re)made; raises if a different run's image is in the way."""
+    if overwrite:
+        return True
+    found = read_record(path)
+    if found is None:
+        if path.exists():
+            logger.warning("%s is unreadable (interrupted write?); generating it again", path)
+        return True
+    if found != expected:
+        changed = sorted(k for k in set(found) | set(expected) if found.get(k) != expected.get(k))
+        raise ErasureError(
+            f"{path} was generated with other settings ({', '.join(changed)} differ): pass --overwrite to "
+            "regenerate, or choose another --output folder"
+        )
+    return False
+
+
+@torch.no_grad()
+def generate_images(
+    pipe,
+    rows: list[PromptRow],
+    folder: str | os.PathLike,
+    settings: GenerationSettings,
+    model: str,
+    weights_sha256: str | None = None,
+    overwrite: bool = False,
+    state=None,
+    description: str = "generating",
+) -> int:
+    """Generate the missing images of ``rows`` into ``folder``; return how many were made.
+
+    Args:
+        pipe: a diffusers text-to-image pipeline (its weights as they should be).
+        rows: the prompt rows; under several processes each takes its share.
+        folder: where ``00000.png``... go.
+        settings: from ``generation_settings``.
+        model: the base model's name, stored in each image's record.
+        weights_sha256: the erased weights' hash (``None`` for the base model).
+        overwrite: regenerate existing images instead of skipping them.
+        state: an ``accelerate.PartialState``; ``None`` means one process.
+        description: the progress bar's label.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with _process_share(rows, state) as mine:
+        expected = {row.index: image_record(row, settings, model, weights_sha256) for row in mine}
+        missing = {row.index for row in mine if needs_image(image_path(folder, row), expected[row.index], overwrite)}
+        batches = [b for b in plan_batches(mine, settings) if any(row.index in missing for row in b)]
+        show = state is None or state.is_local_main_process
+        with tqdm(total=len(missing), desc=description, unit="img", disable=not show) as bar, _quiet(pipe):
+            for batch in batches:
+                images = _run_pipeline(pipe, batch, settings, expected[batch[0].index]["guidance_scale"])
+                for row, image in zip(batch, images):
+                    if row.index in missing:
+                        _save_png(image_path(folder, row), image, expected[row.index], row)
+                        bar.update(1)
+    return len(missing)
+
+
+def _run_pipeline(pipe, batch: list[PromptRow], settings: GenerationSettings, guidance_scale: float):
+    generators = [torch.Generator("cpu").manual_seed(row.seed) for row in batch]
+    return pipe(
+        prompt=[row.prompt for row in batch],
+        num_inference_steps=settings.num_inference_steps,
+        guidance_scale=guidance_scale,
+        height=settings.resolution,
+        width=settings.resolution,
+        generator=generators,
+        output_type="pil",
+    ).images
+
+
+@contextmanager
+def _process_share(rows: list[PromptRow], state):
+    if state is None or state.num_processes == 1:
+        yield list(rows)
+    else:
+        with state.split_between_processes(list(rows)) as share:
+            yield list(share)
+
+
+@contextmanager
+def _quiet(pipe):
+    """Silence the pipeline's per-step progress bar (ours counts images), then restore it."""
+    previous = dict(getattr(pipe, "_progress_bar_config", {}))
+    pipe.set_progress_bar_config(**{**previous, "disable": True})
+    try:
+        yield
+    finally:
+        pipe.set_progress_bar_config(**previous)
+
+
+def collect_images(rows: list[PromptRow], folder: str | os.PathLike, settings: GenerationSettings, model: str,
+                   weights_sha256: str | None = None) -> list[Path]:
+    """The image of every row, checked to exist and to match its record (after all
+    processes have finished): a lost or foreign image is an error, not a silent gap."""
+    folder = Path(folder)
+    paths = []
+    for row in rows:
+        path = image_path(folder, row)
+        if read_record(path) != image_record(row, settings, model, weights_sha256):
+            raise ErasureError(f"{path} is missing or does not match row {row.index} after generation: rerun to complete it")
+        paths.append(path)
+    return paths
+
+
+@contextmanager
+def applied_weights(pipe, weights: EditedWeights):
+    """Load erased weights into ``pipe`` for the duration of the block, then restore the
+    original tensors, so that a pipeline passed in by the caller comes back unchanged."""
+    params = dict(pipe.unet.named_parameters())
+    originals = {name: params[name].detach().clone() for name in weights.tensors if name in params}
+    weights.apply(pipe)
+    try:
+        yield pipe
+    finally:
+        with torch.no_grad():
+            for name, value in originals.items():
+                params[name].copy_(value)

@@ -1,0 +1,72 @@
+"""CLIP zero-shot object accuracy over the prompt set's class names (MACE's protocol).
+
+Each image is classified among the set's ``class`` values (or ``classes``) by CLIP:
+softmax over ``logit_scale * cos(E_image, E_text(template.format(class)))``. MACE
+used ViT-B/32 and "a photo of the {class}"; set ``clip-accuracy.model=ViT-B-32/openai``
+to match it. Summaries (top-1, mean probability, Acc_e/Acc_s/Acc_g, H_o) are
+``accuracy.accuracy_summary``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ...errors import ErasureError
+from ..prompts import PromptRow, PromptSet
+from .accuracy import accuracy_record, accuracy_summary
+from .base import Metric, load_images, require_labels
+from .clip_models import default_clip_for, load_clip
+
+
+@dataclass
+class ClipAccuracyConfig:
+    model: str | None = None  # None: mini-clip for mini-sd, "ViT-L-14/openai" otherwise
+    template: str = "a photo of the {}"  # MACE's zero-shot text, {} is the class name
+    classes: list[str] | None = None  # None: the set's distinct class values
+    batch_size: int = 32
+
+
+class ClipAccuracy(Metric):
+    name = "clip-accuracy"
+    Config = ClipAccuracyConfig
+
+    @property
+    def model_spec(self) -> str:
+        return self.config.model or default_clip_for(self.context.model)
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.config.classes or self.context.prompt_set.class_names)
+
+    def check(self, prompt_set: PromptSet) -> None:
+        require_labels(self.name, prompt_set)
+        unknown = sorted({row.label for row in prompt_set.rows} - set(self.classes))
+        if unknown:
+            raise ErasureError(f"clip-accuracy: class {unknown[0]!r} of the prompt set is not among clip-accuracy.classes")
+        if len(self.classes) < 2:
+            raise ErasureError("clip-accuracy needs at least two class names to choose between: add rows of other classes")
+        if "{}" not in self.config.template:
+            raise ErasureError(f"clip-accuracy.template {self.config.template!r} must contain {{}} for the class name")
+
+    def settings(self) -> dict:
+        clip = load_clip(self.model_spec, self.context.device)
+        return {**super().settings(), "clip_model": self.model_spec, **clip.info, "classes": self.classes,
+                "texts": [self.config.template.format(c) for c in self.classes], "logit_scale": clip.logit_scale}
+
+    def score(self, paths: list[Path], rows: list[PromptRow]) -> list[dict]:
+        clip = load_clip(self.model_spec, self.context.device)
+        classes = self.classes
+        texts = clip.text_embeddings([self.config.template.format(c) for c in classes])
+        records = []
+        for start in range(0, len(paths), self.config.batch_size):
+            images = clip.image_embeddings(load_images(paths[start:start + self.config.batch_size]), self.config.batch_size)
+            probs = torch.softmax(clip.logit_scale * images @ texts.T, dim=-1)
+            for row, p in zip(rows[start:start + self.config.batch_size], probs):
+                records.append(accuracy_record(classes[int(p.argmax())], row.label, p[classes.index(row.label)]))
+        return records
+
+    def summarize(self, rows: list[PromptRow], records: list[dict]) -> dict:
+        return accuracy_summary(rows, records)

@@ -1,0 +1,60 @@
+"""CLIP score: how well each image matches its own prompt.
+
+    CLIPScore = 100 * max(cos(E_image, E_prompt), 0)
+
+(Hessel et al., 2021, without their 2.5 rescaling; the convention of the erasure papers
+and of torchmetrics' ``CLIPScore``). Reported per row group; with ``erased`` and
+``retained`` rows also MACE's artist score H_a = CLIP_retained - CLIP_erased.
+Prompts longer than the text encoder's 77 tokens are truncated, as in every
+implementation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..prompts import PromptRow
+from .base import Metric, groups_of, load_images, mean
+from .clip_models import default_clip_for, load_clip
+
+
+@dataclass
+class ClipScoreConfig:
+    model: str | None = None  # None: mini-clip for mini-sd, "ViT-L-14/openai" otherwise
+    batch_size: int = 32  # images per forward pass
+
+
+class ClipScore(Metric):
+    name = "clip"
+    Config = ClipScoreConfig
+
+    @property
+    def model_spec(self) -> str:
+        return self.config.model or default_clip_for(self.context.model)
+
+    def settings(self) -> dict:
+        clip = load_clip(self.model_spec, self.context.device)
+        return {**super().settings(), "clip_model": self.model_spec, **clip.info,
+                "formula": "100 * max(cosine(image, prompt), 0)", "text_truncation": 77}
+
+    def score(self, paths: list[Path], rows: list[PromptRow]) -> list[dict]:
+        clip = load_clip(self.model_spec, self.context.device)
+        records = []
+        for start in range(0, len(paths), self.config.batch_size):
+            batch_rows = rows[start:start + self.config.batch_size]
+            images = clip.image_embeddings(load_images(paths[start:start + self.config.batch_size]), self.config.batch_size)
+            texts = clip.text_embeddings([row.prompt for row in batch_rows])
+            cosines = (images * texts).sum(-1)
+            records += [{"clip_score": 100.0 * max(float(c), 0.0)} for c in cosines]
+        return records
+
+    def summarize(self, rows: list[PromptRow], records: list[dict]) -> dict:
+        groups = {g: {"n": len(ps), "mean": mean(records[p]["clip_score"] for p in ps)} for g, ps in groups_of(rows).items()}
+        summary = {"groups": groups}
+        if "erased" in groups and "retained" in groups:
+            summary["h_a"] = groups["retained"]["mean"] - groups["erased"]["mean"]
+        summary["headline"] = {f"CLIP score ({g})": v["mean"] for g, v in groups.items()}
+        if "h_a" in summary:
+            summary["headline"]["H_a = CLIP(retained) - CLIP(erased)"] = summary["h_a"]
+        return summary

@@ -1,0 +1,159 @@
+"""Segmentation masks of a concept in images, from one of several pluggable sources.
+
+MACE's stage 2 lowers a concept's attention only where the concept is. Its authors
+segment the training images with GroundingDINO + SAM; that needs two extra models, so
+the default here is the diffusion model's own cross-attention to the concept's tokens
+(DAAM-style: noise the image's latents, average the attention maps over layers and a
+few timesteps, threshold relative to the peak), which needs no extra weights.
+
+Sources (``MaskSource``):
+- ``attention``: the base model's cross-attention maps (default).
+- ``folder``: the user's masks, one grey-scale image per training image.
+- ``grounded_sam``: GroundingDINO boxes then SAM masks, through ``transformers``, when
+  the user has those weights (a Hub id in the cache or a local folder).
+- ``whole_image``: no mask, every pixel counts (the authors' setting for styles).
+
+Every function returns ``(n, 1, H, W)`` float masks in {0, 1}; any resolution, since the
+loss resizes them to each layer's feature map.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .attention import AttentionMaps, observe_cross_attention
+from .errors import ErasureError
+
+MaskSource = Literal["attention", "folder", "grounded_sam", "whole_image"]
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+def whole_image_masks(count: int, size: tuple[int, int]) -> torch.Tensor:
+    """Masks that keep every pixel."""
+    return torch.ones(count, 1, *size)
+
+
+@torch.no_grad()
+def attention_masks(
+    adapter,
+    latents: torch.Tensor,
+    cond,
+    positions: torch.Tensor,
+    timesteps: list[int],
+    add_noise,
+    threshold: float,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """Masks from the model's attention to the concept's tokens.
+
+    Args:
+        adapter: the model's ``StableDiffusionAdapter``; its current weights are used.
+        latents: ``(n, C, H, W)`` clean latents of the images.
+        cond: ``PromptEmbeddings`` of the prompt that names the concept (batch 1 or n).
+        positions: ``(1 or n, tokens)`` booleans, the concept's tokens in that prompt.
+        timesteps: noise levels to average over.
+        add_noise: ``add_noise(latents, noise, timesteps)`` of a diffusers scheduler.
+        threshold: share of each map's peak above which a pixel is the concept.
+        generator: source of the noise (CPU generator, for reproducibility).
+
+    Returns:
+        ``(n, 1, H, W)`` masks at the latents' resolution.
+    """
+    count = latents.shape[0]
+    positions = positions.expand(count, -1) if positions.shape[0] == 1 else positions
+    recorder = AttentionMaps(positions, tuple(latents.shape[-2:]))
+    with observe_cross_attention(adapter.cross_attention_modules(), recorder):
+        for timestep in timesteps:
+            noise = torch.randn(latents.shape, generator=generator).to(latents.device, latents.dtype)
+            t = torch.full((count,), timestep, dtype=torch.long, device=latents.device)
+            adapter.predict_noise(add_noise(latents, noise, t), t, cond)
+    maps = recorder.mean()
+    peak = maps.flatten(1).amax(1).clamp_min(1e-12)[:, None, None, None]
+    return (maps / peak > threshold).float().cpu()
+
+
+def read_images(folder: Path) -> list:
+    """The images of a folder, sorted by file name."""
+    from PIL import Image
+
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise ErasureError(f"{folder} holds no images ({', '.join(IMAGE_SUFFIXES)}): add some or remove data_dir")
+    return [Image.open(p).convert("RGB") for p in paths]
+
+
+def folder_masks(folder: Path, count: int) -> torch.Tensor:
+    """The user's masks (white = concept), paired with the images by sorted file name."""
+    if not folder.is_dir():
+        raise ErasureError(f"mask folder {folder} not found: put one mask per training image there")
+    masks = read_images(folder)
+    if len(masks) != count:
+        raise ErasureError(f"{folder} has {len(masks)} masks for {count} images: give one mask per image")
+    arrays = [np.asarray(m.convert("L"), dtype=np.float32) / 255.0 for m in masks]
+    if len({a.shape for a in arrays}) != 1:
+        raise ErasureError(f"the masks in {folder} differ in size: give them all the images' size")
+    return (torch.from_numpy(np.stack(arrays))[:, None] > 0.5).float()
+
+
+def grounded_sam_masks(
+    images: list, label: str, detector: str, segmenter: str, box_threshold: float, device: torch.device
+) -> torch.Tensor:
+    """GroundingDINO finds ``label``; SAM segments the best-scoring box (as the authors'
+    ``transformers`` variant does). An image where nothing is found keeps every pixel.
+
+    Args:
+        images: PIL images.
+        label: what to look for (the concept's name, or e.g. "a person" for celebrities).
+        detector: GroundingDINO Hub id or folder.
+        segmenter: SAM Hub id or folder.
+        box_threshold: minimum detection score.
+        device: where to run both models.
+    """
+    from transformers import AutoModelForMaskGeneration, AutoModelForZeroShotObjectDetection, AutoProcessor
+
+    try:
+        detector_processor = AutoProcessor.from_pretrained(detector)
+        detector_model = AutoModelForZeroShotObjectDetection.from_pretrained(detector).to(device).eval()
+        segmenter_processor = AutoProcessor.from_pretrained(segmenter)
+        segmenter_model = AutoModelForMaskGeneration.from_pretrained(segmenter).to(device).eval()
+    except (OSError, ValueError) as error:
+        raise ErasureError(
+            f"GroundingDINO/SAM weights could not be loaded ({str(error).splitlines()[0][:120]}): download "
+            f"{detector!r} and {segmenter!r}, or use mask_source: attention"
+        ) from None
+    text = label.lower().strip().rstrip(".") + "."  # GroundingDINO expects lower case, dot-terminated
+    masks = []
+    with torch.no_grad():
+        for image in images:
+            box = _best_box(detector_processor, detector_model, image, text, box_threshold, device)
+            if box is None:
+                masks.append(torch.ones(1, image.height, image.width))
+                continue
+            inputs = segmenter_processor(images=image, input_boxes=[[box]], return_tensors="pt").to(device)
+            outputs = segmenter_model(**inputs, multimask_output=False)
+            mask = segmenter_processor.post_process_masks(
+                outputs.pred_masks.cpu(), inputs["original_sizes"].cpu(), inputs["reshaped_input_sizes"].cpu()
+            )[0]
+            masks.append(mask.reshape(-1, image.height, image.width)[:1].float())
+    return torch.stack(masks)
+
+
+def _best_box(processor, model, image, text: str, threshold: float, device) -> list[float] | None:
+    inputs = processor(images=image, text=text, return_tensors="pt").to(device)
+    outputs = model(**inputs)
+    result = processor.post_process_grounded_object_detection(
+        outputs, inputs.input_ids, threshold=threshold, text_threshold=threshold, target_sizes=[(image.height, image.width)]
+    )[0]
+    if len(result["scores"]) == 0:
+        return None
+    return result["boxes"][int(result["scores"].argmax())].tolist()
+
+
+def resize_masks(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Masks at another resolution (area average, then > 0.5)."""
+    return (F.interpolate(masks.float(), size=size, mode="area") > 0.5).float()

@@ -1,0 +1,111 @@
+"""The ``erase`` command: the main job end to end, and one-line errors for bad input."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline
+
+import erasure
+from erasure.cli import main
+from erasure.weights import EditedWeights
+
+from conftest import build_tiny_pipeline
+
+
+def test_erase_writes_weights_that_apply_loads(tiny_pipeline_folder, tmp_path, capsys):
+    output = tmp_path / "airplane.safetensors"
+    code = main(["--method", "uce", "--concepts", "airplane", "--model", str(tiny_pipeline_folder),
+                 "--output", str(output), "--device", "cpu"])
+    assert code == 0
+    summary = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "with uce: changed 8 UNet tensors" in summary and str(output) in summary
+    pipe = erasure.load_pipeline(tiny_pipeline_folder, device="cpu")
+    weights = EditedWeights.load(output)
+    assert weights.base_model == str(tiny_pipeline_folder)
+    erasure.apply(pipe, output)
+    assert all(torch.equal(pipe.unet.get_parameter(k), v) for k, v in weights.tensors.items())
+
+
+def test_config_file_and_set_override_in_order(tiny_pipeline_folder, tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("lam: 0.2\nerase_scale: 2\n")
+    output = tmp_path / "w.safetensors"
+    assert main(["--method", "uce", "--concepts", "a; b", "--model", str(tiny_pipeline_folder), "--config",
+                 str(config), "--set", "lam=0.3", "--preserve", "a dog, a cat", "--output", str(output)]) == 0
+    weights = EditedWeights.load(output)
+    assert weights.config["lam"] == 0.3 and weights.config["erase_scale"] == 2.0
+    assert weights.config["preserve"] == ["a dog", "a cat"]
+    assert weights.concepts == ["a", "b"]
+
+
+def test_concepts_file(tiny_pipeline_folder, tmp_path):
+    names = tmp_path / "concepts.txt"
+    names.write_text("# objects\nairplane\ncar  # a comment\n\n")
+    output = tmp_path / "w.safetensors"
+    assert main(["--method", "uce", "--concepts-file", str(names), "--model", str(tiny_pipeline_folder),
+                 "--output", str(output)]) == 0
+    assert EditedWeights.load(output).concepts == ["airplane", "car"]
+
+
+def test_export_diffusers(tiny_pipeline_folder, tmp_path):
+    output = tmp_path / "w.safetensors"
+    assert main(["--method", "uce", "--concepts", "airplane", "--model", str(tiny_pipeline_folder),
+                 "--output", str(output), "--export", "diffusers"]) == 0
+    pipe = StableDiffusionPipeline.from_pretrained(tmp_path / "w-diffusers")
+    for name, value in EditedWeights.load(output).tensors.items():
+        assert torch.equal(pipe.unet.get_parameter(name), value)
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--concepts", " , car"], "empty concept"),
+        (["--concepts", "car, Car"], "given twice"),
+        (["--concepts", "car", "--model", "/no/such/folder"], "not found"),
+        (["--concepts", "car", "--set", "lamda=1"], "unknown config key 'lamda'"),
+        (["--concepts", "car", "--set", "lam=big"], "UCEConfig.lam must be float"),
+        (["--concepts", "car", "--resume"], "--resume applies to methods that train"),
+        (["--concepts", "car", "--output", "w.pt"], "must end in .safetensors"),
+        (["--concepts", "car", "--config", "/no/such.yaml"], "no such config file"),
+        (["--concepts", "car", "--model", "weights.ckpt"], "not found"),
+        ([], "exactly one"),
+    ],
+)
+def test_bad_input_is_one_clear_line(tiny_pipeline_folder, extra, message, capsys):
+    args = ["--method", "uce", "--model", str(tiny_pipeline_folder)] + extra
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_existing_output_needs_overwrite(tiny_pipeline_folder, tmp_path, capsys):
+    output = tmp_path / "w.safetensors"
+    args = ["--method", "uce", "--concepts", "car", "--model", str(tiny_pipeline_folder), "--output", str(output)]
+    assert main(args) == 0
+    stamp = output.stat().st_mtime_ns
+    assert main(args) == 2 and "--overwrite" in capsys.readouterr().err
+    assert output.stat().st_mtime_ns == stamp
+    assert main(args + ["--overwrite"]) == 0
+
+
+def test_pickled_single_file_checkpoints_are_refused(tmp_path, capsys):
+    checkpoint = tmp_path / "model.ckpt"
+    checkpoint.write_bytes(b"not really a pickle")
+    assert main(["--method", "uce", "--concepts", "car", "--model", str(checkpoint)]) == 2
+    assert "only .safetensors checkpoints" in capsys.readouterr().err
+
+
+def test_unknown_method_exits_2_from_the_console_script():
+    result = subprocess.run([sys.executable, "-m", "erasure.cli", "--method", "nope", "--concepts", "car"],
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and "invalid choice: 'nope'" in result.stderr
+
+
+def test_wrong_base_model_fails_clearly_from_the_weights(tiny_pipeline_folder, tmp_path):
+    output = tmp_path / "w.safetensors"
+    assert main(["--method", "uce", "--concepts", "car", "--model", str(tiny_pipeline_folder),
+                 "--output", str(output)]) == 0
+    with pytest.raises(erasure.ErasureError, match="base model"):
+        erasure.apply(build_tiny_pipeline("sd1", seed=7), output)
