@@ -84,31 +84,37 @@ def solve_projections(
     dim = anchors[names[0]].shape[1]
     device = terms[0].grams.keys.device if terms else anchors[names[0]].device
     lhs = lam * torch.eye(dim, dtype=SOLVE_DTYPE, device=device)
+    # Terms reading values through the same matrices share one product: sum_k s_k C_k first.
+    crosses: dict[int, tuple[dict, torch.Tensor]] = {}
     for term in terms:
         lhs += term.scale * term.grams.keys
-    # rhs_l^T = lam A_l^T + sum_k s_k C_k^T M_kl^T, stacked side by side for one solve.
-    rhs = []
-    for name in names:
-        block = lam * anchors[name].to(device, SOLVE_DTYPE).T
-        for term in terms:
-            block = block + term.scale * term.grams.cross.T @ term.targets[name].to(device, SOLVE_DTYPE).T
-        rhs.append(block)
-    solution = _solve_symmetric(lhs, torch.cat(rhs, dim=1))
+        targets, cross = crosses.get(id(term.targets), (term.targets, 0))
+        crosses[id(term.targets)] = (targets, cross + term.scale * term.grams.cross)
+    # All projections stacked as rows: rhs = lam A + sum M C^T, then one inverse for all layers.
+    anchor_rows = _rows(anchors, names, device)
+    rhs = lam * anchor_rows
+    for targets, cross in crosses.values():
+        rhs += (anchor_rows if targets is anchors else _rows(targets, names, device)) @ cross
+    solution = rhs @ _inverse_symmetric(lhs)
     new, start = {}, 0
-    for name, block in zip(names, rhs):
-        out = block.shape[1]
-        new[name] = solution[:, start : start + out].T.to(anchors[name].device, anchors[name].dtype).contiguous()
+    for name in names:
+        out = anchors[name].shape[0]
+        new[name] = solution[start : start + out].to(anchors[name].device, anchors[name].dtype).contiguous()
         start += out
     return new
 
 
-def _solve_symmetric(lhs: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
-    """Cholesky when positive definite (the usual case, lam > 0), least squares otherwise."""
-    factor, info = torch.linalg.cholesky_ex(lhs)
+def _rows(weights: dict[str, torch.Tensor], names: list[str], device) -> torch.Tensor:
+    return torch.cat([weights[name].to(device, SOLVE_DTYPE) for name in names])
+
+
+def _inverse_symmetric(matrix: torch.Tensor) -> torch.Tensor:
+    """Cholesky when positive definite (the usual case, lam > 0), pseudo-inverse otherwise."""
+    factor, info = torch.linalg.cholesky_ex(matrix)
     if int(info) == 0:
-        return torch.cholesky_solve(rhs, factor)
-    # Singular Gram sum (lam = 0 with few tokens): the minimum-norm solution.
-    return torch.linalg.lstsq(lhs.cpu(), rhs.cpu(), driver="gelsd").solution.to(lhs.device)
+        return torch.cholesky_inverse(factor)
+    # Singular Gram sum (lam = 0 with few tokens): the minimum-norm least-squares solution.
+    return torch.linalg.pinv(matrix, hermitian=True)
 
 
 def adversarial_embedding(
@@ -139,5 +145,4 @@ def adversarial_embedding(
         gram += edited.T @ edited
         cross += edited.T @ original[name].to(device, SOLVE_DTYPE)
     # Rows: c'^T = c^T cross^T gram^-1 (gram is symmetric).
-    solution = _solve_symmetric(gram, cross @ tokens.to(SOLVE_DTYPE).T)
-    return solution.T.to(tokens.dtype)
+    return (tokens.to(SOLVE_DTYPE) @ cross.T @ _inverse_symmetric(gram)).to(tokens.dtype)

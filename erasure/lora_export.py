@@ -76,9 +76,11 @@ def export_lora(
     if rank < 1:
         raise ErasureError(f"LoRA rank must be at least 1, got {rank}")
     original = _base_tensors(edited, base)
-    tensors, squared_error, squared_norm, worst, used = {}, 0.0, 0.0, 0.0, 0
+    tensors, squared_error, squared_norm, base_norm, worst, used = {}, 0.0, 0.0, 0.0, 0.0, 0
     for name, new in edited.tensors.items():
-        delta = new.double().cpu() - original[name].detach().double().cpu()
+        before = original[name].detach().double().cpu()
+        delta = new.double().cpu() - before
+        base_norm += float(before.norm()) ** 2
         if delta.ndim != 2:
             raise ErasureError(f"{name} is not a matrix: only linear layers can be exported as a LoRA")
         up, down, error = low_rank_factors(delta, rank)
@@ -89,7 +91,7 @@ def export_lora(
         squared_error, squared_norm = squared_error + error**2, squared_norm + norm
         worst = max(worst, error / max(norm**0.5, 1e-30))
         used = max(used, down.shape[0])
-    if squared_norm ** 0.5 < _EXACT * sum(float(original[n].double().norm()) for n in edited.tensors):
+    if squared_norm < (_EXACT**2) * base_norm:
         raise ErasureError("the base weights equal the edited ones: pass the base model, not a pipeline already edited")
     relative = (squared_error / squared_norm) ** 0.5
     metadata = {

@@ -112,6 +112,7 @@ def render_markdown(report: dict) -> str:
             lines.append("| " + " | ".join(cells) + " |")
     for name, result in report["metrics"].items():
         lines += _per_class_table(name, result, variants)
+        lines += _per_label_table(name, result, variants)
     lines += ["", "## Settings", ""]
     generation = ", ".join(f"{k} {v}" for k, v in report["generation"].items())
     lines.append(f"- generation: {generation}")
@@ -151,6 +152,20 @@ def _per_class_table(name: str, result: dict, variants: list[str]) -> list[str]:
             tops = [_fmt(s["top1"]) for s in per_variant]
             predicted = [", ".join(f"{label} {n}" for label, n in list(s["predicted"].items())[:3]) for s in per_variant]
             lines.append("| " + " | ".join([group, cls, str(stats["n"]), *tops, *predicted]) + " |")
+    return lines
+
+
+def _per_label_table(name: str, result: dict, variants: list[str]) -> list[str]:
+    """Detections per label over all rows, for detector metrics (those with ``detections``)."""
+    everything = result[variants[0]].get("groups", {}).get("all", {})
+    if "detections" not in everything:
+        return []
+    header = ["label", *variants] + (["change"] if len(variants) == 2 else [])
+    lines = ["", f"### {name}: detections per label (all rows)", "", "| " + " | ".join(header) + " |",
+             "|" + "|".join("---" for _ in header) + "|"]
+    for label in everything["detections"]:
+        values = [result[v]["groups"]["all"]["detections"][label] for v in variants]
+        lines.append("| " + " | ".join([label, *map(str, values)] + ([_change(*values)] if len(variants) == 2 else [])) + " |")
     return lines
 
 

@@ -471,7 +471,7 @@ def train_lora(adapter, layers: dict, data: TrainingData, item: ConceptPrompts, 
         torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        losses.append(float(loss.total))
+        losses.append(float(loss.total.detach()))
     return losses
 
 
@@ -482,7 +482,7 @@ class MaskedAttentionLoss:
     def __init__(self, positions: torch.Tensor, mask: torch.Tensor | None, latent_size, kind: str = "squared"):
         self.positions, self.mask, self.latent_size, self.kind = positions, mask, latent_size, kind
         self.total = torch.zeros(())
-        self.mass = 0.0  # plain sum of the masked probabilities, for reporting
+        self.layer_masses: list[float] = []  # per layer: mean attention on the positions inside the mask
 
     def __call__(self, name: str, probs: torch.Tensor) -> None:
         selected = probs.float() * self.positions[:, None, None, :].float()
@@ -491,12 +491,19 @@ class MaskedAttentionLoss:
             selected = selected * inside[:, None, :, None].float()
         value = selected.pow(2).sum() if self.kind == "squared" else selected.norm()
         self.total = self.total.to(value.device) + value
-        self.mass += float(selected.detach().sum() / (probs.shape[1] * probs.shape[0]))
+        pixels = probs.shape[0] * probs.shape[2] if self.mask is None else inside.sum().clamp_min(1)
+        self.layer_masses.append(float(selected.detach().sum() / (probs.shape[1] * pixels)))
+
+    @property
+    def mass(self) -> float:
+        """Share of the attention that pixels inside the mask pay to the concept's
+        positions, averaged over heads and layers (0 to 1)."""
+        return sum(self.layer_masses) / max(1, len(self.layer_masses))
 
 
 def masked_attention_mass(adapter, data: TrainingData, item: ConceptPrompts, config: MACEConfig, timestep: int = 300) -> float:
-    """Mean over images and prompts of the attention mass inside the mask at the concept's
-    positions (summed over layers, averaged over heads), at one noise level and fixed noise."""
+    """``MaskedAttentionLoss.mass`` averaged over the concept's images and prompts, at one
+    noise level with fixed noise: how much the masked pixels still attend to the concept."""
     cond = adapter.encode(item.prompts)
     scheduler = noise_scheduler(adapter)
     modules = adapter.cross_attention_modules()

@@ -2,8 +2,8 @@
 
 Each image is classified among the set's ``class`` values (or ``classes``) by CLIP:
 softmax over ``logit_scale * cos(E_image, E_text(template.format(class)))``. MACE
-used ViT-B/32 and "a photo of the {class}"; set ``clip-accuracy.model=ViT-B-32/openai``
-to match it. Summaries (top-1, mean probability, Acc_e/Acc_s/Acc_g, H_o) are
+used ViT-B/32 and "a photo of the {class}" (the default template); set
+``clip-accuracy.model=ViT-B-32/openai`` to match its model too. Summaries (top-1, mean probability, Acc_e/Acc_s/Acc_g, H_o) are
 ``accuracy.accuracy_summary``.
 """
 
@@ -18,13 +18,16 @@ from ...errors import ErasureError
 from ..prompts import PromptRow, PromptSet
 from .accuracy import accuracy_record, accuracy_summary
 from .base import Metric, load_images, require_labels
-from .clip_models import default_clip_for, load_clip
+from .clip_models import MINI_CLIP, default_clip_for, load_clip
+
+DEFAULT_TEMPLATE = "a photo of the {}"  # MACE's zero-shot text
+MINI_CLIP_TEMPLATE = "a photo of a {}"
 
 
 @dataclass
 class ClipAccuracyConfig:
     model: str | None = None  # None: mini-clip for mini-sd, "ViT-L-14/openai" otherwise
-    template: str = "a photo of the {}"  # MACE's zero-shot text, {} is the class name
+    template: str | None = None  # {} is the class name; None: MACE's "a photo of the {}" ("a photo of a {}" for mini-clip)
     classes: list[str] | None = None  # None: the set's distinct class values
     batch_size: int = 32
 
@@ -38,6 +41,13 @@ class ClipAccuracy(Metric):
         return self.config.model or default_clip_for(self.context.model)
 
     @property
+    def template(self) -> str:
+        if self.config.template is not None:
+            return self.config.template
+        # mini-clip never saw "the" in its captions; "a photo of a red circle" is its phrasing
+        return MINI_CLIP_TEMPLATE if self.model_spec == MINI_CLIP else DEFAULT_TEMPLATE
+
+    @property
     def classes(self) -> list[str]:
         return list(self.config.classes or self.context.prompt_set.class_names)
 
@@ -48,18 +58,18 @@ class ClipAccuracy(Metric):
             raise ErasureError(f"clip-accuracy: class {unknown[0]!r} of the prompt set is not among clip-accuracy.classes")
         if len(self.classes) < 2:
             raise ErasureError("clip-accuracy needs at least two class names to choose between: add rows of other classes")
-        if "{}" not in self.config.template:
-            raise ErasureError(f"clip-accuracy.template {self.config.template!r} must contain {{}} for the class name")
+        if "{}" not in self.template:
+            raise ErasureError(f"clip-accuracy.template {self.template!r} must contain {{}} for the class name")
 
     def settings(self) -> dict:
         clip = load_clip(self.model_spec, self.context.device)
         return {**super().settings(), "clip_model": self.model_spec, **clip.info, "classes": self.classes,
-                "texts": [self.config.template.format(c) for c in self.classes], "logit_scale": clip.logit_scale}
+                "texts": [self.template.format(c) for c in self.classes], "logit_scale": clip.logit_scale}
 
     def score(self, paths: list[Path], rows: list[PromptRow]) -> list[dict]:
         clip = load_clip(self.model_spec, self.context.device)
         classes = self.classes
-        texts = clip.text_embeddings([self.config.template.format(c) for c in classes])
+        texts = clip.text_embeddings([self.template.format(c) for c in classes])
         records = []
         for start in range(0, len(paths), self.config.batch_size):
             images = clip.image_embeddings(load_images(paths[start:start + self.config.batch_size]), self.config.batch_size)

@@ -109,7 +109,7 @@ def _open_clip(spec: str, device: torch.device) -> ClipModel:
         encode_image=model.encode_image,
         encode_text=lambda texts: model.encode_text(tokenizer(texts).to(device)),
         preprocess=preprocess,
-        logit_scale=float(model.logit_scale.exp()),
+        logit_scale=float(model.logit_scale.detach().exp()),
         device=device,
         info={"backend": "open_clip", "architecture": arch, "pretrained": pretrained, "open_clip": open_clip.__version__},
     )
@@ -156,7 +156,7 @@ def _from_transformers(model, folder: Path, device: torch.device, spec: str) -> 
         encode_image=lambda pixels: _features(model.get_image_features(pixel_values=pixels.to(model.dtype))),
         encode_text=encode_text,
         preprocess=lambda image: processor(images=image, return_tensors="pt").pixel_values[0],
-        logit_scale=float(model.logit_scale.exp()),
+        logit_scale=float(model.logit_scale.detach().exp()),
         device=device,
         info={"backend": "transformers", "folder": str(folder), "image_size": model.config.vision_config.image_size,
               "image_mean": list(processor.image_mean), "image_std": list(processor.image_std)},
