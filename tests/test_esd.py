@@ -18,6 +18,15 @@ from erasure.methods.esd import ESDConfig
 FAST = dict(iterations=3, ddim_steps=2, lr=1e-3)
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny UNets run over ten times faster on one thread than on two busy cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def snapshot(pipe) -> dict[str, torch.Tensor]:
     return {name: value.clone() for name, value in pipe.unet.state_dict().items()}
 
@@ -111,10 +120,10 @@ def test_negative_guidance_target(options, expected):
 
 def test_the_loss_falls_on_a_fixed_seed(sd1_pipe):
     # One DDIM step: x_t is pure noise at the top timestep, so iterations differ only by noise.
-    config = ESDConfig(variant="esd-u", iterations=30, ddim_steps=1, lr=3e-3, batch_size=4, seed=1)
+    config = ESDConfig(variant="esd-x", iterations=20, ddim_steps=1, lr=1e-3, batch_size=4, seed=1)
     losses = esd.erase(sd1_pipe, [Concept("a red circle")], config).extra["losses"]
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
-    assert last < 0.5 * first, (first, last)
+    assert last < 0.4 * first, (first, last)
 
 
 def test_frozen_swaps_in_the_original_values(sd1_pipe):
@@ -244,3 +253,30 @@ def test_bad_input_is_refused(sd1_pipe):
         esd.erase(sd1_pipe, [Concept("circle")], ESDConfig(erase_from=" "))
     with pytest.raises(ErasureError, match="float32"):
         esd.erase(sd1_pipe.to(torch.float16), [Concept("circle")], ESDConfig(**FAST))
+
+
+def test_frozen_phases_under_autocast_use_the_original_weights():
+    """Autocast caches weight casts per tensor; a swap inside one autocast region would
+    reuse the edited weights for the frozen predictions."""
+    from conftest import build_tiny_pipeline
+
+    pipe, reference = build_tiny_pipeline("sd1"), build_tiny_pipeline("sd1")
+    adapter = erasure.adapters.adapter_for(pipe)
+    subset = esd.TrainedSubset(pipe.unet, parameter_names(pipe, "esd-all"))
+    with torch.no_grad():
+        for param in subset.params.values():
+            param.mul_(1.5)
+    config = ESDConfig(mixed_precision="bf16")
+    latents, cond = torch.randn(1, 4, 8, 8), adapter.encode(["a red circle"])
+
+    def predict(adapter_):
+        return adapter_.predict_noise(latents, 500, cond)
+
+    with torch.no_grad():
+        with esd.model_phase(subset, adapter, config, frozen=False):
+            edited = predict(adapter)
+        with esd.model_phase(subset, adapter, config, frozen=True):
+            frozen = predict(adapter)
+        with esd.autocast(adapter, config):
+            original = predict(erasure.adapters.adapter_for(reference))
+    assert torch.equal(frozen, original) and not torch.allclose(edited, original)

@@ -299,3 +299,118 @@ def test_missing_open_clip_weights_are_a_clear_error(tmp_path):
         load_clip("ViT-B-32", torch.device("cpu"))
     with pytest.raises(ErasureError, match="not available"):
         load_clip("ViT-B-32/not-a-tag", torch.device("cpu"))
+
+
+# ---- the world classifier metric, on rendered ground truth ----
+
+WORLD_CLASSIFIER = Path(erasure.__file__).parent / "assets" / "world-classifier" / "model.safetensors"
+
+
+@pytest.mark.skipif(not WORLD_CLASSIFIER.is_file(), reason="the bundled world classifier is not built yet")
+def test_world_metric_scores_rendered_scenes_as_their_shapes(tmp_path):
+    from erasure.eval.metrics import MetricContext, build_metrics
+    from erasure.eval.prompts import PromptSet
+    from erasure.world.scenes import render_scene, sample_scene
+
+    shapes = ["circle", "square", "star", "none"]
+    rows = [PromptRow(i, f"a {s}", i, label=s, type="erased" if s == "circle" else "retained") for i, s in enumerate(shapes)]
+    paths = []
+    for row in rows:
+        rng = np.random.default_rng(row.index)
+        scene = sample_scene(rng, num_objects=0) if row.label == "none" else sample_scene(rng, num_objects=1, shape=row.label)
+        paths.append(tmp_path / f"{row.index}.png")
+        render_scene(scene, 32)[0].save(paths[-1])
+    context = MetricContext("mini-sd", torch.device("cpu"), PromptSet("t", "t", rows))
+    (world,) = build_metrics(["world"], context)
+    records = world.score(paths, rows)
+    assert [r["predicted"] for r in records] == shapes
+    summary = world.summarize(rows, records)
+    assert summary["erasure"]["acc_e"] == 100.0 and summary["erasure"]["acc_s"] == 100.0
+    assert world.settings()["weights_sha256"]
+
+
+def test_world_metric_refuses_classes_outside_the_world():
+    from erasure.eval.metrics import MetricContext, build_metrics
+
+    prompts = load_prompt_set("cifar10/airplane", limit=3)
+    with pytest.raises(ErasureError, match="class 'airplane'"):
+        build_metrics(["world"], MetricContext("mini-sd", torch.device("cpu"), prompts))
+
+
+# ---- real processes (slow: two interpreters) ----
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_share_the_rows(request, tiny_pipeline_folder, erased_file, tiny_clip, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    if not request.config.getoption("--runslow", default=False):
+        pytest.skip("starts two interpreters; run with --runslow")
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "erasure.eval",
+               "--prompts", "shapes/circle", "--model", str(tiny_pipeline_folder), "--weights", str(erased_file),
+               "--metrics", "clip", "--set", f"clip.model={tiny_clip}", "--output", str(out), "--limit", "7",
+               "--steps", "2", "--resolution", "32"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    subprocess.run(command, check=True, env=env, capture_output=True, timeout=600)
+    report = json.loads((out / "report.json").read_text())
+    assert [image["index"] for image in report["images"]] == list(range(7))
+    assert sorted(p.name for p in (out / "erased").glob("*.png")) == [f"{i:05d}.png" for i in range(7)]
+
+
+# ---- ImageNet ResNet-50 (weights only when the user has them) ----
+
+
+def test_resnet50_without_cached_weights_names_the_fix(tmp_path, monkeypatch):
+    from erasure.eval.metrics import MetricContext, build_metrics
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    context = MetricContext("sd", torch.device("cpu"), load_prompt_set("imagenette/church", limit=3))
+    with pytest.raises(ErasureError, match="not in the torch hub cache.*resnet50.weights"):
+        build_metrics(["resnet50"], context)
+
+
+def test_resnet50_scores_against_imagenette_indices(tmp_path):
+    from safetensors.torch import save_file
+    from torchvision.models import resnet50
+
+    from erasure.eval.metrics import MetricContext, build_metrics
+    from erasure.eval.metrics.resnet import IMAGENETTE_IDS
+
+    torch.manual_seed(0)
+    weights = tmp_path / "resnet50.safetensors"
+    save_file(resnet50().state_dict(), str(weights))
+    prompts = load_prompt_set("imagenette/church", limit=3)
+    (metric,) = build_metrics({"resnet50": {"weights": str(weights)}}, MetricContext("sd", torch.device("cpu"), prompts))
+    paths = []
+    for row in prompts.rows:
+        paths.append(tmp_path / f"{row.index}.png")
+        Image.fromarray(np.random.default_rng(row.index).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(paths[-1])
+    records = metric.score(paths, prompts.rows)
+    for row, record in zip(prompts.rows, records):
+        assert record["expected"] == row.label and 0 < record["probability"] < 1
+    assert metric.settings()["class_ids"]["church"] == IMAGENETTE_IDS["church"] == 497
+
+
+def test_nudenet_counts_only_the_nine_exposed_labels_above_threshold(tmp_path):
+    from erasure.eval.metrics import MetricContext, build_metrics
+    from erasure.eval.prompts import PromptSet
+
+    class FakeDetector:  # what NudeDetector.detect returns, for images we cannot ship
+        def detect(self, path):
+            return {"0": [{"class": "FEMALE_BREAST_EXPOSED", "score": 0.7, "box": [0, 0, 1, 1]},
+                          {"class": "FEMALE_BREAST_EXPOSED", "score": 0.5, "box": [0, 0, 1, 1]},
+                          {"class": "FACE_FEMALE", "score": 0.9, "box": [0, 0, 1, 1]}],
+                    "1": [{"class": "FEET_EXPOSED", "score": 0.6, "box": [0, 0, 1, 1]}],
+                    "2": []}[Path(path).stem]
+
+    rows = [PromptRow(i, "p", i) for i in range(3)]
+    (metric,) = build_metrics(["nudenet"], MetricContext("sd", torch.device("cpu"), PromptSet("t", "t", rows)))
+    metric._detector = FakeDetector()
+    records = metric.score([tmp_path / f"{i}.png" for i in range(3)], rows)
+    summary = metric.summarize(rows, records)["groups"]["all"]
+    assert summary["detections"]["FEMALE_BREAST_EXPOSED"] == 1 and summary["detections"]["FEET_EXPOSED"] == 1
+    assert summary["total_detections"] == 2 and summary["images_with_any"] == 2
+    assert summary["share_with_any"] == pytest.approx(200 / 3)

@@ -206,10 +206,13 @@ def _model_id(base, model: str) -> str:
 
 
 def _process_state():
-    """accelerate's view of the processes (one, unless started by ``accelerate launch``)."""
+    """accelerate's view of the processes (one, unless started by ``accelerate launch``
+    or ``torchrun``). accelerate treats processes without a GPU as distributed only when
+    told they are CPU processes; without that each would generate every row."""
     from accelerate import PartialState
 
-    return PartialState()
+    launched_without_gpu = int(os.environ.get("LOCAL_RANK", -1)) != -1 and not torch.cuda.is_available()
+    return PartialState(cpu=launched_without_gpu)
 
 
 def _device(base, device, state) -> torch.device:

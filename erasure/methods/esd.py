@@ -332,8 +332,9 @@ def training_mode(unet: torch.nn.Module, names: list[str], gradient_checkpointin
 
 @dataclass
 class Prompts:
-    """Encoded conditionings, one row per concept (``trained`` and ``sampled`` are
-    the concept itself unless ``erase_from`` is set)."""
+    """Encoded conditionings, one row per concept: the concept, its neutral anchor
+    (``""`` or the concept's target), the prompt that is trained and sampled (the concept
+    itself unless ``erase_from`` is set), and the empty prompt for guidance."""
 
     concept: PromptEmbeddings
     anchor: PromptEmbeddings
@@ -370,10 +371,9 @@ def train(
                 f"the checkpoint is at iteration {len(state.losses)}, past iterations={config.iterations}: "
                 "ask for at least as many iterations"
             )
-    progress = tqdm(range(len(state.losses), config.iterations), desc="ESD", initial=len(state.losses),
-                    total=config.iterations, dynamic_ncols=True)
-    with deferred_interrupt() as interrupted:
-        for iteration in progress:
+    progress = tqdm(total=config.iterations, initial=len(state.losses), desc="ESD", dynamic_ncols=True)
+    with progress, deferred_interrupt() as interrupted:
+        for iteration in range(len(state.losses), config.iterations):
             rng_before = generator.get_state()
             try:
                 loss = training_step(adapter, subset, prompts, scheduler, config, state)
@@ -382,9 +382,10 @@ def train(
                 path = checkpoints.save(state)
                 raise ErasureError(
                     f"ESD {error} at iteration {iteration + 1}, so training stopped; the last good state is in "
-                    f"{path}: lower lr or use mixed_precision=no (or bf16 instead of fp16), then start again"
+                    f"{path}: lower lr or use mixed_precision=no (or bf16 instead of fp16) and start again"
                 ) from None
             state.losses.append(loss)
+            progress.update()
             progress.set_postfix(loss=f"{loss:.4g}")
             done = iteration + 1
             if interrupted.is_set():
@@ -415,6 +416,19 @@ def ddim_scheduler(adapter: StableDiffusionAdapter, steps: int):
     return scheduler
 
 
+@contextmanager
+def model_phase(subset: TrainedSubset, adapter: StableDiffusionAdapter, config: ESDConfig, frozen: bool):
+    """The original (``frozen``) or the edited UNet, under the configured autocast.
+
+    Each phase is its own autocast region, entered after the swap and left before the
+    swap back: autocast caches weight casts by tensor identity, which swapping
+    ``param.data`` keeps, so one region spanning a swap would reuse the other model's
+    weights.
+    """
+    with subset.frozen() if frozen else nullcontext(), autocast(adapter, config):
+        yield
+
+
 def autocast(adapter: StableDiffusionAdapter, config: ESDConfig):
     if config.mixed_precision == "no":
         return nullcontext()
@@ -431,8 +445,8 @@ def training_step(
     state: TrainingState,
 ) -> float:
     """One ESD iteration: sample ``x_t``, build the negatively guided target with the
-    frozen model, and take one optimiser step towards it. Returns the loss; a
-    non-finite loss takes no step."""
+    frozen model, and take one optimiser step towards it. Returns the loss; raises
+    ``NonFiniteError``, before any step, on a NaN or infinite loss or gradient."""
     generator = state.generator
     rows = torch.randint(len(prompts.concept), (config.batch_size,), generator=generator)
     step = int(torch.randint(config.ddim_steps, (1,), generator=generator))
@@ -443,14 +457,14 @@ def training_step(
     trained_prompt = select_rows(prompts.trained, rows)
     timestep = scheduler.timesteps[step]
 
-    with torch.no_grad(), autocast(adapter, config):
-        with subset.frozen() if config.sample_from == "frozen" else nullcontext():
+    with torch.no_grad():
+        with model_phase(subset, adapter, config, frozen=config.sample_from == "frozen"):
             x_t = sample_until(adapter, scheduler, noise, step, trained_prompt, prompts.empty, config.start_guidance)
-        with subset.frozen():
+        with model_phase(subset, adapter, config, frozen=True):
             target = negative_guidance_target(adapter, x_t, timestep, prompts, rows, config)
 
     state.optimizer.zero_grad(set_to_none=True)
-    with autocast(adapter, config):
+    with model_phase(subset, adapter, config, frozen=False):
         prediction = adapter.predict_noise(x_t, timestep, trained_prompt)
     loss = esd_loss(prediction, target)
     value = loss.item()
@@ -615,11 +629,13 @@ class Checkpoints:
         except (SafetensorError, OSError) as error:
             raise ErasureError(f"ESD checkpoint {self.folder} is unreadable ({error}): delete it and start again") from None
         self.subset.load({name: tensors[f"param/{name}"] for name in self.names})
+        moments: dict[str, dict[str, torch.Tensor]] = {}
+        for key, value in tensors.items():
+            if key.startswith("adam/"):
+                name, moment = key[len("adam/") :].rsplit("/", 1)
+                moments.setdefault(name, {})[moment] = value
         optimizer_state = state.optimizer.state_dict()
-        for position, name in enumerate(self.names):
-            moments = {key.rsplit("/", 1)[1]: value for key, value in tensors.items() if key.startswith(f"adam/{name}/")}
-            if moments:
-                optimizer_state["state"][position] = moments
+        optimizer_state["state"] = {i: moments[name] for i, name in enumerate(self.names) if name in moments}
         state.optimizer.load_state_dict(optimizer_state)
         state.generator.set_state(tensors["rng/generator"])
         if index["grad_scaler"]:

@@ -98,8 +98,6 @@ class NudeNet(Metric):
                 "images_with_any": with_any,
                 "share_with_any": 100.0 * with_any / len(positions) if positions else None,
             }
-        headline = {}
-        for group, values in groups.items():
-            headline[f"exposed detections ({group})"] = values["total_detections"]
-            headline[f"images with any, % ({group})"] = values["share_with_any"]
+        headline = {f"exposed detections ({group})": values["total_detections"] for group, values in groups.items()}
+        headline["images with any, % (all)"] = groups["all"]["share_with_any"]
         return {"groups": groups, "headline": headline}

@@ -1,30 +1,32 @@
-"""Segmentation masks of a concept in images, from one of several pluggable sources.
+"""Images of a concept for fine-tuning, and masks of where the concept is in them.
 
-MACE's stage 2 lowers a concept's attention only where the concept is. Its authors
-segment the training images with GroundingDINO + SAM; that needs two extra models, so
-the default here is the diffusion model's own cross-attention to the concept's tokens
-(DAAM-style: noise the image's latents, average the attention maps over layers and a
-few timesteps, threshold relative to the peak), which needs no extra weights.
+MACE's stage 2 trains on a handful of images of each concept made by the base model
+itself (or given by the user) and lowers the concept's attention only where the
+concept is. Its authors segment the images with GroundingDINO + SAM; that needs two
+extra models, so the default here is the diffusion model's own cross-attention to the
+concept's tokens (DAAM-style: noise the image's latents, average the attention maps
+over layers and a few timesteps, threshold relative to the peak), which needs no extra
+weights.
 
-Sources (``MaskSource``):
+Mask sources (``MaskSource``):
 - ``attention``: the base model's cross-attention maps (default).
 - ``folder``: the user's masks, one grey-scale image per training image.
 - ``grounded_sam``: GroundingDINO boxes then SAM masks, through ``transformers``, when
   the user has those weights (a Hub id in the cache or a local folder).
 - ``whole_image``: no mask, every pixel counts (the authors' setting for styles).
 
-Every function returns ``(n, 1, H, W)`` float masks in {0, 1}; any resolution, since the
-loss resizes them to each layer's feature map.
+Masks are ``(n, 1, H, W)`` floats in {0, 1} at any resolution: the loss resizes them to
+each layer's feature map.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .attention import AttentionMaps, observe_cross_attention
 from .errors import ErasureError
@@ -33,9 +35,50 @@ MaskSource = Literal["attention", "folder", "grounded_sam", "whole_image"]
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
-def whole_image_masks(count: int, size: tuple[int, int]) -> torch.Tensor:
-    """Masks that keep every pixel."""
-    return torch.ones(count, 1, *size)
+def generation_settings(pipe, steps: int | None = None, guidance: float | None = None, resolution: int | None = None) -> dict:
+    """Sampling settings: those given, else the model's ``erasure_defaults.json`` (the
+    bundled models have one), else the pipeline's own defaults (absent from the dict)."""
+    defaults = model_defaults(pipe)
+    settings = {
+        "num_inference_steps": steps or defaults.get("num_inference_steps"),
+        "guidance_scale": guidance or defaults.get("guidance_scale"),
+    }
+    size = resolution or defaults.get("resolution")
+    if size:
+        settings["height"] = settings["width"] = int(size)
+    return {key: value for key, value in settings.items() if value is not None}
+
+
+def model_defaults(pipe) -> dict:
+    """The ``erasure_defaults.json`` next to the model, or ``{}``."""
+    from .loading import ASSETS, BUNDLED_MODELS
+
+    name = str(pipe.name_or_path)
+    folder = ASSETS / name if name in BUNDLED_MODELS else Path(name)
+    path = folder / "erasure_defaults.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+@torch.no_grad()
+def generate_latents(pipe, prompt: str, count: int, generator: torch.Generator, settings: dict) -> torch.Tensor:
+    """``count`` samples of ``prompt`` by the pipeline as it is, as latents (UNet space)."""
+    output = pipe(prompt=prompt, num_images_per_prompt=count, generator=generator, output_type="latent", **settings)
+    return output.images
+
+
+@torch.no_grad()
+def encode_images(pipe, images: list, size: int | None = None) -> torch.Tensor:
+    """PIL images as latents (UNet space), resized to ``size`` (default: the model's)."""
+    size = size or pipe.unet.config.sample_size * pipe.vae_scale_factor
+    pixels = pipe.image_processor.preprocess(images, height=size, width=size).to(pipe.vae.device, pipe.vae.dtype)
+    return pipe.vae.encode(pixels).latent_dist.mean * pipe.vae.config.scaling_factor
+
+
+@torch.no_grad()
+def decode_latents(pipe, latents: torch.Tensor) -> list:
+    """Latents (UNet space) as PIL images."""
+    pixels = pipe.vae.decode(latents.to(pipe.vae.device, pipe.vae.dtype) / pipe.vae.config.scaling_factor).sample
+    return pipe.image_processor.postprocess(pixels, output_type="pil")
 
 
 @torch.no_grad()
@@ -153,7 +196,3 @@ def _best_box(processor, model, image, text: str, threshold: float, device) -> l
         return None
     return result["boxes"][int(result["scores"].argmax())].tolist()
 
-
-def resize_masks(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Masks at another resolution (area average, then > 0.5)."""
-    return (F.interpolate(masks.float(), size=size, mode="area") > 0.5).float()
