@@ -279,3 +279,56 @@ def test_bad_settings_are_one_line_errors(sd1_pipe):
         erasure.erase(sd1_pipe, "mace", "cat", templates=["a photo"])
     with pytest.raises(ErasureError, match="needs data_dir"):
         erasure.erase(sd1_pipe, "mace", "cat", mask_source="folder")
+
+
+@pytest.fixture(scope="module")
+def tiny_grounded_sam(tmp_path_factory):
+    """Randomly initialised GroundingDINO and SAM saved as local folders (kilobytes)."""
+    from transformers import (BertConfig, BertTokenizer, GroundingDinoConfig, GroundingDinoForObjectDetection,
+                              GroundingDinoImageProcessor, GroundingDinoProcessor, SamConfig, SamImageProcessor,
+                              SamModel, SamProcessor, SwinConfig)
+
+    root = tmp_path_factory.mktemp("grounded-sam")
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", "cat", "a", "person"]
+    (root / "vocab.txt").write_text("\n".join(words) + "\n")
+    torch.manual_seed(0)
+    detector = GroundingDinoForObjectDetection(GroundingDinoConfig(
+        backbone_config=SwinConfig(embed_dim=8, depths=[1] * 4, num_heads=[1] * 4, window_size=4, image_size=128,
+                                   out_indices=[2, 3, 4]),
+        text_config=BertConfig(vocab_size=len(words), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                               intermediate_size=32),
+        d_model=32, encoder_layers=1, decoder_layers=2, encoder_attention_heads=2, decoder_attention_heads=2,
+        encoder_ffn_dim=32, decoder_ffn_dim=32, num_queries=5, encoder_n_points=1, decoder_n_points=1, max_text_len=16,
+    ))
+    detector.save_pretrained(root / "dino")
+    GroundingDinoProcessor(image_processor=GroundingDinoImageProcessor(size={"shortest_edge": 128, "longest_edge": 128}),
+                           tokenizer=BertTokenizer(str(root / "vocab.txt"))).save_pretrained(root / "dino")
+    config = SamConfig()
+    config.vision_config.update(dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, mlp_dim=16,
+                                     output_channels=16, image_size=64, patch_size=16, global_attn_indexes=[0],
+                                     window_size=2, num_pos_feats=8))
+    config.prompt_encoder_config.update(dict(hidden_size=16, image_size=64, patch_size=16, mask_input_channels=4,
+                                             image_embedding_size=4))
+    config.mask_decoder_config.update(dict(hidden_size=16, mlp_dim=16, num_attention_heads=2, iou_head_hidden_dim=16))
+    SamModel(config).save_pretrained(root / "sam")
+    SamProcessor(image_processor=SamImageProcessor(size={"longest_edge": 64}, pad_size={"height": 64, "width": 64})
+                 ).save_pretrained(root / "sam")
+    return str(root / "dino"), str(root / "sam")
+
+
+def test_grounded_sam_masks_through_transformers(sd1_pipe, tiny_grounded_sam):
+    detector, segmenter = tiny_grounded_sam
+    adapter = adapter_for(sd1_pipe)
+    settings = {**FAST, "images_per_concept": 2, "mask_source": "grounded_sam", "grounding_model": detector,
+                "sam_model": segmenter, "box_threshold": 0.0}
+    config = mace.MACEConfig(**settings)
+    data = mace.training_data(sd1_pipe, adapter, mace.prompts_for(Concept("cat"), config), config, torch.Generator())
+    side = data.latents.shape[-1] * sd1_pipe.vae_scale_factor  # masks of the decoded images
+    assert data.masks.shape == (2, 1, side, side) and set(data.masks.unique().tolist()) <= {0.0, 1.0}
+    # Nothing detected (no score reaches the threshold): the whole image is kept.
+    config = mace.MACEConfig(**{**settings, "box_threshold": 1.1})
+    data = mace.training_data(sd1_pipe, adapter, mace.prompts_for(Concept("cat"), config), config, torch.Generator())
+    assert bool((data.masks == 1).all())
+    with pytest.raises(ErasureError, match="could not be loaded"):
+        config = mace.MACEConfig(**{**settings, "grounding_model": "/nonexistent/dino"})
+        mace.training_data(sd1_pipe, adapter, mace.prompts_for(Concept("cat"), config), config, torch.Generator())
