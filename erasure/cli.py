@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    quiet_libraries()
     try:
         return run(args)
     except ErasureError as error:
@@ -105,6 +105,20 @@ def run(args: argparse.Namespace) -> int:
         f"(load {loaded - started:.1f} s) -> {output}" + "".join(f", {e}" for e in exports)
     )
     return 0
+
+
+def quiet_libraries() -> None:
+    """Keep the libraries' own chatter (Hub retries, deprecations) off the user's terminal:
+    our errors say what went wrong in one line."""
+    import warnings
+
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    diffusers_logging.set_verbosity_error()
+    transformers_logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", category=FutureWarning)
 
 
 def _concepts(args):

@@ -45,6 +45,8 @@ def run_one(args) -> dict:
 
     import erasure
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.model in ARCHITECTURES:
         pipe = random_pipeline(args.model, device=args.device)
     else:
@@ -63,7 +65,7 @@ def run_one(args) -> dict:
     total = time.perf_counter() - start
     peak = (torch.cuda.max_memory_allocated() if args.device == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    return {"concepts": args.count, "seconds": total, "stages": edited.extra["seconds"],
+    return {"concepts": args.count, "seconds": total, "stages": edited.extra["seconds"], "threads": torch.get_num_threads(),
             "peak_memory_mb": peak / 2**20, "memory": "cuda allocated" if args.device == "cuda" else "max RSS"}
 
 
@@ -78,6 +80,7 @@ def main() -> None:
     parser.add_argument("--images", dest="images_per_concept", type=int, help="override (default: 8)")
     parser.add_argument("--generation-steps", dest="generation_steps", type=int)
     parser.add_argument("--cache-dir", default=None, help="preservation-statistics cache (default: the user's)")
+    parser.add_argument("--threads", type=int, help="CPU threads (on a shared machine 1 can be fastest)")
     parser.add_argument("--out", help="write the results as JSON here")
     parser.add_argument("--count", type=int, help=argparse.SUPPRESS)  # internal: one run in this process
     args = parser.parse_args()

@@ -98,6 +98,7 @@ def measure(pipe, classifier, args, defaults) -> dict:
     return {
         "settings": defaults,
         "seeds_per_prompt": args.seeds,
+        "extra_seeds": args.extra_seeds,
         "shape_accuracy": accuracy(rows, "shape", "shape"),
         "colour_accuracy": accuracy(rows, "colour", "colour"),
         "shape_accuracy_mean": sum(r["got_shape"] == r["expected_shape"] for r in rows) / len(rows),
@@ -129,7 +130,7 @@ def table(m: dict, minutes: float) -> str:
     uncond = ", ".join(f"{s} {v:.0%}" for s, v in m["unconditional_shape_distribution"].items())
     lines += [
         "",
-        f"- synonyms (\"a red disk\", ... 2 synonyms x 3 colours x 20 seeds per shape), shape accuracy: {syn}",
+        f"- synonyms (\"a red disk\", ...; 2 synonyms x 3 colours x {m['extra_seeds']} seeds per shape), shape accuracy: {syn}",
         f"- styles (\"an outlined green star\", ...), style accuracy: {sty}; their shape accuracy {m['style_prompt_shape_accuracy']:.0%}",
         f"- empty-scene prompts classified as \"none\": {empty}",
         f"- the empty prompt \"\" (unconditional), classified as: {uncond}",

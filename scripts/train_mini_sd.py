@@ -79,11 +79,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--train-size", type=int, default=40000, help="training scenes (TRAIN_SEED)")
-    p.add_argument("--vae-steps", type=int, default=1500)
+    p.add_argument("--vae-steps", type=int, default=1000)
     p.add_argument("--vae-batch-size", type=int, default=32)
     p.add_argument("--vae-lr", type=float, default=1e-3)
     p.add_argument("--kl-weight", type=float, default=1e-6)
-    p.add_argument("--unet-steps", type=int, default=5000)
+    p.add_argument("--unet-steps", type=int, default=4000, help="total steps; more than a checkpoint's extends it")
     p.add_argument("--unet-batch-size", type=int, default=64)
     p.add_argument("--unet-lr", type=float, default=5e-4)
     p.add_argument("--unet-images", type=int, default=24000, help="scenes whose latents the UNet trains on")
@@ -94,6 +94,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--snr-gamma", type=float, default=5.0, help="min-SNR loss weighting (Hang et al. 2023)")
     p.add_argument("--checkpoint-every", type=int, default=500)
     p.add_argument("--out", default=str(OUT))
+    p.add_argument("--run-dir", default=str(RUN_DIR), help="VAE, cached latents/captions and the UNet checkpoint")
     return p.parse_args()
 
 
@@ -151,11 +152,11 @@ def run_vae_stage(args) -> None:
     held = images_to_tensor(render_dataset(1000, 1, cache_dir=CACHE_DIR).images)
     report = vae_report(vae, held)
     vae.register_to_config(scaling_factor=round(1.0 / report["latent_std"], 5))  # unit-variance latents, as SD's 0.18215
-    with atomic_dir(RUN_DIR / "vae") as tmp:
+    with atomic_dir(Path(args.run_dir) / "vae") as tmp:
         vae.to(torch.float16).save_pretrained(tmp, safe_serialization=True)
     report["minutes"] = round(clock.minutes(), 2)
-    write_json(RUN_DIR / "vae_report.json", report)
-    AutoencoderKL.from_pretrained(RUN_DIR / "vae")  # fails loudly if the folder is unusable
+    write_json(Path(args.run_dir) / "vae_report.json", report)
+    AutoencoderKL.from_pretrained(Path(args.run_dir) / "vae")  # fails loudly if the folder is unusable
     print("vae:", report)
 
 
@@ -168,7 +169,7 @@ def load_frozen(args):
     from diffusers import AutoencoderKL
     from transformers import CLIPTextModel
 
-    vae = AutoencoderKL.from_pretrained(RUN_DIR / "vae", torch_dtype=torch.float32).eval()
+    vae = AutoencoderKL.from_pretrained(Path(args.run_dir) / "vae", torch_dtype=torch.float32).eval()
     text = CLIPTextModel.from_pretrained(Path(args.out) / "text_encoder", torch_dtype=torch.float32).eval()
     return vae, text
 
@@ -186,7 +187,7 @@ def encode_texts(text_encoder, texts: list[str], batch: int = 256) -> torch.Tens
 
 def build_data(args, vae, text_encoder) -> dict:
     """Latents of ``unet_images`` scenes and a caption pool, cached in runs/mini-sd."""
-    cache = RUN_DIR / f"unet_data_n{args.unet_images}_k{args.captions_per_image}_s{args.seed}.safetensors"
+    cache = Path(args.run_dir) / f"unet_data_n{args.unet_images}_k{args.captions_per_image}_s{args.seed}.safetensors"
     if cache.exists():
         data = load_file(str(cache))
         data["empty"] = data["empty"].bool()
@@ -234,7 +235,7 @@ class EMA:
             p.copy_(s)
 
 
-def save_checkpoint(path: Path, unet, ema: EMA, opt, gen: torch.Generator, step: int) -> None:
+def save_checkpoint(path: Path, unet, ema: EMA, opt, gen: torch.Generator, step: int, seconds: float) -> None:
     """Everything needed to resume, as safetensors (no pickles)."""
     tensors = {f"unet.{k}": v.contiguous() for k, v in unet.state_dict().items()}
     tensors.update({f"ema.{i}": s.contiguous() for i, s in enumerate(ema.shadow)})
@@ -244,12 +245,12 @@ def save_checkpoint(path: Path, unet, ema: EMA, opt, gen: torch.Generator, step:
             if key in state:
                 tensors[f"opt.{i}.{key}"] = state[key].contiguous()
     tensors["rng"] = gen.get_state()
-    meta = {"step": str(step), "opt_step": json.dumps([float(opt.state[p]["step"]) if p in opt.state else 0.0 for p in unet.parameters()])}
+    meta = {"step": str(step), "train_seconds": f"{seconds:.1f}", "opt_step": json.dumps([float(opt.state[p]["step"]) if p in opt.state else 0.0 for p in unet.parameters()])}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
 
 
-def load_checkpoint(path: Path, unet, ema: EMA, opt, gen: torch.Generator) -> int:
+def load_checkpoint(path: Path, unet, ema: EMA, opt, gen: torch.Generator) -> tuple[int, float]:
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as f:
@@ -267,7 +268,7 @@ def load_checkpoint(path: Path, unet, ema: EMA, opt, gen: torch.Generator) -> in
                 "exp_avg_sq": tensors[f"opt.{i}.exp_avg_sq"],
             }
     gen.set_state(tensors["rng"])
-    return int(meta["step"])
+    return int(meta["step"]), float(meta["train_seconds"])
 
 
 def train_unet(args, data: dict, scaling_factor: float):
@@ -281,15 +282,19 @@ def train_unet(args, data: dict, scaling_factor: float):
     weight = torch.clamp(snr, max=args.snr_gamma) / snr  # min-SNR-gamma for epsilon prediction
     ema = EMA(unet, args.ema_decay)
     opt = torch.optim.AdamW(unet.parameters(), lr=args.unet_lr, weight_decay=0.01)
+    # Constant rate after warm-up; the EMA does the annealing. A run can then be
+    # extended (a larger --unet-steps resumes from the checkpoint) without changing
+    # what the first steps did.
     warm, total = 200, args.unet_steps
-    lr_at = lambda s: min(1.0, (s + 1) / warm) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s / total, 1))))
+    lr_at = lambda s: min(1.0, (s + 1) / warm)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     gen = torch.Generator().manual_seed(args.seed)
-    ckpt = RUN_DIR / "unet_checkpoint.safetensors"
-    start = 0
+    ckpt = Path(args.run_dir) / "unet_checkpoint.safetensors"
+    start, before = 0, 0.0
     if ckpt.exists():
-        start = load_checkpoint(ckpt, unet, ema, opt, gen)
-        print(f"resumed from step {start}")
+        start, before = load_checkpoint(ckpt, unet, ema, opt, gen)
+        print(f"resumed from step {start} ({before / 60:.1f} min of training so far)")
+    clock = Stopwatch()
     for group in opt.param_groups:
         group["lr"] = args.unet_lr * lr_at(start)
     sched.last_epoch = start
@@ -315,10 +320,10 @@ def train_unet(args, data: dict, scaling_factor: float):
         ema.update(unet, step)
         if step % 50 == 0:
             bar.set_postfix(loss=f"{loss.item():.4f}")
-        if (step + 1) % args.checkpoint_every == 0 and step + 1 < total:
-            save_checkpoint(ckpt, unet, ema, opt, gen, step + 1)
+        if (step + 1) % args.checkpoint_every == 0 or step + 1 == total:
+            save_checkpoint(ckpt, unet, ema, opt, gen, step + 1, before + 60 * clock.minutes())
     ema.copy_to(unet)
-    return unet.eval()
+    return unet.eval(), before / 60 + clock.minutes()
 
 
 # ---------------------------------------------------------------- assembly
@@ -397,20 +402,20 @@ def run_unet_stage(args) -> None:
     clock = Stopwatch()
     vae, text_encoder = load_frozen(args)
     data = build_data(args, vae, text_encoder)
-    unet = train_unet(args, data, vae.config.scaling_factor)
-    minutes = {"unet": round(clock.minutes(), 2)}
-    report = RUN_DIR / "vae_report.json"
+    minutes = {"unet_data": round(clock.minutes(), 2)}
+    unet, loop_minutes = train_unet(args, data, vae.config.scaling_factor)
+    minutes["unet"] = round(minutes["unet_data"] + loop_minutes, 2)
+    report = Path(args.run_dir) / "vae_report.json"
     if report.exists():
         minutes["vae"] = json.loads(report.read_text())["minutes"]
     save_pipeline(args, vae, text_encoder, unet, minutes)
-    (RUN_DIR / "unet_checkpoint.safetensors").unlink(missing_ok=True)
     print(f"wrote {args.out}; minutes: {minutes}")
 
 
 def main() -> None:
     args = parse_args()
     setup(args.seed, args.threads)
-    RUN_DIR.mkdir(parents=True, exist_ok=True)
+    Path(args.run_dir).mkdir(parents=True, exist_ok=True)
     if args.stage in ("vae", "all"):
         run_vae_stage(args)
     if args.stage in ("unet", "all"):

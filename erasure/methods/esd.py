@@ -3,7 +3,7 @@ Bau; ICCV 2023).
 
 Fine-tunes part of the UNet so that, prompted with the concept ``c``, it predicts what
 the frozen model predicts under *negative* classifier-free guidance away from ``c``
-(paper Eq. 4 and 5):
+(paper Sec. 3):
 
     eps_edited(x_t, c, t)  ->  eps*(x_t, t) - eta * (eps*(x_t, c, t) - eps*(x_t, t))
 
@@ -40,8 +40,8 @@ towards ``B``.
 
 Deviations from the authors' code, none in the objective:
 - ``x_t`` is scored at the DDIM timestep it was sampled to (as the 2025 code does);
-  the 2023 code scored it at a random DDPM step in the same 1/50 bucket, about two DDIM
-  steps away from the latent's actual noise level.
+  the 2023 code scored it at a random DDPM step of the 1/50 bucket its loop counter
+  pointed to, two to three DDIM steps (40 to 60 DDPM steps) noisier than the latent.
 - One UNet in memory instead of two: the frozen predictions come from the same UNet
   with the original values of the trained subset swapped in (pointer swaps, no copies).
 - Several concepts in one run are drawn at random per batch element, as in the 2023

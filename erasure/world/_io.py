@@ -26,6 +26,16 @@ def atomic_path(path: str | Path):
             tmp.unlink()
 
 
+def _make_readable(folder: Path) -> None:
+    """Some writers create private (0600) files; files we ship must be readable."""
+    os.chmod(folder, 0o755)
+    for root, dirs, files in os.walk(folder):
+        for d in dirs:
+            os.chmod(os.path.join(root, d), 0o755)
+        for f in files:
+            os.chmod(os.path.join(root, f), 0o644)
+
+
 @contextmanager
 def atomic_dir(path: str | Path):
     """Yield a temporary folder next to ``path``; on success it replaces ``path``."""
@@ -34,7 +44,7 @@ def atomic_dir(path: str | Path):
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
     try:
         yield tmp
-        os.chmod(tmp, 0o755)
+        _make_readable(tmp)
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,63 @@
+"""The one loader: folders, dtypes, the bundled model, and clear errors for everything else."""
+
+import pytest
+import torch
+
+import erasure
+from erasure.adapters import StableDiffusion2Adapter, StableDiffusionXLAdapter, adapter_for
+from erasure.loading import resolve_dtype
+
+from conftest import build_tiny_pipeline
+
+
+def test_folder_loads_on_cpu_in_float32_with_its_id(tiny_pipeline_folder):
+    pipe = erasure.load_pipeline(tiny_pipeline_folder, device="cpu")
+    assert pipe.unet.dtype == torch.float32 and pipe.device.type == "cpu"
+    assert pipe.name_or_path == str(tiny_pipeline_folder)
+    assert getattr(pipe, "safety_checker", None) is None
+
+
+def test_dtype_can_be_overridden(tiny_pipeline_folder):
+    assert erasure.load_pipeline(tiny_pipeline_folder, device="cpu", dtype="bfloat16").unet.dtype == torch.bfloat16
+
+
+def test_dtype_defaults_follow_the_device():
+    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
+    assert resolve_dtype(None, torch.device("cuda")) == torch.float16
+    with pytest.raises(erasure.ErasureError, match="unknown dtype"):
+        resolve_dtype("float8", torch.device("cpu"))
+
+
+def test_the_adapter_recognises_each_family():
+    assert type(adapter_for(build_tiny_pipeline("sd2"))) is StableDiffusion2Adapter
+    assert type(adapter_for(build_tiny_pipeline("sdxl"))) is StableDiffusionXLAdapter
+    assert adapter_for(build_tiny_pipeline("sd1")).family == "sd1"
+
+
+@pytest.mark.parametrize(
+    "model, message",
+    [
+        ("/no/such/folder", "not found"),
+        ("model.ckpt", "not found"),
+        ("nobody/no-such-model-here", "could not be loaded from the Hugging Face Hub"),
+    ],
+)
+def test_missing_models_are_clear_errors(model, message):
+    with pytest.raises(erasure.ErasureError, match=message):
+        erasure.load_pipeline(model, device="cpu")
+
+
+def test_folder_without_model_index_is_refused(tmp_path):
+    with pytest.raises(erasure.ErasureError, match="no model_index.json"):
+        erasure.load_pipeline(tmp_path, device="cpu")
+
+
+def test_pickled_and_corrupt_single_files_are_refused(tmp_path):
+    pickled = tmp_path / "model.ckpt"
+    pickled.write_bytes(b"\x80\x04")
+    with pytest.raises(erasure.ErasureError, match="only .safetensors checkpoints"):
+        erasure.load_pipeline(pickled, device="cpu")
+    corrupt = tmp_path / "model.safetensors"
+    corrupt.write_bytes(b"\x00" * 32)
+    with pytest.raises(erasure.ErasureError, match="not a readable .safetensors checkpoint"):
+        erasure.load_pipeline(corrupt, device="cpu")
