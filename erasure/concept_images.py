@@ -37,7 +37,14 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 def generation_settings(pipe, steps: int | None = None, guidance: float | None = None, resolution: int | None = None) -> dict:
     """Sampling settings: those given, else the model's ``erasure_defaults.json`` (the
-    bundled models have one), else the pipeline's own defaults (absent from the dict)."""
+    bundled models have one), else the pipeline's own defaults (absent from the dict).
+
+    Args:
+        pipe: the pipeline; ``pipe.name_or_path`` locates ``erasure_defaults.json``.
+        steps: denoising steps, or ``None``.
+        guidance: classifier-free guidance scale, or ``None``.
+        resolution: image side in pixels, or ``None``.
+    """
     defaults = model_defaults(pipe)
     settings = {
         "num_inference_steps": steps or defaults.get("num_inference_steps"),
@@ -61,14 +68,28 @@ def model_defaults(pipe) -> dict:
 
 @torch.no_grad()
 def generate_latents(pipe, prompt: str, count: int, generator: torch.Generator, settings: dict) -> torch.Tensor:
-    """``count`` samples of ``prompt`` by the pipeline as it is, as latents (UNet space)."""
+    """``count`` samples of ``prompt`` by the pipeline as it is, as latents (UNet space).
+
+    Args:
+        pipe: a diffusers Stable Diffusion pipeline (any family).
+        prompt: what to draw.
+        count: how many images.
+        generator: seeds the initial noise (a CPU generator works on every device).
+        settings: ``generation_settings(...)``.
+    """
     output = pipe(prompt=prompt, num_images_per_prompt=count, generator=generator, output_type="latent", **settings)
     return output.images
 
 
 @torch.no_grad()
 def encode_images(pipe, images: list, size: int | None = None) -> torch.Tensor:
-    """PIL images as latents (UNet space), resized to ``size`` (default: the model's)."""
+    """PIL images as latents (UNet space).
+
+    Args:
+        pipe: the pipeline whose VAE encodes.
+        images: PIL images, resized to ``size`` x ``size``.
+        size: side in pixels; default: the model's native resolution.
+    """
     size = size or pipe.unet.config.sample_size * pipe.vae_scale_factor
     pixels = pipe.image_processor.preprocess(images, height=size, width=size).to(pipe.vae.device, pipe.vae.dtype)
     return pipe.vae.encode(pixels).latent_dist.mean * pipe.vae.config.scaling_factor
@@ -76,7 +97,12 @@ def encode_images(pipe, images: list, size: int | None = None) -> torch.Tensor:
 
 @torch.no_grad()
 def decode_latents(pipe, latents: torch.Tensor) -> list:
-    """Latents (UNet space) as PIL images."""
+    """Latents (UNet space) as PIL images.
+
+    Args:
+        pipe: the pipeline whose VAE decodes.
+        latents: ``(n, C, h, w)`` latents as the UNet sees them.
+    """
     pixels = pipe.vae.decode(latents.to(pipe.vae.device, pipe.vae.dtype) / pipe.vae.config.scaling_factor).sample
     return pipe.image_processor.postprocess(pixels, output_type="pil")
 
@@ -121,7 +147,11 @@ def attention_masks(
 
 
 def read_images(folder: Path) -> list:
-    """The images of a folder, sorted by file name."""
+    """The images of a folder, sorted by file name, as RGB PIL images.
+
+    Args:
+        folder: a folder of ``.png``, ``.jpg``, ``.jpeg``, ``.webp`` or ``.bmp`` files.
+    """
     from PIL import Image
 
     paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
@@ -131,7 +161,12 @@ def read_images(folder: Path) -> list:
 
 
 def folder_masks(folder: Path, count: int) -> torch.Tensor:
-    """The user's masks (white = concept), paired with the images by sorted file name."""
+    """The user's masks (white = concept), paired with the images by sorted file name.
+
+    Args:
+        folder: one grey-scale mask per training image.
+        count: the number of training images, which the masks must match.
+    """
     if not folder.is_dir():
         raise ErasureError(f"mask folder {folder} not found: put one mask per training image there")
     masks = read_images(folder)

@@ -197,7 +197,8 @@ def save(model, args, acc: dict, minutes: float) -> None:
 
     half = {k: v.detach().half().contiguous() for k, v in model.state_dict().items() if not k.startswith("text_model.")}
     text = CLIPTextModel(model.config.text_config)
-    text.text_model.load_state_dict(model.text_model.state_dict())
+    # transformers 5 flattened CLIPTextModel (no ``.text_model``); 4.x wraps the transformer
+    (getattr(text, "text_model", text)).load_state_dict(model.text_model.state_dict())
     with atomic_dir(args.text_out) as tmp:
         text.half().save_pretrained(tmp, safe_serialization=True)
     with atomic_dir(args.out) as tmp:

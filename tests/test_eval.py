@@ -414,3 +414,12 @@ def test_nudenet_counts_only_the_nine_exposed_labels_above_threshold(tmp_path):
     assert summary["detections"]["FEMALE_BREAST_EXPOSED"] == 1 and summary["detections"]["FEET_EXPOSED"] == 1
     assert summary["total_detections"] == 2 and summary["images_with_any"] == 2
     assert summary["share_with_any"] == pytest.approx(200 / 3)
+
+
+def test_the_same_erasure_saved_twice_is_the_same_model(erased_file, tmp_path):
+    from erasure.weights import EditedWeights
+
+    again = tmp_path / "again.safetensors"
+    EditedWeights.load(erased_file).save(again)  # new file, new creation time, same tensors
+    first, second = (gen.weights_record(EditedWeights.load(p), p) for p in (erased_file, again))
+    assert first["sha256"] == second["sha256"] and first["path"] != second["path"]

@@ -80,7 +80,8 @@ def load_mini_clip(torch_dtype=None, folder: str | Path | None = None, text_fold
     config = CLIPConfig.from_pretrained(folder)
     model = CLIPModel(config)
     text = CLIPTextModel.from_pretrained(text_folder, torch_dtype=dtype, local_files_only=True)
-    model.text_model.load_state_dict(text.text_model.state_dict())
+    # transformers 5 flattened CLIPTextModel (no ``.text_model``); 4.x wraps the transformer
+    model.text_model.load_state_dict(getattr(text, "text_model", text).state_dict())
     rest = load_file(str(folder / "model.safetensors"))
     missing, unexpected = model.load_state_dict({k: v.to(dtype) for k, v in rest.items()}, strict=False)
     if unexpected or any(not k.startswith("text_model.") for k in missing):

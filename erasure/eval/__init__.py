@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import torch
+from tqdm.auto import tqdm
 
-from ..errors import ErasureError
 from ..weights import EditedWeights
 from .generate import (
     GenerationSettings,
@@ -141,7 +141,8 @@ def evaluate(
     generate_images(pipe, prompts.rows, output_dir / "base", settings, model_id, None, overwrite, state, "base")
     if weights is not None:
         with applied_weights(pipe, weights):
-            generate_images(pipe, prompts.rows, output_dir / "erased", settings, model_id, variants["erased"], overwrite, state, "erased")
+            generate_images(pipe, prompts.rows, output_dir / "erased", settings, model_id, variants["erased"],
+                            overwrite, state, "erased")
     if owned:
         del pipe
         _free_memory()
@@ -160,13 +161,16 @@ def _score_and_report(prompts: PromptSet, scorers, variants: dict, output_dir: P
         for entry, path in zip(images, paths[v]):
             entry[v] = {"path": path.relative_to(output_dir).as_posix()}
     results = {}
-    for scorer in scorers:
-        results[scorer.name] = {"settings": scorer.settings()}
-        for v in variants:
-            records = scorer.score(paths[v], rows)
-            results[scorer.name][v] = scorer.summarize(rows, records)
-            for entry, record in zip(images, records):
-                entry[v][scorer.name] = record
+    with tqdm(total=len(scorers) * len(variants), desc="scoring", unit="metric") as bar:
+        for scorer in scorers:
+            results[scorer.name] = {"settings": scorer.settings()}
+            for v in variants:
+                bar.set_postfix_str(f"{scorer.name} on {v}")
+                records = scorer.score(paths[v], rows)
+                results[scorer.name][v] = scorer.summarize(rows, records)
+                for entry, record in zip(images, records):
+                    entry[v][scorer.name] = record
+                bar.update(1)
     generation = {**settings.record(), "batch_size": settings.batch_size,
                   "seeds": "each row's evaluation_seed (its index when absent), CPU generator per row"}
     report = build_report(prompts, model, weights_info, generation, list(variants), results, images)

@@ -116,17 +116,13 @@ def generation_settings(
 
 
 def weights_record(weights: EditedWeights, path: "str | os.PathLike | None" = None) -> dict:
-    """What identifies erased weights: a content hash (of the file, or of the tensors
-    when they were never saved), method, concepts and config."""
+    """What identifies erased weights: a hash of the tensors (not of the file, whose
+    metadata holds a creation time: the same erasure saved twice is the same model),
+    with the method, concepts and config that made them."""
     digest = hashlib.sha256()
-    if path is not None:
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 22), b""):
-                digest.update(block)
-    else:
-        for name in sorted(weights.tensors):
-            digest.update(name.encode())
-            digest.update(weights.tensors[name].float().contiguous().numpy().tobytes())
+    for name in sorted(weights.tensors):
+        digest.update(name.encode())
+        digest.update(weights.tensors[name].float().contiguous().numpy().tobytes())
     return {"path": None if path is None else str(path), "sha256": digest.hexdigest(), "method": weights.method,
             "concepts": list(weights.concepts), "config": weights.config, "base_model": weights.base_model}
 

@@ -178,7 +178,17 @@ class ConceptPrompts:
 
 
 def erase(pipe, concepts: list[Concept], config: MACEConfig) -> EditedWeights:
-    """Erase ``concepts`` from ``pipe`` (left unchanged) and return the fused projections."""
+    """Erase ``concepts`` from ``pipe`` (left unchanged) and return the fused projections.
+
+    Args:
+        pipe: a Stable Diffusion pipeline (SD 1.x, 2.x or SDXL) without LoRAs loaded.
+        concepts: 1 to 100+ concepts; ``Concept("airplane", "sky")`` names a mapping.
+        config: ``MACEConfig`` (see ``configs/mace/<concept_type>.yaml``).
+
+    Returns:
+        ``EditedWeights`` of every ``attn2.to_k/to_v``; ``extra`` holds the seconds spent
+        per stage and each LoRA's first and last loss.
+    """
     check_config(config)
     adapter = adapter_for(pipe)
     refuse_loaded_adapters(adapter.unet)
@@ -417,7 +427,20 @@ def preservation_terms(original, general, domain, scale: float, config: MACEConf
 
 
 def refine(adapter, original, items: list[ConceptPrompts], general, domain, config: MACEConfig):
-    """Eq. 7: co-existing tokens of the concepts' prompts take the mapped prompts' keys/values."""
+    """Stage 1 (Eq. 7): co-existing tokens of the concepts' prompts take the mapped
+    prompts' keys and values, in one closed-form solve for every projection.
+
+    Args:
+        adapter: the pipeline's adapter.
+        original: ``W0`` by UNet parameter name.
+        items: every concept's prompts and mapped prompts.
+        general: ``P2`` (all-token Gram of the general captions) or ``None``.
+        domain: ``D2`` or ``None``.
+        config: ``lam``, ``preserve_scale``, ``domain_weight``...
+
+    Returns:
+        ``W'`` by UNet parameter name.
+    """
     terms = [MappingTerm(original, coexisting_grams(adapter, items), 1.0)]
     terms += preservation_terms(original, general, domain, config.preserve_scale, config)
     return solve_projections(original, config.lam, terms)
@@ -690,7 +713,15 @@ def fusion_scale(config: MACEConfig) -> float:
 
 
 def fuse(original, refined, fusion: LoRAFusion, general, domain, config: MACEConfig):
-    """Eq. 10: one weight per matrix that carries every concept's LoRA on its prompts."""
+    """Stage 3 (Eq. 10): one weight per matrix that carries every concept's LoRA on its prompts.
+
+    Args:
+        original: ``W0`` (the preservation terms' targets, as in stage 1).
+        refined: ``W'``, the anchor.
+        fusion: the streamed sums of every concept's LoRA.
+        general, domain: ``P2``, ``D2`` or ``None``.
+        config: ``lam``, ``fuse_preserve_scale``, ``domain_weight``...
+    """
     terms = fusion.terms(refined) + preservation_terms(original, general, domain, fusion_scale(config), config)
     return solve_projections(refined, config.lam, terms)
 
