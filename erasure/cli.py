@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     names = ", ".join(str(c) for c in concepts[:5]) + (f" and {len(concepts) - 5} more" if len(concepts) > 5 else "")
     print(
         f"erased {len(concepts)} concept(s) ({names}) with {args.method}: changed {len(edited.tensors)} UNet tensors "
-        f"({changed / 1e6:.2f}M of {total / 1e6:.1f}M parameters) in {erased - loaded:.1f} s "
+        f"({changed:,} of {total:,} parameters) in {erased - loaded:.1f} s "
         f"(load {loaded - started:.1f} s) -> {output}" + "".join(f", {e}" for e in exports)
     )
     return 0

@@ -7,10 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
+import erasure.assets
 from erasure.assets import BUNDLED_MODELS, bundled_model_path, generation_defaults
 from erasure.world.data import HELD_OUT_SEED, render_dataset
 
-ASSETS = Path(bundled_model_path("mini-sd")).parent
+ASSETS = Path(erasure.assets.__file__).parent
+MINI_SD_BUILT = (ASSETS / "mini-sd" / "model_index.json").is_file()
 SIZE_BUDGET_MB = 40
 
 
@@ -24,6 +26,7 @@ def _images(data) -> torch.Tensor:
     return torch.from_numpy(data.images).permute(0, 3, 1, 2).float() / 255
 
 
+@pytest.mark.skipif(not MINI_SD_BUILT, reason="mini-sd is not built yet: scripts/build_bundled_models.sh")
 def test_bundled_folders_are_small_safetensors_with_model_cards():
     files = [p for p in ASSETS.rglob("*") if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".py"]
     assert sum(p.stat().st_size for p in files) < SIZE_BUDGET_MB * 2**20
@@ -59,6 +62,7 @@ def test_world_classifier_accepts_pil_images(held_out):
     assert classify(pil).shape == classify(_images(held_out)[:4]).shape
 
 
+@pytest.mark.skipif(not MINI_SD_BUILT, reason="mini-sd and mini-clip are not built yet: scripts/build_bundled_models.sh")
 def test_mini_clip_zero_shot(held_out):
     import torch.nn.functional as F
 
@@ -79,6 +83,7 @@ def test_mini_clip_zero_shot(held_out):
     assert (pred == truth).float().mean() >= 0.9
 
 
+@pytest.mark.skipif(not MINI_SD_BUILT, reason="mini-sd is not built yet: scripts/build_bundled_models.sh")
 def test_fp16_files_load_as_fp32():
     from erasure.assets import load_mini_sd
 

@@ -17,6 +17,11 @@ from erasure.world import COLOURS, SHAPES
 from erasure.world.captions import object_prompt
 from erasure.world.classifier import load_world_classifier
 
+pytestmark = pytest.mark.skipif(
+    not (erasure.loading.ASSETS / "mini-sd" / "model_index.json").is_file(),
+    reason="mini-sd is not built yet: scripts/build_bundled_models.sh",
+)
+
 SEEDS = 8  # per shape; each seed with another colour, so every colour appears
 
 # Measured on the shipped model with these prompts and seeds (see the model card for
