@@ -28,9 +28,9 @@ from erasure.world.scenes import COLOURS, SHAPES
 
 
 @torch.no_grad()
-def shape_accuracy(pipe, classifier, prompts: dict[str, list[str]], seeds: int, batch_size: int = 64) -> dict:
+def shape_accuracy(pipe, classifier, prompts: dict[str, list[str]], seeds: int, defaults: dict,
+                   batch_size: int = 64) -> dict:
     """Per label: share of its prompts' images (``seeds`` each) classified as that shape."""
-    defaults = generation_defaults("mini-sd")
     cases = [(label, prompt, seed) for label, texts in prompts.items() for prompt in texts for seed in range(seeds)]
     hits: dict[str, list[bool]] = {label: [] for label in prompts}
     for start in range(0, len(cases), batch_size):
@@ -59,6 +59,7 @@ def evaluation_prompts(erased: str) -> dict[str, list[str]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", default="circle", choices=SHAPES)
+    parser.add_argument("--model", default="mini-sd", help="mini-sd, or a pipeline folder of the shapes world")
     parser.add_argument("--config", default=str(configs_dir() / "esd" / "mini-sd.yaml"))
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--seeds", type=int, default=10, help="images per prompt (6 colours per shape)")
@@ -68,7 +69,9 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    pipe = erasure.load_pipeline("mini-sd", device="cpu", dtype="float32")
+    pipe = erasure.load_pipeline(args.model, device="cpu", dtype="float32")
+    defaults_file = Path(args.model) / "erasure_defaults.json"
+    defaults = json.loads(defaults_file.read_text()) if defaults_file.is_file() else generation_defaults("mini-sd")
     classifier = load_world_classifier()
     overrides = dict(parse_override(item) for item in args.overrides)
     config = erasure.resolve_config("esd", "object", args.config, **overrides)
@@ -77,12 +80,14 @@ def main() -> None:
     seconds = time.perf_counter() - started
 
     prompts = evaluation_prompts(args.shape)
-    base = shape_accuracy(pipe, classifier, prompts, args.seeds)
+    base = shape_accuracy(pipe, classifier, prompts, args.seeds, defaults)
     edited.apply(pipe)
-    after = shape_accuracy(pipe, classifier, prompts, args.seeds)
+    after = shape_accuracy(pipe, classifier, prompts, args.seeds, defaults)
     others = [s for s in SHAPES if s != args.shape]
     result = {
         "shape": args.shape,
+        "model": args.model,
+        "generation": defaults,
         "config": edited.config,
         "erase_seconds": round(seconds, 1),
         "threads": torch.get_num_threads(),

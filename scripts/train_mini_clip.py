@@ -1,11 +1,18 @@
 #!/usr/bin/env python
 """Train mini-clip, a transformers CLIPModel of the shapes world, contrastively.
 
-    python scripts/train_mini_clip.py             # about 10 minutes on 2 CPU cores
+    python scripts/train_mini_clip.py --phase text     # text tower: about 5 minutes on a CPU core
+    python scripts/train_mini_clip.py --phase vision   # vision tower: about 20 minutes; resumable
 
 Its text tower becomes mini-sd's text encoder (SD's text encoder is CLIP's, frozen), so
 it is written to erasure/assets/mini-sd/text_encoder; the vision tower, projections and
 logit scale go to erasure/assets/mini-clip (``erasure.assets.load_mini_clip`` joins them).
+The UNet needs only the text tower, so the vision phase can run beside mini-sd's UNet.
+
+Two phases, because a ViT trained from scratch learns colour at once but shape only very
+slowly (plain joint training was at chance on shape after 1,500 steps):
+1. text: locked-image tuning (LiT) against the frozen world classifier's features;
+2. vision: the ViT against the frozen text tower, helped by an auxiliary label loss.
 
 Captions are drawn afresh for every step. Two captions in a batch often describe the
 same image equally well ("a red circle" fits every red circle), so the contrastive

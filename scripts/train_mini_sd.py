@@ -96,6 +96,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--snr-gamma", type=float, default=5.0, help="min-SNR loss weighting (Hang et al. 2023)")
     p.add_argument("--checkpoint-every", type=int, default=500)
     p.add_argument("--out", default=str(OUT))
+    p.add_argument("--text-encoder", default=str(OUT / "text_encoder"), help="mini-clip's text tower (train_mini_clip.py --phase text)")
     p.add_argument("--run-dir", default=str(RUN_DIR), help="VAE, cached latents/captions and the UNet checkpoint")
     return p.parse_args()
 
@@ -174,7 +175,7 @@ def load_frozen(args):
     from transformers import CLIPTextModel
 
     vae = AutoencoderKL.from_pretrained(Path(args.run_dir) / "vae", torch_dtype=torch.float32).eval()
-    text = CLIPTextModel.from_pretrained(Path(args.out) / "text_encoder", torch_dtype=torch.float32).eval()
+    text = CLIPTextModel.from_pretrained(args.text_encoder, torch_dtype=torch.float32).eval()
     return vae, text
 
 
