@@ -28,9 +28,20 @@ __all__ = [
     "ErasureError",
     "apply",
     "erase",
+    "evaluate",
     "load_pipeline",
     "resolve_config",
 ]
+
+
+def __getattr__(name: str):
+    """``erasure.evaluate`` is ``erasure.eval.evaluate``, imported on first use (the
+    evaluator's imports are not needed to erase)."""
+    if name == "evaluate":
+        from .eval import evaluate
+
+        return evaluate
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def resolve_config(method: str, concept_type: str = "object", config=None, **overrides):
@@ -75,4 +86,4 @@ def erase(pipe, method: str, concepts, concept_type: str = "object", config=None
         parsed = [c if isinstance(c, Concept) else parse_concepts([c])[0] for c in concepts]
     if not parsed:
         raise ErasureError("no concepts given: name at least one concept to erase")
-    return spec.erase(pipe, parsed, resolved)
+    return spec.run(pipe, parsed, resolved)

@@ -130,6 +130,11 @@ class StableDiffusionAdapter:
         (used to generate from adversarial embeddings)."""
         return {"prompt_embeds": cond.hidden, "negative_prompt_embeds": uncond.hidden}
 
+    def negative_embeddings(self, count: int) -> PromptEmbeddings:
+        """The negative conditioning ``pipe(prompt=...)`` uses when given no negative prompt:
+        the empty prompt's embedding, ``count`` times."""
+        return self.encode([""] * count)
+
     def _added_conditioning(self, embeddings: PromptEmbeddings, latents: torch.Tensor) -> dict | None:
         return None
 
@@ -192,6 +197,14 @@ class StableDiffusionXLAdapter(StableDiffusionAdapter):
             "pooled_prompt_embeds": cond.pooled,
             "negative_pooled_prompt_embeds": uncond.pooled,
         }
+
+    def negative_embeddings(self, count: int) -> PromptEmbeddings:
+        """The empty prompt's embedding, or zeros where the pipeline is configured to use
+        zeros for it (``force_zeros_for_empty_prompt``, SDXL's default)."""
+        empty = super().negative_embeddings(count)
+        if not getattr(self.pipe.config, "force_zeros_for_empty_prompt", False):
+            return empty
+        return PromptEmbeddings(torch.zeros_like(empty.hidden), empty.token_counts, torch.zeros_like(empty.pooled))
 
     def _added_conditioning(self, embeddings: PromptEmbeddings, latents: torch.Tensor) -> dict:
         # Original size, crop offset, target size: the full image, uncropped.

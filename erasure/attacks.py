@@ -15,10 +15,12 @@ from .closed_form import adversarial_embedding
 from .errors import ErasureError
 from .weights import EditedWeights
 
+DEFAULT_REG = 1e-3  # the regularisation of ``closed_form_embedding`` unless told otherwise
+
 
 def closed_form_embedding(
-    pipe, concept: str, erased: EditedWeights | None = None, original: dict[str, torch.Tensor] | None = None,
-    reg: float = 1e-3,
+    pipe, concept: str | list[str], erased: EditedWeights | None = None, original: dict[str, torch.Tensor] | None = None,
+    reg: float = DEFAULT_REG,
 ) -> PromptEmbeddings:
     """The adversarial embedding of ``concept`` against an erased model.
 
@@ -29,7 +31,8 @@ def closed_form_embedding(
 
     Args:
         pipe: a Stable Diffusion pipeline (base or erased, see above).
-        concept: the concept prompt, e.g. ``"nudity"``.
+        concept: the concept prompt, e.g. ``"nudity"``, or a list of prompts (one
+            embedding each, from one solve).
         erased: weights from ``erasure.erase`` / ``EditedWeights.load``.
         original: base cross-attention weights when ``pipe`` is already erased.
         reg: RECE's ``regular_scale``.
@@ -45,16 +48,18 @@ def closed_form_embedding(
         base, current = live, {name: erased.tensors.get(name, w) for name, w in live.items()}
     else:
         base, current = {name: original.get(name, w) for name, w in live.items()}, live
-    prompt = adapter.encode([concept])
-    hidden = adversarial_embedding(current, base, prompt.hidden[0], reg)
-    return PromptEmbeddings(hidden.unsqueeze(0), prompt.token_counts, prompt.pooled)
+    prompt = adapter.encode([concept] if isinstance(concept, str) else list(concept))
+    tokens = prompt.hidden.reshape(-1, prompt.hidden.shape[-1])  # the solve maps every token vector alike
+    hidden = adversarial_embedding(current, base, tokens, reg).reshape(prompt.hidden.shape)
+    return PromptEmbeddings(hidden, prompt.token_counts, prompt.pooled)
 
 
 @torch.no_grad()
 def generate_from_embedding(pipe, embedding: PromptEmbeddings, seeds: list[int], **pipe_kwargs):
-    """Images from an embedding (one per seed), with the empty prompt as negative, like a prompt would."""
+    """Images from an embedding (one per seed), with the negative a prompt would get (the
+    empty prompt; zeros for SDXL's ``force_zeros_for_empty_prompt``)."""
     adapter = adapter_for(pipe)
-    uncond = adapter.encode([""])
+    uncond = adapter.negative_embeddings(len(embedding))
     images = []
     for seed in seeds:
         generator = torch.Generator(device="cpu").manual_seed(seed)

@@ -91,8 +91,7 @@ def run(args: argparse.Namespace) -> int:
     dtype = "float32" if args.dtype == "auto" and method.trains else args.dtype
     pipe = load_pipeline(args.model, device=args.device, dtype=dtype)
     loaded = time.perf_counter()
-    edited = method.erase(pipe, concepts, config)
-    erased = time.perf_counter()
+    edited = method.run(pipe, concepts, config)
     edited.save(output, overwrite=args.overwrite)
     exports = [_export(kind, edited, pipe, output, args.overwrite) for kind in args.export]
 
@@ -101,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     names = ", ".join(str(c) for c in concepts[:5]) + (f" and {len(concepts) - 5} more" if len(concepts) > 5 else "")
     print(
         f"erased {len(concepts)} concept(s) ({names}) with {args.method}: changed {len(edited.tensors)} UNet tensors "
-        f"({changed:,} of {total:,} parameters) in {erased - loaded:.1f} s "
+        f"({changed:,} of {total:,} parameters) in {edited.extra['erase_seconds']:.1f} s "
         f"(load {loaded - started:.1f} s) -> {output}" + "".join(f", {e}" for e in exports)
     )
     return 0

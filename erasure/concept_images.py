@@ -21,7 +21,6 @@ each layer's feature map.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Literal
 
@@ -30,6 +29,7 @@ import torch
 
 from .attention import AttentionMaps, observe_cross_attention
 from .errors import ErasureError
+from .loading import generation_defaults
 
 MaskSource = Literal["attention", "folder", "grounded_sam", "whole_image"]
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -45,7 +45,7 @@ def generation_settings(pipe, steps: int | None = None, guidance: float | None =
         guidance: classifier-free guidance scale, or ``None``.
         resolution: image side in pixels, or ``None``.
     """
-    defaults = model_defaults(pipe)
+    defaults = generation_defaults(pipe.name_or_path)
     settings = {
         "num_inference_steps": steps or defaults.get("num_inference_steps"),
         "guidance_scale": guidance or defaults.get("guidance_scale"),
@@ -54,16 +54,6 @@ def generation_settings(pipe, steps: int | None = None, guidance: float | None =
     if size:
         settings["height"] = settings["width"] = int(size)
     return {key: value for key, value in settings.items() if value is not None}
-
-
-def model_defaults(pipe) -> dict:
-    """The ``erasure_defaults.json`` next to the model, or ``{}``."""
-    from .loading import ASSETS, BUNDLED_MODELS
-
-    name = str(pipe.name_or_path)
-    folder = ASSETS / name if name in BUNDLED_MODELS else Path(name)
-    path = folder / "erasure_defaults.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 @torch.no_grad()

@@ -66,11 +66,22 @@ def config_to_dict(config) -> dict:
 
 
 def _checked(key: str, value: Any, hint: Any, owner: str) -> Any:
+    takes_float = hint is float or (typing.get_origin(hint) in (typing.Union, types.UnionType) and float in typing.get_args(hint))
+    if takes_float and isinstance(value, str):
+        value = _yaml_1_1_float(value)
     if not _matches(value, hint):
         raise ErasureError(f"{owner}.{key} must be {_describe(hint)}, got {value!r}")
-    if hint is float or (typing.get_origin(hint) in (typing.Union, types.UnionType) and float in typing.get_args(hint)):
+    if takes_float:
         return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
     return value
+
+
+def _yaml_1_1_float(text: str) -> Any:
+    """``1e-3`` as a float: YAML 1.1 (PyYAML) reads exponents without a dot as strings."""
+    try:
+        return float(text) if text.strip().lower().lstrip("+-")[:1].isdigit() else text
+    except ValueError:
+        return text
 
 
 def _matches(value: Any, hint: Any) -> bool:

@@ -10,19 +10,20 @@ generates, and the checker would blank the very images the evaluation must score
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
 
 import torch
 
+from .assets import bundled_model_path
 from .errors import ErasureError
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "CompVis/stable-diffusion-v1-4"
-ASSETS = Path(__file__).parent / "assets"
-BUNDLED_MODELS = ("mini-sd",)
+BUNDLED_PIPELINES = ("mini-sd",)  # the bundled models load_pipeline accepts by name
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
            "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 
@@ -42,12 +43,24 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     return _DTYPES[dtype]
 
 
-def bundled_model_path(name: str) -> Path:
-    """The folder of a model shipped inside the package."""
-    path = ASSETS / name
-    if not (path / "model_index.json").is_file():
-        raise ErasureError(f"bundled model {name!r} is missing from {ASSETS}: reinstall erasure")
-    return path
+def generation_defaults(model: str | os.PathLike) -> dict:
+    """The generation settings a model folder recommends in its ``erasure_defaults.json``
+    (``resolution``, ``num_inference_steps``, ``guidance_scale``; the bundled mini-sd has
+    one), or ``{}`` for a model without it.
+
+    Args:
+        model: a bundled pipeline's name, a folder, or anything else ``load_pipeline``
+            accepts (Hub ids and files have no defaults of ours).
+    """
+    name = str(model)
+    folder = bundled_model_path(name, needs="model_index.json") if name in BUNDLED_PIPELINES else Path(name)
+    path = folder / "erasure_defaults.json"
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ErasureError(f"{path} is not valid JSON ({error}): repair or remove it") from None
 
 
 def load_pipeline(
@@ -69,8 +82,8 @@ def load_pipeline(
     device = torch.device(device) if device is not None else default_device()
     torch_dtype = resolve_dtype(dtype, device)
     name = str(model)
-    if name in BUNDLED_MODELS:
-        pipe = _from_folder(bundled_model_path(name), torch_dtype)
+    if name in BUNDLED_PIPELINES:
+        pipe = _from_folder(bundled_model_path(name, needs="model_index.json"), torch_dtype)
     elif os.path.isdir(name):
         pipe = _from_folder(Path(name), torch_dtype)
     elif os.path.isfile(name):

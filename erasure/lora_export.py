@@ -21,8 +21,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from .atomic import atomic_write
 from .errors import ErasureError
-from .weights import EditedWeights, atomic_write
+from .weights import EditedWeights
 
 UNET_PREFIX = "unet"
 _EXACT = 1e-6  # below this relative size a difference is float noise, not an edit

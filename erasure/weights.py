@@ -15,8 +15,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +23,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from .atomic import atomic_dir, atomic_write
 from .errors import ErasureError
 
 FORMAT_NAME = "erasure"
@@ -56,19 +55,6 @@ def _versions() -> dict[str, str]:
         "diffusers": diffusers.__version__,
         "python": platform.python_version(),
     }
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename onto ``path``: a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 @dataclass(frozen=True)
@@ -201,21 +187,16 @@ def export_pipeline(edited: EditedWeights, pipe, folder: str | os.PathLike, over
     folder = Path(folder)
     if folder.exists() and not overwrite:
         raise ErasureError(f"{folder} already exists: pass --overwrite to replace it")
-    folder.parent.mkdir(parents=True, exist_ok=True)
     params = dict(pipe.unet.named_parameters())
     original = {name: params[name].detach().clone() for name in edited.tensors}
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
-        edited.apply(pipe)
-        pipe.save_pretrained(staging, safe_serialization=True)
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(staging, folder)
+        with atomic_dir(folder) as staging:
+            edited.apply(pipe)
+            pipe.save_pretrained(staging, safe_serialization=True)
     finally:
         with torch.no_grad():
             for name, value in original.items():
                 params[name].copy_(value)
-        shutil.rmtree(staging, ignore_errors=True)
     return folder
 
 

@@ -12,6 +12,11 @@ Imagenette class, an artist) the set ``<family>/<X>.csv`` holds:
 
 Rows of the three types are interleaved, so that ``erase-eval --limit N`` sees all three.
 ``<family>/all.csv`` lists every concept once, untyped, for plain accuracy and quality.
+
+The shapes world has three more families for mini-sd, whose ``class`` is the attribute
+erased (the world metric infers which from it): ``shapes/circle-square-triangle``
+(three shapes erased at once), ``colours/<c>`` and ``styles/<s>`` (a colour or a
+rendering style, over the shapes). In these the classes of each type take turns too.
 Seeds are ``1000 + case_number``; an empty ``evaluation_guidance`` means "the model's
 default" (the shapes sets, whose model is mini-sd), otherwise 7.5 as in the papers.
 """
@@ -27,8 +32,18 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from erasure.eval.prompts import write_prompt_csv  # noqa: E402
-from erasure.world.captions import SYNONYMS, empty_prompts, shape_prompts, synonym_prompts, with_article  # noqa: E402
-from erasure.world.scenes import SHAPES  # noqa: E402
+from erasure.world.captions import (  # noqa: E402
+    COLOUR_SYNONYMS,
+    STYLE_WORDS,
+    SYNONYMS,
+    colour_prompts,
+    empty_prompts,
+    object_prompt,
+    shape_prompts,
+    synonym_prompts,
+    with_article,
+)
+from erasure.world.scenes import COLOURS, SHAPES, STYLES  # noqa: E402
 
 COLUMNS = ["case_number", "prompt", "evaluation_seed", "evaluation_guidance", "class", "type"]
 SEED_BASE = 1000
@@ -149,18 +164,75 @@ def row(prompt: str, label: str, kind: str = "") -> dict:
     return {"prompt": prompt, "class": label, "type": kind}
 
 
+def repeated(prompts: list[str], seeds: int) -> list[str]:
+    """Each prompt ``seeds`` times in a row (each copy gets its own seed)."""
+    return [p for p in prompts for _ in range(seeds)]
+
+
 def concept_set(concept: str, prompts_of, synonyms_of, names: list[str], guidance, seeds: int = 2) -> list[dict]:
-    erased = [row(p, concept, "erased") for p in prompts_of(concept) for _ in range(seeds)]
+    erased = [row(p, concept, "erased") for p in repeated(prompts_of(concept), seeds)]
     retained = [row(p, other, "retained") for other in names if other != concept for p in prompts_of(other)]
     synonym = [row(p, concept, "synonym") for p in synonyms_of(concept)]
     return numbered(interleave(erased, retained, synonym), guidance)
 
 
+def concepts_set(concepts: list[str], prompts_of, synonyms_of, names: list[str],
+                 copies: tuple[int, int, int]) -> list[dict]:
+    """The world attribute sets (mini-sd, default guidance): ``concepts`` erased at once;
+    within each type the classes take turns, so any prefix holds every class of every
+    type. ``copies``: seeds per erased, retained and synonym prompt."""
+    def group(labels, prompts, kind, seeds):
+        return interleave(*([row(p, label, kind) for p in repeated(prompts(label), seeds)] for label in labels))
+
+    erased = group(concepts, prompts_of, "erased", copies[0])
+    retained = group([n for n in names if n not in concepts], prompts_of, "retained", copies[1])
+    synonym = group(concepts, synonyms_of, "synonym", copies[2])
+    return numbered(interleave(erased, retained, synonym), None)
+
+
+def all_set(names: list[str], prompts_of, guidance, extra=()) -> list[dict]:
+    """Every concept of a family once, untyped."""
+    return numbered([row(p, name) for name in names for p in prompts_of(name)] + list(extra), guidance)
+
+
 def write_family(out: Path, family: str, names: list[str], prompts_of, synonyms_of, guidance, extra_all=()) -> None:
     for name in names:
         write_prompt_csv(out / family / f"{slug(name)}.csv", concept_set(name, prompts_of, synonyms_of, names, guidance), COLUMNS)
-    everything = [row(p, name) for name in names for p in prompts_of(name)] + list(extra_all)
-    write_prompt_csv(out / family / "all.csv", numbered(everything, guidance), COLUMNS)
+    write_prompt_csv(out / family / "all.csv", all_set(names, prompts_of, guidance, extra_all), COLUMNS)
+
+
+# The shape-colour pairs of the style sets: each shape and each colour three times
+# (shape i with colours i, i+1, i+3), so that no shape or colour dominates a style.
+STYLE_PAIRS = [(shape, COLOURS[(i + k) % len(COLOURS)]) for i, shape in enumerate(SHAPES) for k in (0, 1, 3)]
+
+
+def colour_synonym_prompts(colour: str) -> list[str]:
+    """``colour_prompts`` with each other name of the colour (``violet``); none for most."""
+    return [object_prompt(shape, word) for word in COLOUR_SYNONYMS.get(colour, []) for shape in SHAPES]
+
+
+def style_word_prompts(style: str, words: list[str]) -> list[str]:
+    """``"an outlined red circle"``... over ``STYLE_PAIRS``, once per word."""
+    return [object_prompt(shape, colour, word) for word in words for shape, colour in STYLE_PAIRS]
+
+
+def write_attribute_family(out: Path, family: str, names: list[str], prompts_of, synonyms_of, copies) -> None:
+    for name in names:
+        rows = concepts_set([name], prompts_of, synonyms_of, names, copies)
+        write_prompt_csv(out / family / f"{slug(name)}.csv", rows, COLUMNS)
+    write_prompt_csv(out / family / "all.csv", all_set(names, prompts_of, None), COLUMNS)
+
+
+def write_world_attributes(out: Path) -> None:
+    """mini-sd's multi-shape, colour and style sets (the world metric reads the attribute from ``class``)."""
+    # 12 rows per class in every type: 6 colours x 2 seeds; synonyms 2 words x 6 colours.
+    three = concepts_set(["circle", "square", "triangle"], shape_prompts, synonym_prompts, list(SHAPES), (2, 2, 1))
+    write_prompt_csv(out / "shapes" / "circle-square-triangle.csv", three, COLUMNS)
+    # As the shape sets: 12 erased (6 shapes x 2 seeds), 30 retained, 12 synonym (violet x 6 shapes x 2 seeds).
+    write_attribute_family(out, "colours", list(COLOURS), colour_prompts, colour_synonym_prompts, (2, 1, 2))
+    # 18 of each: the STYLE_PAIRS, once per style word.
+    write_attribute_family(out, "styles", list(STYLES), lambda s: style_word_prompts(s, STYLE_WORDS[s][:1]),
+                           lambda s: style_word_prompts(s, STYLE_WORDS[s][1:]), (1, 1, 1))
 
 
 def main() -> None:
@@ -177,6 +249,7 @@ def main() -> None:
     write_family(out, "shapes", list(SHAPES), shape_prompts, synonym_prompts, None,
                  extra_all=[row(p, "none") for p in empty_prompts()])
     assert all(SYNONYMS[s] for s in SHAPES)
+    write_world_attributes(out)
     write_family(out, "cifar10", list(CIFAR10), object_prompts(CIFAR10), object_synonyms(CIFAR10), SD_GUIDANCE)
     write_family(out, "imagenette", list(IMAGENETTE), object_prompts(IMAGENETTE), object_synonyms(IMAGENETTE), SD_GUIDANCE)
 

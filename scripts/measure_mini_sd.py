@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Measure what mini-sd knows and write the table into its model card.
 
-    python scripts/measure_mini_sd.py              # 36 prompts x 50 seeds, about 5 minutes
+    python scripts/measure_mini_sd.py              # 36 prompts x 50 seeds and smaller checks: about 10 minutes
 
 Generates every "a {colour} {shape}" prompt with seeds 0..N-1 at the recommended
 settings, classifies the images with the world classifier, and reports per shape and
@@ -32,7 +32,7 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=str(ASSETS / "mini-sd"), help="pipeline folder")
     p.add_argument("--seeds", type=int, default=50, help="seeds per main prompt")
-    p.add_argument("--extra-seeds", type=int, default=20, help="seeds per prompt of the smaller checks")
+    p.add_argument("--extra-seeds", type=int, default=10, help="seeds per prompt of the smaller checks")
     p.add_argument("--batch-size", type=int, default=200)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-card", action="store_true", help="print only; leave README.md and metrics.json alone")

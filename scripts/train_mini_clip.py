@@ -34,8 +34,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 from world_common import ASSETS, CACHE_DIR, REPO, Stopwatch, augment, images_to_tensor, machine, setup, write_json, write_text
 
+from erasure.atomic import atomic_dir, atomic_path
 from erasure.tokenizer import clip_tokenizer
-from erasure.world._io import atomic_dir, atomic_path
 from erasure.world.captions import caption_with_mentions, encode_mentions, encode_scene, matches
 from erasure.world.data import HELD_OUT_SEED, TRAIN_SEED, render_dataset, stack_labels
 from erasure.world.scenes import COLOURS, SHAPES

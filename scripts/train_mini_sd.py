@@ -2,7 +2,7 @@
 """Train mini-sd: a StableDiffusionPipeline of the shapes world (VAE, then UNet).
 
     python scripts/train_mini_sd.py --stage vae    # about 6 minutes on 2 CPU cores
-    python scripts/train_mini_sd.py --stage unet   # about 30 minutes; resumes from its checkpoint
+    python scripts/train_mini_sd.py --stage unet   # about 45 minutes; resumes from its checkpoint
 
 Needs mini-clip's text tower in erasure/assets/mini-sd/text_encoder (train_mini_clip.py),
 which stays frozen, as in Stable Diffusion. The UNet trains on precomputed VAE latents
@@ -30,8 +30,8 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 from world_common import ASSETS, CACHE_DIR, REPO, Stopwatch, images_to_tensor, machine, setup, write_json, write_text
 
+from erasure.atomic import atomic_dir, atomic_path
 from erasure.tokenizer import clip_tokenizer
-from erasure.world._io import atomic_dir, atomic_path
 from erasure.world.captions import caption
 from erasure.world.data import TRAIN_SEED, render_dataset
 
@@ -85,7 +85,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--vae-batch-size", type=int, default=32)
     p.add_argument("--vae-lr", type=float, default=2e-3)
     p.add_argument("--kl-weight", type=float, default=1e-6)
-    p.add_argument("--unet-steps", type=int, default=3000, help="total steps; more than a checkpoint's extends it")
+    p.add_argument("--unet-steps", type=int, default=5500, help="total steps; more than a checkpoint's extends it")
     p.add_argument("--unet-batch-size", type=int, default=64)
     p.add_argument("--unet-lr", type=float, default=5e-4)
     p.add_argument("--unet-images", type=int, default=24000, help="scenes whose latents the UNet trains on")
@@ -190,9 +190,21 @@ def encode_texts(text_encoder, texts: list[str], batch: int = 256) -> torch.Tens
     return torch.cat(out)
 
 
+def _fingerprint(*folders: Path) -> str:
+    """Short hash of the weight files in ``folders``."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for folder in folders:
+        for f in sorted(folder.glob("*.safetensors")):
+            h.update(f.read_bytes())
+    return h.hexdigest()[:10]
+
+
 def build_data(args, vae, text_encoder) -> dict:
     """Latents of ``unet_images`` scenes and a caption pool, cached in runs/mini-sd."""
-    cache = Path(args.run_dir) / f"unet_data_n{args.unet_images}_k{args.captions_per_image}_s{args.seed}.safetensors"
+    key = _fingerprint(Path(args.run_dir) / "vae", Path(args.text_encoder))  # a new VAE or text tower: new cache
+    cache = Path(args.run_dir) / f"unet_data_n{args.unet_images}_k{args.captions_per_image}_s{args.seed}_{key}.safetensors"
     if cache.exists():
         data = load_file(str(cache))
         data["empty"] = data["empty"].bool()

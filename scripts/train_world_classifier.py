@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 from world_common import ASSETS, CACHE_DIR, Stopwatch, augment, images_to_tensor, machine, setup, write_json, write_text
 
-from erasure.world._io import atomic_dir
+from erasure.atomic import atomic_dir
 from erasure.world.classifier import ClassifierConfig, WorldClassifier, save_world_classifier
 from erasure.world.data import HELD_OUT_SEED, TRAIN_SEED, render_dataset, stack_labels
 

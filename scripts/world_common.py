@@ -28,14 +28,14 @@ def setup(seed: int, threads: int) -> None:
 
 
 def write_json(path: Path, data) -> None:
-    from erasure.world._io import atomic_path
+    from erasure.atomic import atomic_path
 
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2) + "\n")
 
 
 def write_text(path: Path, text: str) -> None:
-    from erasure.world._io import atomic_path
+    from erasure.atomic import atomic_path
 
     with atomic_path(path) as tmp:
         tmp.write_text(text)
@@ -85,7 +85,7 @@ def save_checkpoint(path: Path, modules: dict, opt, gen: torch.Generator, step: 
     states, AdamW's moments, the batch generator's state, the step and the time spent."""
     from safetensors.torch import save_file
 
-    from erasure.world._io import atomic_path
+    from erasure.atomic import atomic_path
 
     tensors = {f"{name}.{k}": v.contiguous() for name, m in modules.items() for k, v in m.state_dict().items()}
     params = [p for m in modules.values() for p in m.parameters()]

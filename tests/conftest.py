@@ -15,6 +15,20 @@ def pytest_addoption(parser):
     parser.addoption("--runslow", action="store_true", default=False, help="also run tests marked slow")
 
 
+@pytest.fixture
+def one_thread():
+    """Small models gain nothing from threads, and lose ten-fold on two busy shared cores.
+
+    Use per module: ``pytestmark = pytest.mark.usefixtures("one_thread")``.
+    """
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(params=FAMILIES)
 def tiny_pipe(request):
     return build_tiny_pipeline(request.param)

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import erasure.assets
-from erasure.assets import BUNDLED_MODELS, bundled_model_path, generation_defaults
+from erasure.assets import BUNDLED_MODELS, bundled_model_path
+from erasure.loading import generation_defaults
 from erasure.world.data import HELD_OUT_SEED, render_dataset
 
 ASSETS = Path(erasure.assets.__file__).parent
@@ -34,7 +35,7 @@ def test_bundled_folders_are_small_safetensors_with_model_cards():
     for name in BUNDLED_MODELS:
         assert (bundled_model_path(name) / "README.md").is_file()
     assert not (bundled_model_path("mini-sd") / "tokenizer").exists()
-    assert set(generation_defaults()) == {"resolution", "num_inference_steps", "guidance_scale"}
+    assert set(generation_defaults("mini-sd")) == {"resolution", "num_inference_steps", "guidance_scale"}
 
 
 def test_world_classifier_on_held_out_images(held_out):
@@ -74,10 +75,12 @@ def test_mini_clip_zero_shot(held_out):
     assert model.dtype == torch.float32
     tok = clip_tokenizer()
     single = [i for i, s in enumerate(held_out.scenes) if len(s.objects) == 1]
+    # transformers >= 5 returns the projected features as ``pooler_output``, 4.x a tensor
+    features = lambda out: out if isinstance(out, torch.Tensor) else out.pooler_output
     with torch.no_grad():
-        image = F.normalize(model.get_image_features(pixel_values=_images(held_out)[single] * 2 - 1), dim=-1)
+        image = F.normalize(features(model.get_image_features(pixel_values=_images(held_out)[single] * 2 - 1)), dim=-1)
         ids = tok([f"a photo of a {s}" for s in SHAPES], padding=True, return_tensors="pt").input_ids
-        text = F.normalize(model.get_text_features(input_ids=ids), dim=-1)
+        text = F.normalize(features(model.get_text_features(input_ids=ids)), dim=-1)
     pred = (image @ text.T).argmax(-1)
     truth = torch.tensor([SHAPES.index(held_out.scenes[i].objects[0].shape) for i in single])
     assert (pred == truth).float().mean() >= 0.9

@@ -80,6 +80,15 @@ def test_bad_input_is_one_clear_line(tiny_pipeline_folder, extra, message, capsy
     assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
 
 
+def test_exponent_floats_are_read_as_numbers():
+    # PyYAML reads "1e-3" (no dot) as a string; a user typing --set lr=1e-3 means a number.
+    from erasure.config import build_config, parse_override
+    from erasure.methods.esd import ESDConfig
+
+    config = build_config(ESDConfig, dict([parse_override("lr=1e-3"), parse_override("negative_guidance=2")]))
+    assert config.lr == 1e-3 and config.negative_guidance == 2.0
+
+
 def test_existing_output_needs_overwrite(tiny_pipeline_folder, tmp_path, capsys):
     output = tmp_path / "w.safetensors"
     args = ["--method", "uce", "--concepts", "car", "--model", str(tiny_pipeline_folder), "--output", str(output)]

@@ -17,14 +17,7 @@ from erasure.methods.esd import ESDConfig
 # A few iterations over a 2-step DDIM schedule keep each run to about a second.
 FAST = dict(iterations=3, ddim_steps=2, lr=1e-3)
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny UNets run over ten times faster on one thread than on two busy cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny UNets run ten times faster on one thread
 
 
 def snapshot(pipe) -> dict[str, torch.Tensor]:

@@ -5,6 +5,7 @@ measurements on the bundled mini-sd are in test_eval_mini_sd.py.)"""
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -27,14 +28,7 @@ from conftest import build_tiny_pipeline
 PUBLIC = Path("/work/shared/data/prompts")
 STEPS = dict(num_inference_steps=2, resolution=32)
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and lose ten-fold on a busy shared CPU."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---- prompt sets ----
@@ -98,6 +92,35 @@ def test_bundled_sets_have_the_three_groups_and_honest_synonyms():
     assert [r.type for r in circle.rows[:3]] == ["erased", "retained", "synonym"]  # interleaved: --limit sees all
     for row in load_prompt_set("cifar10/airplane").rows:
         assert (row.type == "synonym") == (row.label == "airplane" and "airplane" not in row.prompt)
+
+
+@pytest.mark.parametrize("name, erased, retained, synonym", [
+    ("shapes/circle-square-triangle", {"circle", "square", "triangle"}, {"star", "heart", "cross"},
+     {"circle", "square", "triangle"}),
+    ("colours/purple", {"purple"}, {"red", "green", "blue", "yellow", "orange"}, {"purple"}),
+    ("colours/red", {"red"}, {"green", "blue", "yellow", "purple", "orange"}, set()),
+    ("styles/outlined", {"outlined"}, {"filled"}, {"outlined"}),
+    ("styles/filled", {"filled"}, {"outlined"}, {"filled"}),
+])
+def test_world_task_sets_have_their_types_and_classes(name, erased, retained, synonym):
+    prompts = load_prompt_set(name)
+    classes = {kind: {r.label for r in prompts.rows if r.type == kind} for kind in ("erased", "retained", "synonym")}
+    assert classes == {"erased": erased, "retained": retained, "synonym": synonym}
+    first = {(r.type, r.label) for r in prompts.rows[:3 * len(erased | retained)]}
+    assert first == {(kind, label) for kind, labels in classes.items() for label in labels}  # --limit sees every class
+    per_class = {}
+    for row in prompts.rows:
+        per_class[row.type, row.label] = per_class.get((row.type, row.label), 0) + 1
+        assert row.seed == 1000 + int(row.case_number) and row.guidance is None
+    assert min(per_class.values()) >= 6 and len(set(per_class[("erased", c)] for c in erased)) == 1
+    for row in prompts.rows:  # a row's class is a word of its prompt, except in synonym rows
+        assert (row.label in row.prompt.split()) == (row.type != "synonym")
+
+
+def test_world_all_sets_list_each_attribute_untyped():
+    for name, count in (("colours/all", 6), ("styles/all", 2)):
+        prompts = load_prompt_set(name)
+        assert {r.type for r in prompts.rows} == {""} and len(prompts.class_names) == count
 
 
 def test_hub_set_offline_names_the_fix(monkeypatch, tmp_path):
@@ -252,6 +275,11 @@ def test_cli_run_writes_the_report_and_resumes_to_the_same_numbers(tiny_pipeline
     assert accuracy["erasure"]["acc_e"] == pytest.approx(100 * np.mean(top1))
     assert "| clip-accuracy | Acc_e (erased), top-1 % |" in (out / "report.md").read_text()
     assert "<img src='erased/00000.png'" in (out / "report.html").read_text()
+    grid = np.asarray(Image.open(out / "comparison.png").convert("RGB"))
+    strips = {(image["type"], v) for image in report["images"] for v in ("base", "erased")}
+    assert grid.shape[0] == 96 * len(strips)
+    first_erased = np.asarray(Image.open(out / report["images"][0]["erased"]["path"]).convert("RGB").resize((96, 96), Image.Resampling.NEAREST))
+    assert np.array_equal(grid[96:192, 150:246], first_erased)  # row 2: the first group's erased strip
 
     (out / "erased" / "00003.png").unlink()  # as if the first run had stopped here
     assert main(argv) == 0
@@ -278,6 +306,7 @@ def test_api_leaves_a_given_pipeline_unchanged(erased_file, tiny_clip, tmp_path)
     (["--prompts", "shapes/circle", "--base-only", "--set", "nudenet.threshold=2", "--metrics", "nudenet"], "must lie in"),
     (["--prompts", "shapes/circle", "--base-only", "--set", "clip.colour=red", "--metrics", "clip"], "unknown clip option key"),
     (["--prompts", "coco/captions", "--base-only", "--metrics", "clip-accuracy"], "needs the expected label"),
+    (["--prompts", "shapes/circle", "--base-only", "--attack", "closed-form"], "--attack closed-form attacks erased weights"),
 ])
 def test_cli_errors_are_one_line(args, message, capsys):
     assert main(args) == 2
@@ -335,6 +364,121 @@ def test_world_metric_refuses_classes_outside_the_world():
     prompts = load_prompt_set("cifar10/airplane", limit=3)
     with pytest.raises(ErasureError, match="class 'airplane'"):
         build_metrics(["world"], MetricContext("mini-sd", torch.device("cpu"), prompts))
+
+
+def _world(rows, **config):
+    from erasure.eval.metrics import MetricContext, build_metrics
+    from erasure.eval.prompts import PromptSet
+
+    context = MetricContext("mini-sd", torch.device("cpu"), PromptSet("t", "t", rows))
+    (world,) = build_metrics({"world": config}, context)
+    return world
+
+
+@pytest.mark.parametrize("name, attribute", [("shapes/circle-square-triangle", "shape"), ("shapes/all", "shape"),
+                                             ("colours/purple", "colour"), ("styles/outlined", "style")])
+def test_world_metric_infers_the_attribute_from_the_classes(name, attribute):
+    world = _world(load_prompt_set(name).rows)
+    assert world.settings()["attribute"] == attribute and world.settings()["config"]["attribute"] == "auto"
+
+
+@pytest.mark.parametrize("labels, config, message", [
+    (["circle", "red"], {}, "mixes world attributes (shape 'circle', colour 'red'): give each attribute its own"),
+    (["outlined", "none"], {}, "mixes world attributes (style 'outlined', shape 'none')"),
+    (["red", "blue"], {"attribute": "shape"}, "scores shape (circle, square, triangle, star, heart, cross, none), but "
+                                              "the prompt set has class 'red': use world.attribute=auto"),
+    (["red"], {"attribute": "size"}, "must be one of 'auto', 'shape', 'colour', 'style'"),
+])
+def test_world_metric_attribute_errors_name_the_fix(labels, config, message):
+    rows = [PromptRow(i, "p", i, label=label) for i, label in enumerate(labels)]
+    with pytest.raises(ErasureError, match=re.escape(message)):
+        _world(rows, **config)
+
+
+@pytest.mark.skipif(not WORLD_CLASSIFIER.is_file(), reason="the bundled world classifier is not built yet")
+def test_world_metric_scores_colours_and_styles_of_rendered_scenes(tmp_path):
+    from erasure.world.scenes import render_scene, sample_scene
+
+    for attribute, labels in (("colour", ["red", "blue", "yellow", "purple"]), ("style", ["filled", "outlined"])):
+        rows = [PromptRow(i, "p", i, label=label, type="erased" if i == 0 else "retained") for i, label in enumerate(labels)]
+        paths = []
+        for row in rows:
+            scene = sample_scene(np.random.default_rng(row.index), num_objects=1, size="large", **{attribute: row.label})
+            paths.append(tmp_path / f"{attribute}-{row.index}.png")
+            render_scene(scene, 32)[0].save(paths[-1])
+        world = _world(rows)
+        records = world.score(paths, rows)
+        assert [r["predicted"] for r in records] == labels and all(r["expected"] == r["predicted"] for r in records)
+        assert {"shape", "colour", "style"} - {attribute} <= set(records[0])  # the other attributes, per image
+        assert world.summarize(rows, records)["erasure"]["acc_s"] == 100.0
+
+
+# ---- the closed-form attack: a third variant, "attacked" ----
+
+
+def test_attack_variant_attacks_erased_and_synonym_rows_and_resumes(erased_file, tmp_path, monkeypatch):
+    pipe = build_tiny_pipeline("sd1")
+    run = dict(limit=6, batch_size=4, attack="closed-form", html=True, **STEPS)
+    report = evaluate(pipe, erased_file, "shapes/circle", ["world"], tmp_path, **run)
+    rows = load_prompt_set("shapes/circle", limit=6).rows
+    attacked = [row for row in rows if row.type in ("erased", "synonym")]
+    assert report.data["variants"] == ["base", "erased", "attacked"]
+    assert sorted(p.name for p in (tmp_path / "attacked").glob("*.png")) == [f"{r.index:05d}.png" for r in attacked]
+    assert report.data["attack"]["method"] == "closed-form" and report.data["attack"]["rows"] == len(attacked)
+    for row in attacked:
+        record = gen.read_record(gen.image_path(tmp_path / "attacked", row))
+        assert record["attack"] == {"method": "closed-form", "reg": 1e-3} and record["seed"] == row.seed
+        assert record["weights_sha256"] == report.data["model"]["weights"]["sha256"]
+        erased, attacked_image = (np.asarray(Image.open(gen.image_path(tmp_path / v, row)), dtype=int) for v in ("erased", "attacked"))
+        assert np.abs(erased - attacked_image).max() > 0  # UCE changed the keys/values: the embedding is not the prompt
+    assert "attack" not in gen.read_record(gen.image_path(tmp_path / "erased", rows[0]))
+
+    headline = report.headline("world", "attacked")
+    assert headline["Acc_e (erased), top-1 %"] == report.data["metrics"]["world"]["attacked"]["erasure"]["acc_e"]
+    assert "Acc_s (retained), top-1 %" not in headline  # retained rows are not attacked
+    images = {image["index"]: image for image in report.data["images"]}
+    assert all(("attacked" in images[r.index]) == (r in attacked) for r in rows)
+    assert "| metric | quantity | base | erased | attacked | change |" in report.markdown
+    assert "not attacked" in (tmp_path / "report.html").read_text()
+
+    made = []
+    monkeypatch.setattr(gen, "_save_png", lambda path, *args: made.append(path))
+    again = evaluate(pipe, erased_file, "shapes/circle", ["world"], tmp_path, **run)
+    assert made == [] and again.data["metrics"] == report.data["metrics"]  # resumed: nothing generated again
+    with pytest.raises(ErasureError, match=r"attacked/00000.png was generated with other settings \(attack differ"):
+        evaluate(pipe, erased_file, "shapes/circle", ["world"], tmp_path, **{**run, "attack_reg": 0.1})
+
+
+def test_attacked_images_are_generated_as_their_prompts_would_be(tiny_pipe, rows, tmp_path):
+    """With the prompt's own embedding in place of the adversarial one, the embedding path
+    (pipeline_inputs and the pipeline's own negative) gives the prompt path's images."""
+    from erasure.adapters import adapter_for
+
+    class Identity:
+        def record(self):
+            return {"method": "identity"}
+
+        def embeddings(self, pipe, prompts):
+            return adapter_for(pipe).encode(prompts)
+
+    settings = _settings(tiny_pipe)
+    gen.generate_images(tiny_pipe, rows[:2], tmp_path / "prompt", settings, "tiny")
+    gen.generate_images(tiny_pipe, rows[:2], tmp_path / "embedded", settings, "tiny", attack=Identity())
+    for row in rows[:2]:
+        a, b = (np.asarray(Image.open(gen.image_path(tmp_path / d, row))) for d in ("prompt", "embedded"))
+        assert np.array_equal(a, b)
+
+
+def test_attack_needs_weights_and_a_known_name(erased_file, tmp_path):
+    pipe = build_tiny_pipeline("sd1")
+    with pytest.raises(ErasureError, match="--attack closed-form attacks erased weights: pass --weights"):
+        evaluate(pipe, None, "shapes/circle", ["world"], tmp_path, attack="closed-form", limit=2, **STEPS)
+    with pytest.raises(ErasureError, match="unknown attack 'pgd': use one of closed-form"):
+        evaluate(pipe, erased_file, "shapes/circle", ["world"], tmp_path, attack="pgd", limit=2, **STEPS)
+    retained_only = tmp_path / "retained.csv"
+    retained_only.write_text("prompt,class,type\na red square,square,retained\n")
+    with pytest.raises(ErasureError, match="no erased or synonym rows to attack"):
+        evaluate(pipe, erased_file, retained_only, ["world"], tmp_path, attack="closed-form", **STEPS)
 
 
 # ---- real processes (slow: two interpreters) ----

@@ -2,8 +2,9 @@
 
 A UCE erasure of "circle" is evaluated on the first rows of ``shapes/circle``; the
 report's per-class accuracies must equal a direct classification of the saved images,
-a run interrupted and resumed must give the same report as an uninterrupted one, and
-NudeNet must run on the generated images and record its settings.
+a run interrupted and resumed must give the same report as an uninterrupted one,
+NudeNet must run on the generated images and record its settings, and the closed-form
+attack must add its column for the erased and synonym rows.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from importlib.metadata import version
 from pathlib import Path
 
 import pytest
-import torch
 from PIL import Image
 
 import erasure
@@ -23,20 +23,14 @@ from erasure.eval.cli import main
 from erasure.eval.metrics.nudenet import EXPOSED_LABELS
 
 ASSETS = Path(erasure.__file__).parent / "assets"
-pytestmark = pytest.mark.skipif(
-    not ((ASSETS / "mini-sd" / "model_index.json").is_file() and (ASSETS / "world-classifier" / "model.safetensors").is_file()),
-    reason="the bundled mini-sd or world classifier is not built yet",
-)
+pytestmark = [
+    pytest.mark.skipif(
+        not ((ASSETS / "mini-sd" / "model_index.json").is_file() and (ASSETS / "world-classifier" / "model.safetensors").is_file()),
+        reason="the bundled mini-sd or world classifier is not built yet",
+    ),
+    pytest.mark.usefixtures("one_thread"),
+]
 ROWS = 9  # three erased, three retained, three synonym rows (the set interleaves them)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small models gain little from threads, and lose much on a busy shared CPU."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")
@@ -115,3 +109,13 @@ def test_a_resumed_run_gives_the_same_report(full_run, circle_weights, tmp_path,
     resumed = evaluate("mini-sd", circle_weights, "shapes/circle", ["world", "nudenet"], tmp_path, **kwargs).data
     assert resumed["metrics"] == uninterrupted["metrics"]
     assert resumed["images"] == uninterrupted["images"]
+
+
+def test_the_closed_form_attack_is_a_third_column_on_erased_and_synonym_rows(circle_weights, tmp_path):
+    report = evaluate("mini-sd", circle_weights, "shapes/circle", ["world"], tmp_path, limit=ROWS, device="cpu",
+                      attack="closed-form")
+    attacked = report.data["metrics"]["world"]["attacked"]
+    assert {g: v["n"] for g, v in attacked["groups"].items()} == {"erased": 3, "synonym": 3, "all": 6}
+    assert report.headline("world", "attacked")["Acc_e (erased), top-1 %"] == attacked["erasure"]["acc_e"]
+    assert report.data["attack"]["reg"] == 1e-3 and sorted(p.name for p in (tmp_path / "attacked").iterdir()) == [
+        f"{image['index']:05d}.png" for image in report.data["images"] if image["type"] != "retained"]

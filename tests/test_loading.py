@@ -4,7 +4,9 @@ import pytest
 import torch
 
 import erasure
+import erasure.assets
 from erasure.adapters import StableDiffusion2Adapter, StableDiffusionXLAdapter, adapter_for
+from erasure.assets import bundled_model_path
 from erasure.loading import resolve_dtype
 
 from conftest import build_tiny_pipeline
@@ -45,6 +47,18 @@ def test_the_adapter_recognises_each_family():
 def test_missing_models_are_clear_errors(model, message):
     with pytest.raises(erasure.ErasureError, match=message):
         erasure.load_pipeline(model, device="cpu")
+
+
+def test_a_missing_bundled_model_names_the_fix(tmp_path, monkeypatch):
+    monkeypatch.setattr(erasure.assets, "_ROOT", tmp_path)
+    with pytest.raises(erasure.ErasureError, match="run scripts/build_bundled_models.sh"):
+        erasure.load_pipeline("mini-sd", device="cpu")
+    (tmp_path / "mini-sd").mkdir()  # a folder without model_index.json is not a pipeline yet
+    with pytest.raises(erasure.ErasureError, match="run scripts/build_bundled_models.sh"):
+        erasure.load_pipeline("mini-sd", device="cpu")
+    assert bundled_model_path("mini-sd") == tmp_path / "mini-sd"
+    with pytest.raises(erasure.ErasureError, match="unknown bundled model 'mini-xl'"):
+        bundled_model_path("mini-xl")
 
 
 def test_folder_without_model_index_is_refused(tmp_path):

@@ -7,29 +7,34 @@ these are checks that the shipped model works, not benchmarks.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 import torch
 
 import erasure
-from erasure.assets import generation_defaults
+import erasure.assets
+from erasure.loading import generation_defaults
 from erasure.world import COLOURS, SHAPES
 from erasure.world.captions import object_prompt
 from erasure.world.classifier import load_world_classifier
 
 pytestmark = pytest.mark.skipif(
-    not (erasure.loading.ASSETS / "mini-sd" / "model_index.json").is_file(),
+    not (Path(erasure.assets.__file__).parent / "mini-sd" / "model_index.json").is_file(),
     reason="mini-sd is not built yet: scripts/build_bundled_models.sh",
 )
 
 SEEDS = 8  # per shape; each seed with another colour, so every colour appears
 
-# Measured on the shipped model with these prompts and seeds (see the model card for
-# the 50-seed numbers): FILLED IN BELOW.
-KNOWN_FLOOR = 0.80  # per-shape accuracy of the unedited model
+# Measured on the shipped model with these prompts and seeds (8 images per shape; the
+# model card has the 50-seed numbers): per-shape accuracy 87.5-100%, mean 95.8%; after
+# UCE erases "circle", circle 25% and every other shape 100%. Floors leave one or two
+# images of slack for another platform's numerics.
+KNOWN_FLOOR = 0.75  # per-shape accuracy of the unedited model
 KNOWN_MEAN_FLOOR = 0.90  # mean shape accuracy of the unedited model
-ERASED_CEILING = 0.25  # circle accuracy after UCE erases "circle"
-KEPT_FLOOR = 0.75  # mean accuracy of the other five shapes after that edit
+ERASED_CEILING = 0.375  # circle accuracy after UCE erases "circle"
+ERASED_DROP = 0.4  # and at least this far below its base accuracy
+KEPT_FLOOR = 0.90  # mean accuracy of the other five shapes after that edit
 
 
 def _prompts() -> tuple[list[str], list[str], list[int]]:
@@ -44,7 +49,7 @@ def _prompts() -> tuple[list[str], list[str], list[int]]:
 
 def _shape_accuracy(pipe, classifier) -> dict[str, float]:
     prompts, shapes, seeds = _prompts()
-    d = generation_defaults()
+    d = generation_defaults("mini-sd")
     images = pipe(
         prompts,
         height=d["resolution"],
@@ -102,5 +107,5 @@ def test_uce_erases_circle_and_keeps_the_other_shapes(pipe, classifier, base_acc
         pipe.unet.load_state_dict(original, strict=False)
     others = [after[s] for s in SHAPES if s != "circle"]
     assert after["circle"] <= ERASED_CEILING, after
-    assert after["circle"] < base_accuracy["circle"] - 0.5, (base_accuracy, after)
+    assert after["circle"] <= base_accuracy["circle"] - ERASED_DROP, (base_accuracy, after)
     assert sum(others) / len(others) >= KEPT_FLOOR, after

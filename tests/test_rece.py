@@ -94,6 +94,15 @@ def test_attack_from_weights_or_from_an_erased_pipeline_agree(sd1_pipe):
         closed_form_embedding(sd1_pipe, "airplane")
 
 
+def test_a_list_of_prompts_gives_each_its_own_embedding(sd1_pipe):
+    edited = erasure.erase(sd1_pipe, "uce", "airplane")
+    prompts = ["airplane", "a photo of a red car"]
+    batch = closed_form_embedding(sd1_pipe, prompts, erased=edited)
+    assert batch.hidden.shape[0] == 2 and batch.token_counts.tolist() == adapter_for(sd1_pipe).token_counts(prompts).tolist()
+    for i, prompt in enumerate(prompts):
+        assert torch.allclose(batch.hidden[i], closed_form_embedding(sd1_pipe, prompt, erased=edited).hidden[0], atol=1e-6)
+
+
 def test_rece_presets_follow_the_paper():
     nudity = erasure.resolve_config("rece", "nudity")
     assert (nudity.reg, nudity.epochs, nudity.validate) == (0.1, 3, "nudenet")

@@ -13,6 +13,12 @@ def _outputs(weights, tokens):
     return {name: tokens.double() @ w.double().T for name, w in weights.items()}
 
 
+def _adapter_and_weights(pipe):
+    """The pipeline's adapter and a copy of its cross-attention key/value weights."""
+    adapter = adapter_for(pipe)
+    return adapter, {k: v.detach().clone() for k, v in adapter.cross_attention_weights().items()}
+
+
 def _erased_and_target_tokens(adapter, concept, guide, token_choice):
     source, target = adapter.encode([concept]), adapter.encode([guide])
     length = source.hidden.shape[1]
@@ -43,8 +49,7 @@ def _relative_change(edited, original, tokens):
 
 
 def test_last_subject_token_maps_onto_the_guide(tiny_pipe):
-    adapter = adapter_for(tiny_pipe)
-    original = {k: v.detach().clone() for k, v in adapter.cross_attention_weights().items()}
+    adapter, original = _adapter_and_weights(tiny_pipe)
     edited = erasure.erase(tiny_pipe, "uce", "airplane", token_choice="last_subject")
     keys, targets = _erased_and_target_tokens(adapter, "airplane", "", "last_subject")
     # lam = 0.5 against |e|^2 ~ dim: the erased token lands within a few percent of the guide's output.
@@ -55,8 +60,7 @@ def test_last_subject_token_maps_onto_the_guide(tiny_pipe):
 
 
 def test_default_token_choice_moves_the_erased_span_and_keeps_preserved_prompts(tiny_pipe):
-    adapter = adapter_for(tiny_pipe)
-    original = {k: v.detach().clone() for k, v in adapter.cross_attention_weights().items()}
+    adapter, original = _adapter_and_weights(tiny_pipe)
     preserve = ["a photo of a dog", "a red car"]
     edited = erasure.erase(tiny_pipe, "uce", "airplane", preserve=preserve)
     keys, targets = _erased_and_target_tokens(adapter, "airplane", "", "from_last_subject")
@@ -67,8 +71,7 @@ def test_default_token_choice_moves_the_erased_span_and_keeps_preserved_prompts(
 
 
 def test_mapping_to_a_chosen_target(sd1_pipe):
-    adapter = adapter_for(sd1_pipe)
-    original = {k: v.detach().clone() for k, v in adapter.cross_attention_weights().items()}
+    adapter, original = _adapter_and_weights(sd1_pipe)
     edited = erasure.erase(sd1_pipe, "uce", "airplane->bird", token_choice="last_subject")
     keys, targets = _erased_and_target_tokens(adapter, "airplane", "bird", "last_subject")
     assert _relative_residual(edited, original, keys, targets) < 0.1
@@ -87,8 +90,7 @@ def test_only_cross_attention_keys_and_values_change_and_pipe_is_untouched(tiny_
 
 
 def test_preserve_scale_none_uses_the_2023_code_rule(sd1_pipe):
-    adapter = adapter_for(sd1_pipe)
-    original = {k: v.detach().clone() for k, v in adapter.cross_attention_weights().items()}
+    _, original = _adapter_and_weights(sd1_pipe)
     preserve = [f"a photo of object {i}" for i in range(20)]
     explicit = erasure.erase(sd1_pipe, "uce", "airplane", preserve=preserve, preserve_scale=0.1)
     rule = erasure.erase(sd1_pipe, "uce", "airplane", preserve=preserve, preserve_scale=None)

@@ -11,30 +11,33 @@ Each folder has a README.md model card with its data, training command and accur
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from ..errors import ErasureError
 
 BUNDLED_MODELS = ("mini-sd", "mini-clip", "world-classifier")
 _ROOT = Path(__file__).resolve().parent
 
 
-def bundled_model_path(name: str) -> Path:
+def bundled_model_path(name: str, needs: str | None = None) -> Path:
     """Folder of a bundled model.
 
     Args:
         name: one of ``BUNDLED_MODELS``.
+        needs: a file inside the folder that must be there too (e.g. ``"model_index.json"``
+            for a loadable pipeline); by default only the folder must exist.
+
+    Raises:
+        ErasureError: ``name`` is not a bundled model, or it (or ``needs``) is missing.
     """
     if name not in BUNDLED_MODELS:
-        raise ValueError(f"unknown bundled model {name!r}; expected one of {BUNDLED_MODELS}")
+        raise ErasureError(f"unknown bundled model {name!r}: use one of {', '.join(BUNDLED_MODELS)}")
     path = _ROOT / name
-    if not path.is_dir():
-        raise FileNotFoundError(f"bundled model {name!r} is missing at {path}; run scripts/build_bundled_models.sh")
+    if not (path.is_dir() and (needs is None or (path / needs).exists())):
+        raise ErasureError(
+            f"bundled model {name!r} is missing from {path}: run scripts/build_bundled_models.sh or reinstall erasure"
+        )
     return path
-
-
-def generation_defaults(name: str = "mini-sd") -> dict:
-    """Recommended ``resolution``, ``num_inference_steps`` and ``guidance_scale``."""
-    return json.loads((bundled_model_path(name) / "erasure_defaults.json").read_text())
 
 
 def load_mini_sd(torch_dtype=None, folder: str | Path | None = None):

@@ -10,9 +10,14 @@ The same from the command line: ``erase-eval --prompts shapes/circle --model min
 several GPUs: ``accelerate launch -m erasure.eval --prompts i2p ...``.
 
 Steps: read the prompt set (``prompts``), build and check the metrics (``metrics``),
-generate the base images then the erased ones from the same seeds (``generate``), score
-every image on the main process, write ``report.json``/``report.md``/``report.html``
-(``report``). Everything is resumable: rerunning the same command skips finished images.
+generate the base images then the erased ones from the same seeds (``generate``), and
+with ``attack="closed-form"`` the erased model's images from RECE's adversarial
+embedding of the erased and synonym prompts (``attack``); score every image on the main
+process, write ``report.json``/``report.md``/``report.html`` (``report``). Everything is
+resumable: rerunning the same command skips finished images.
+
+    report = erasure.evaluate("mini-sd", "circle.safetensors", "shapes/circle", ["world"], attack="closed-form")
+    report.headline("world", "attacked")  # Acc_e and Acc_g under attack
 """
 
 from __future__ import annotations
@@ -27,7 +32,10 @@ from typing import Mapping, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from ..attacks import DEFAULT_REG
 from ..weights import EditedWeights
+from .attack import ATTACKS, ClosedFormAttack, attack_summary, check_attack
+from .attack import VARIANT as ATTACKED
 from .generate import (
     GenerationSettings,
     applied_weights,
@@ -40,7 +48,8 @@ from .metrics import METRICS, MetricContext, build_metrics, default_metrics
 from .prompts import PromptSet, list_bundled_sets, load_prompt_set, read_prompt_csv
 from .report import build_report, write_report
 
-__all__ = ["METRICS", "EvalReport", "PromptSet", "evaluate", "list_bundled_sets", "load_prompt_set", "read_prompt_csv"]
+__all__ = ["ATTACKS", "METRICS", "EvalReport", "PromptSet", "evaluate", "list_bundled_sets", "load_prompt_set",
+           "read_prompt_csv"]
 
 DEFAULT_OUTPUT_ROOT = Path("outputs") / "eval"
 
@@ -51,7 +60,7 @@ class EvalReport:
 
     Attributes:
         data: the content of ``report.json``.
-        output_dir: the folder with ``base/``, ``erased/`` and the report files.
+        output_dir: the folder with ``base/``, ``erased/`` (``attacked/``) and the report files.
         files: paths of ``report.json``, ``report.md`` and ``report.html``.
     """
 
@@ -60,7 +69,8 @@ class EvalReport:
     files: dict[str, Path] = field(default_factory=dict)
 
     def headline(self, metric: str, variant: str | None = None) -> dict:
-        """The summary numbers of one metric: ``{variant: {label: value}}``, or one variant's."""
+        """The summary numbers of one metric: ``{variant: {label: value}}``, or one variant's
+        (``"base"``, ``"erased"``, ``"attacked"``), e.g. ``headline("world", "attacked")``."""
         result = self.data["metrics"][metric]
         if variant is not None:
             return result[variant]["headline"]
@@ -88,6 +98,8 @@ def evaluate(
     metric_options: Mapping[str, Mapping] | None = None,
     overwrite: bool = False,
     html: bool = True,
+    attack: str | None = None,
+    attack_reg: float = DEFAULT_REG,
 ) -> EvalReport | None:
     """Generate, score and compare images of the base and the erased model.
 
@@ -114,6 +126,10 @@ def evaluate(
         metric_options: more config overrides per metric (``{"clip": {"model": ...}}``).
         overwrite: regenerate images that already exist.
         html: also write ``report.html``.
+        attack: ``"closed-form"`` adds the ``attacked`` variant: the erased model
+            generating from RECE's adversarial embedding of every erased and synonym
+            row's prompt (every row of an untyped set); needs ``erased_weights``.
+        attack_reg: the regularisation of that embedding's solve.
 
     Returns:
         An ``EvalReport`` on the main process; ``None`` on the other processes of a
@@ -121,6 +137,7 @@ def evaluate(
     """
     prompts = load_prompt_set(prompt_set, limit)
     weights, weights_file = _edited_weights(erased_weights)
+    attack_rows = check_attack(attack, attack_reg, weights, prompts.rows)
     state = _process_state()
     device = _device(base, device, state)
     model = _model_name(base)
@@ -137,12 +154,17 @@ def evaluate(
     if state.is_main_process:
         for scorer in scorers:
             scorer.settings()  # loads scoring models now: a missing one fails before generating
-    variants = {"base": None} if weights is None else {"base": None, "erased": weights_info["sha256"]}
-    generate_images(pipe, prompts.rows, output_dir / "base", settings, model_id, None, overwrite, state, "base")
+    variants = [_Variant("base", prompts.rows)]
+    if weights is not None:
+        variants.append(_Variant("erased", prompts.rows, weights_info["sha256"]))
+    if attack_rows:  # the base weights are copied now, before the erased ones replace them
+        attacker = ClosedFormAttack.against(pipe, weights, attack_reg)
+        variants.append(_Variant(ATTACKED, attack_rows, weights_info["sha256"], attacker))
+    _generate(pipe, variants[0], output_dir, settings, model_id, overwrite, state)
     if weights is not None:
         with applied_weights(pipe, weights):
-            generate_images(pipe, prompts.rows, output_dir / "erased", settings, model_id, variants["erased"],
-                            overwrite, state, "erased")
+            for variant in variants[1:]:
+                _generate(pipe, variant, output_dir, settings, model_id, overwrite, state)
     if owned:
         del pipe
         _free_memory()
@@ -152,28 +174,63 @@ def evaluate(
     return _score_and_report(prompts, scorers, variants, output_dir, settings, model, model_id, weights_info, html)
 
 
-def _score_and_report(prompts: PromptSet, scorers, variants: dict, output_dir: Path, settings: GenerationSettings,
-                      model: str, model_id: str, weights_info: dict | None, html: bool) -> EvalReport:
-    rows = prompts.rows
-    paths = {v: collect_images(rows, output_dir / v, settings, model_id, sha) for v, sha in variants.items()}
-    images = [_image_entry(row, settings) for row in rows]
+@dataclass(frozen=True)
+class _Variant:
+    """One column of the report: the images of ``rows`` in ``<output_dir>/<name>/``.
+
+    Attributes:
+        name: ``"base"``, ``"erased"`` or ``"attacked"``.
+        rows: the rows it has images of (attacked: erased and synonym rows only).
+        weights_sha256: the erased weights' hash; ``None`` for the base model.
+        attack: the attack its images are generated under, if any.
+    """
+
+    name: str
+    rows: list
+    weights_sha256: str | None = None
+    attack: ClosedFormAttack | None = None
+
+
+def _generate(pipe, variant: _Variant, output_dir: Path, settings: GenerationSettings, model_id: str,
+              overwrite: bool, state) -> None:
+    """Generate a variant's missing images (``pipe`` holding the weights it needs).
+
+    Args:
+        pipe: the pipeline, with the base or the erased weights as ``variant`` needs.
+        variant: which rows, which weights' hash, which attack.
+        output_dir: the run's folder; the images go in ``output_dir / variant.name``.
+        settings, model_id, overwrite, state: as for ``generate_images``.
+    """
+    generate_images(pipe, variant.rows, output_dir / variant.name, settings, model_id, variant.weights_sha256,
+                    overwrite, state, variant.name, variant.attack)
+
+
+def _score_and_report(prompts: PromptSet, scorers, variants: list[_Variant], output_dir: Path,
+                      settings: GenerationSettings, model: str, model_id: str, weights_info: dict | None,
+                      html: bool) -> EvalReport:
+    paths = {v.name: collect_images(v.rows, output_dir / v.name, settings, model_id, v.weights_sha256, v.attack)
+             for v in variants}
+    images = {row.index: _image_entry(row, settings) for row in prompts.rows}
     for v in variants:
-        for entry, path in zip(images, paths[v]):
-            entry[v] = {"path": path.relative_to(output_dir).as_posix()}
+        for row, path in zip(v.rows, paths[v.name]):
+            images[row.index][v.name] = {"path": path.relative_to(output_dir).as_posix()}
     results = {}
     with tqdm(total=len(scorers) * len(variants), desc="scoring", unit="metric") as bar:
         for scorer in scorers:
             results[scorer.name] = {"settings": scorer.settings()}
             for v in variants:
-                bar.set_postfix_str(f"{scorer.name} on {v}")
-                records = scorer.score(paths[v], rows)
-                results[scorer.name][v] = scorer.summarize(rows, records)
-                for entry, record in zip(images, records):
-                    entry[v][scorer.name] = record
+                bar.set_postfix_str(f"{scorer.name} on {v.name}")
+                records = scorer.score(paths[v.name], v.rows)
+                results[scorer.name][v.name] = scorer.summarize(v.rows, records)
+                for row, record in zip(v.rows, records):
+                    images[row.index][v.name][scorer.name] = record
                 bar.update(1)
     generation = {**settings.record(), "batch_size": settings.batch_size,
                   "seeds": "each row's evaluation_seed (its index when absent), CPU generator per row"}
-    report = build_report(prompts, model, weights_info, generation, list(variants), results, images)
+    attacked = next((v for v in variants if v.attack is not None), None)
+    attack = attack_summary(attacked.attack, attacked.rows) if attacked is not None else None
+    report = build_report(prompts, model, weights_info, generation, [v.name for v in variants], results,
+                          list(images.values()), attack)
     return EvalReport(report, output_dir, write_report(output_dir, report, html_page=html))
 
 

@@ -4,6 +4,7 @@
         --metrics world,clip --output runs/eval-circle
     accelerate launch -m erasure.eval --prompts i2p --model CompVis/stable-diffusion-v1-4 \\
         --weights nudity.safetensors --metrics nudenet --output runs/eval-nudity
+    erase-eval --prompts shapes/circle --weights circle.safetensors --attack closed-form   # + attacked images
 
 Errors the user can fix are one line on stderr and exit status 2.
 """
@@ -18,6 +19,7 @@ from ..errors import ErasureError
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ..attacks import DEFAULT_REG
     from .metrics import METRICS
 
     parser = argparse.ArgumentParser(
@@ -42,6 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--set", dest="options", action="append", default=[], metavar="METRIC.KEY=VALUE",
                         help="a metric option, e.g. --set clip.model=ViT-B-32/openai --set nudenet.threshold=0.45")
     parser.add_argument("--overwrite", action="store_true", help="regenerate images that already exist")
+    parser.add_argument("--attack", help="closed-form: also generate, with the erased model, from RECE's adversarial "
+                        "embedding of every erased and synonym prompt (the 'attacked' column; needs --weights)")
+    parser.add_argument("--attack-reg", type=float, default=DEFAULT_REG,
+                        help=f"regularisation of the adversarial embedding (default {DEFAULT_REG:g})")
     parser.add_argument("--no-html", action="store_true", help="skip report.html")
     parser.add_argument("--list-prompts", action="store_true", help="list the bundled prompt sets and exit")
     return parser
@@ -71,6 +77,8 @@ def run(args: argparse.Namespace) -> int:
         raise ErasureError("--prompts is required: a CSV file or a bundled set such as shapes/circle (see --list-prompts)")
     if args.weights and args.base_only:
         raise ErasureError("--weights and --base-only contradict each other: give one")
+    if args.attack and not args.weights:
+        raise ErasureError(f"--attack {args.attack} attacks erased weights: pass --weights (not --base-only)")
     if not args.weights and not args.base_only:
         raise ErasureError("no --weights given: pass the erased weights, or --base-only to evaluate the base model alone")
     report = evaluate(
@@ -89,6 +97,8 @@ def run(args: argparse.Namespace) -> int:
         metric_options=metric_options(args.options),
         overwrite=args.overwrite,
         html=not args.no_html,
+        attack=args.attack,
+        attack_reg=args.attack_reg,
     )
     if report is not None:
         print(report.markdown.split("## Settings")[0].rstrip())

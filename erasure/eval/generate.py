@@ -10,13 +10,17 @@ Why it is built this way:
   one pipeline call, then cut into ``batch_size`` chunks), so a resumed run computes
   every remaining batch exactly as an uninterrupted run would have.
 - Every PNG carries, in a text chunk, the prompt, seed, guidance and the generation
-  settings and model it was made with. A rerun skips images whose record matches and
-  refuses (unless ``overwrite``) to mix in images made otherwise; unreadable files
-  (a crash mid-write) are generated again. Files are written atomically.
+  settings and model it was made with (attacked images: the attack's settings too). A
+  rerun skips images whose record matches and refuses (unless ``overwrite``) to mix in
+  images made otherwise; unreadable files (a crash mid-write) are generated again.
+  Files are written atomically.
 - Under ``accelerate launch`` each process takes a contiguous share of the rows
   (``PartialState.split_between_processes``) and writes its own files; the images are
   named by row index, so the shares merge without duplicates, and ``collect_images``
   checks afterwards that none is missing.
+- An ``attack`` (``erasure.eval.attack``) replaces each row's prompt by an embedding
+  of it; the embedding goes in through the adapter's ``pipeline_inputs``, with the
+  negative the pipeline itself would use, so the rest is as for the prompt.
 """
 
 from __future__ import annotations
@@ -28,13 +32,18 @@ import os
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from tqdm.auto import tqdm
 
+from ..atomic import atomic_write
 from ..errors import ErasureError
-from ..weights import EditedWeights, atomic_write
+from ..weights import EditedWeights
 from .prompts import PromptRow
+
+if TYPE_CHECKING:
+    from .attack import ClosedFormAttack
 
 logger = logging.getLogger(__name__)
 
@@ -71,20 +80,6 @@ class GenerationSettings:
         return values
 
 
-def model_defaults(model: str) -> dict:
-    """``erasure_defaults.json`` of a bundled model or a model folder, if it has one."""
-    from ..loading import BUNDLED_MODELS, bundled_model_path
-
-    folder = bundled_model_path(model) if model in BUNDLED_MODELS else Path(model)
-    path = folder / "erasure_defaults.json"
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ErasureError(f"{path} is not valid JSON ({error}): repair or remove it") from None
-
-
 def generation_settings(
     pipe,
     model: str,
@@ -95,7 +90,9 @@ def generation_settings(
 ) -> GenerationSettings:
     """Settings from the arguments, else the model's ``erasure_defaults.json``, else
     diffusers' defaults and the pipeline's native resolution."""
-    defaults = model_defaults(model)
+    from ..loading import generation_defaults
+
+    defaults = generation_defaults(model)
     native = pipe.unet.config.sample_size * pipe.vae_scale_factor
     settings = GenerationSettings(
         num_inference_steps=int(num_inference_steps or defaults.get("num_inference_steps", DEFAULT_STEPS)),
@@ -127,9 +124,11 @@ def weights_record(weights: EditedWeights, path: "str | os.PathLike | None" = No
             "concepts": list(weights.concepts), "config": weights.config, "base_model": weights.base_model}
 
 
-def image_record(row: PromptRow, settings: GenerationSettings, model: str, weights_sha256: str | None) -> dict:
-    """The record stored in an image; two images with equal records are interchangeable."""
-    return {
+def image_record(row: PromptRow, settings: GenerationSettings, model: str, weights_sha256: str | None,
+                 attack: "ClosedFormAttack | None" = None) -> dict:
+    """The record stored in an image; two images with equal records are interchangeable.
+    Attacked images also record the attack's settings (others have no ``attack`` key)."""
+    record = {
         "prompt": row.prompt,
         "seed": row.seed,
         "guidance_scale": row.guidance if row.guidance is not None else settings.guidance_scale,
@@ -137,6 +136,9 @@ def image_record(row: PromptRow, settings: GenerationSettings, model: str, weigh
         "model": model,
         "weights_sha256": weights_sha256,
     }
+    if attack is not None:
+        record["attack"] = attack.record()
+    return record
 
 
 def image_path(folder: Path, row: PromptRow) -> Path:
@@ -214,6 +216,7 @@ def generate_images(
     overwrite: bool = False,
     state=None,
     description: str = "generating",
+    attack: "ClosedFormAttack | None" = None,
 ) -> int:
     """Generate the missing images of ``rows`` into ``folder``; return how many were made.
 
@@ -227,17 +230,19 @@ def generate_images(
         overwrite: regenerate existing images instead of skipping them.
         state: an ``accelerate.PartialState``; ``None`` means one process.
         description: the progress bar's label.
+        attack: generate from ``attack.embeddings`` of the rows' prompts instead of the
+            prompts (``pipe`` holding the attacked weights); ``None``: from the prompts.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     with _process_share(rows, state) as mine:
-        expected = {row.index: image_record(row, settings, model, weights_sha256) for row in mine}
+        expected = {row.index: image_record(row, settings, model, weights_sha256, attack) for row in mine}
         missing = {row.index for row in mine if needs_image(image_path(folder, row), expected[row.index], overwrite)}
         batches = [b for b in plan_batches(mine, settings) if any(row.index in missing for row in b)]
         show = state is None or state.is_local_main_process
         with tqdm(total=len(missing), desc=description, unit="img", disable=not show) as bar, _quiet(pipe):
             for batch in batches:
-                images = _run_pipeline(pipe, batch, settings, expected[batch[0].index]["guidance_scale"])
+                images = _run_pipeline(pipe, batch, settings, expected[batch[0].index]["guidance_scale"], attack)
                 for row, image in zip(batch, images):
                     if row.index in missing:
                         _save_png(image_path(folder, row), image, expected[row.index], row)
@@ -245,10 +250,11 @@ def generate_images(
     return len(missing)
 
 
-def _run_pipeline(pipe, batch: list[PromptRow], settings: GenerationSettings, guidance_scale: float):
+def _run_pipeline(pipe, batch: list[PromptRow], settings: GenerationSettings, guidance_scale: float,
+                  attack: "ClosedFormAttack | None" = None):
     generators = [torch.Generator("cpu").manual_seed(row.seed) for row in batch]
     return pipe(
-        prompt=[row.prompt for row in batch],
+        **_conditioning(pipe, [row.prompt for row in batch], attack),
         num_inference_steps=settings.num_inference_steps,
         guidance_scale=guidance_scale,
         height=settings.resolution,
@@ -256,6 +262,23 @@ def _run_pipeline(pipe, batch: list[PromptRow], settings: GenerationSettings, gu
         generator=generators,
         output_type="pil",
     ).images
+
+
+def _conditioning(pipe, prompts: list[str], attack: "ClosedFormAttack | None") -> dict:
+    """The text inputs of a pipeline call: the prompts themselves, or (under an attack)
+    their attack embeddings with the negative the pipeline uses for no negative prompt.
+
+    Args:
+        pipe: the pipeline about to be called.
+        prompts: the batch's prompts.
+        attack: ``None``, or what turns prompts into embeddings.
+    """
+    if attack is None:
+        return {"prompt": prompts}
+    from ..adapters import adapter_for
+
+    adapter = adapter_for(pipe)
+    return adapter.pipeline_inputs(attack.embeddings(pipe, prompts), adapter.negative_embeddings(len(prompts)))
 
 
 @contextmanager
@@ -279,14 +302,14 @@ def _quiet(pipe):
 
 
 def collect_images(rows: list[PromptRow], folder: str | os.PathLike, settings: GenerationSettings, model: str,
-                   weights_sha256: str | None = None) -> list[Path]:
+                   weights_sha256: str | None = None, attack: "ClosedFormAttack | None" = None) -> list[Path]:
     """The image of every row, checked to exist and to match its record (after all
     processes have finished): a lost or foreign image is an error, not a silent gap."""
     folder = Path(folder)
     paths = []
     for row in rows:
         path = image_path(folder, row)
-        if read_record(path) != image_record(row, settings, model, weights_sha256):
+        if read_record(path) != image_record(row, settings, model, weights_sha256, attack):
             raise ErasureError(f"{path} is missing or does not match row {row.index} after generation: rerun to complete it")
         paths.append(path)
     return paths

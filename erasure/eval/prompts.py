@@ -271,7 +271,7 @@ def _parse_guidance(text: str, path: Path, line: int) -> float | None:
 
 def write_prompt_csv(path: str | os.PathLike, rows: list[dict], columns: list[str]) -> None:
     """Write rows (dicts) as a CSV with the given columns, atomically."""
-    from ..weights import atomic_write
+    from ..atomic import atomic_write
 
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")

@@ -68,9 +68,10 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from ..adapters import PromptEmbeddings, StableDiffusionAdapter, adapter_for
+from ..atomic import atomic_write
 from ..concepts import Concept, slug
 from ..errors import ErasureError
-from ..weights import EditedWeights, atomic_write, fingerprint
+from ..weights import EditedWeights, fingerprint
 
 logger = logging.getLogger(__name__)
 

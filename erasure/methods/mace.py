@@ -56,6 +56,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..adapters import PromptEmbeddings, StableDiffusionAdapter, adapter_for
+from ..atomic import atomic_write
 from ..attention import feature_size, observe_cross_attention, resize_mask
 from ..closed_form import SOLVE_DTYPE, GramAccumulator, MappingTerm, solve_projections
 from ..concepts import Concept
@@ -71,7 +72,7 @@ from ..concept_images import (
     grounded_sam_masks,
     read_images,
 )
-from ..weights import EditedWeights, atomic_write
+from ..weights import EditedWeights
 from . import mace_prompts
 
 ADAPTER_NAME = "mace"

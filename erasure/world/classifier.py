@@ -124,7 +124,7 @@ def save_world_classifier(model: WorldClassifier, folder: str | Path) -> None:
     """Write ``model.safetensors`` (float16) and ``config.json`` into ``folder``."""
     from safetensors.torch import save_file
 
-    from ._io import atomic_path
+    from ..atomic import atomic_path
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

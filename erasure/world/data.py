@@ -7,13 +7,12 @@ different seeds (train vs held-out) never share a random stream.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from ..atomic import atomic_path
 from .scenes import COLOURS, SHAPES, STYLES, Scene, render_scene, sample_scene
 
 NONE_SHAPE = len(SHAPES)  # index of the "none" class of the shape label (empty scene)
@@ -65,11 +64,8 @@ def render_dataset(n: int, seed: int, size: int = 32, cache_dir: str | Path | No
             return WorldData(scenes, np.load(cache))
     images = np.stack([np.asarray(render_scene(s, size)[0]) for s in scenes])
     if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=cache.parent, suffix=".npy")
-        os.close(fd)
-        np.save(tmp, images)
-        os.replace(tmp, cache)
+        with atomic_path(cache) as tmp, open(tmp, "wb") as file:
+            np.save(file, images)  # to a file object: np.save would append ".npy" to a path
     return WorldData(scenes, images)
 
 

@@ -1,11 +1,17 @@
 """The shapes world's classifier: object accuracy for the bundled mini-sd.
 
 It plays the part of the ImageNet ResNet-50 (ESD, UCE) or CLIP zero-shot (MACE) in the
-papers' object-erasure protocol: every image is classified as one of the world's shapes
-or ``none`` (an empty scene), and the share classified as the row's ``class`` is its
-accuracy. Summaries (top-1, mean probability, Acc_e/Acc_s/Acc_g, H_o) are
-``accuracy.accuracy_summary``. Predicted colour and style are kept per image, for the
-report's pages.
+papers' object-erasure protocol: every image is classified, and the share classified as
+the row's ``class`` is its accuracy. The classifier names three attributes, so a set
+may erase any of them (``attribute``, default ``auto``: read from the set's classes):
+
+- ``shape``: one of the world's shapes, or ``none`` (an empty scene);
+- ``colour``: the colour of the single shape (``eval_prompts/colours``);
+- ``style``: ``filled`` or ``outlined`` (``eval_prompts/styles``).
+
+Summaries (top-1, mean probability, Acc_e/Acc_s/Acc_g, H_o) are
+``accuracy.accuracy_summary``. The two attributes not scored are kept per image, for
+the report's pages.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from ...errors import ErasureError
 from ..prompts import PromptRow, PromptSet
@@ -20,10 +27,51 @@ from .accuracy import accuracy_record, accuracy_summary
 from .base import Metric, load_images, require_labels
 
 
+ATTRIBUTES = ("shape", "colour", "style")
+
+
 @dataclass
 class WorldConfig:
     folder: str | None = None  # a classifier folder; None: the bundled world-classifier
     batch_size: int = 64
+    attribute: Literal["auto", "shape", "colour", "style"] = "auto"  # what "class" names; auto: from the classes
+
+
+def world_labels() -> dict[str, tuple[str, ...]]:
+    """The classifier's labels per attribute (shapes with ``none``, colours, styles)."""
+    from ...world.classifier import LABELS
+
+    return {attribute: tuple(LABELS[attribute]) for attribute in ATTRIBUTES}
+
+
+def resolve_attribute(requested: str, prompt_set: PromptSet) -> str:
+    """The attribute a set's classes name: ``requested``, checked, or inferred for ``auto``.
+
+    Args:
+        requested: ``"auto"``, ``"shape"``, ``"colour"`` or ``"style"``.
+        prompt_set: labelled rows (every class must be a label of one attribute).
+    """
+    labels = world_labels()
+    classes = prompt_set.class_names
+    if requested != "auto":
+        stray = [c for c in classes if c not in labels[requested]]
+        if stray:
+            raise ErasureError(f"metric 'world' scores {requested} ({', '.join(labels[requested])}), but the prompt set "
+                               f"has class {stray[0]!r}: use world.attribute=auto, or a {requested} prompt set")
+        return requested
+    found = {}
+    for name in classes:
+        owner = next((a for a in ATTRIBUTES if name in labels[a]), None)
+        if owner is None:
+            raise ErasureError(
+                f"metric 'world' classifies the shapes world (shapes, colours, styles), but the prompt set has class "
+                f"{name!r}: use it with mini-sd prompt sets (eval_prompts/shapes, colours, styles)"
+            )
+        found.setdefault(owner, name)
+    if len(found) > 1:
+        mixed = ", ".join(f"{a} {n!r}" for a, n in found.items())
+        raise ErasureError(f"the prompt set mixes world attributes ({mixed}): give each attribute its own prompt set")
+    return next(iter(found), "shape")  # no classes at all: the classifier's main head
 
 
 class WorldAccuracy(Metric):
@@ -33,18 +81,19 @@ class WorldAccuracy(Metric):
     def __init__(self, config, context):
         super().__init__(config, context)
         self._model = None
+        self._attribute = None
 
     def check(self, prompt_set: PromptSet) -> None:
-        from ...world.data import SHAPE_CLASSES
-
         require_labels(self.name, prompt_set)
-        unknown = sorted({row.label for row in prompt_set.rows} - set(SHAPE_CLASSES))
-        if unknown:
-            raise ErasureError(
-                f"metric 'world' classifies the shapes world ({', '.join(SHAPE_CLASSES)}), but the prompt set has class "
-                f"{unknown[0]!r}: use it with mini-sd prompt sets (eval_prompts/shapes)"
-            )
+        self._attribute = resolve_attribute(self.config.attribute, prompt_set)
         self._load()
+
+    @property
+    def attribute(self) -> str:
+        """The attribute scored: ``shape``, ``colour`` or ``style``."""
+        if self._attribute is None:
+            self._attribute = resolve_attribute(self.config.attribute, self.context.prompt_set)
+        return self._attribute
 
     def _load(self):
         if self._model is None:
@@ -66,20 +115,22 @@ class WorldAccuracy(Metric):
     def settings(self) -> dict:
         weights = self._folder() / "model.safetensors"
         digest = hashlib.sha256(weights.read_bytes()).hexdigest() if weights.is_file() else None
+        labels = world_labels()[self.attribute]
         return {**super().settings(), "classifier": str(self._folder()), "weights_sha256": digest,
-                "labels": "shape head: the six shapes and 'none'"}
+                "attribute": self.attribute, "labels": f"{self.attribute} head: {', '.join(labels)}"}
 
     def score(self, paths: list[Path], rows: list[PromptRow]) -> list[dict]:
-        from ...world.data import SHAPE_CLASSES
-
-        model = self._load()
+        model, attribute = self._load(), self.attribute
+        labels = world_labels()[attribute]
+        others = [a for a in ATTRIBUTES if a != attribute]
         records = []
         for start in range(0, len(paths), self.config.batch_size):
             predictions = model.classify(load_images(paths[start:start + self.config.batch_size]))
+            predicted = getattr(predictions, attribute)
             for i, row in enumerate(rows[start:start + self.config.batch_size]):
-                probability = predictions.probs["shape"][i, SHAPE_CLASSES.index(row.label)]
-                record = accuracy_record(predictions.shape[i], row.label, probability)
-                record.update(colour=predictions.colour[i], style=predictions.style[i])
+                probability = predictions.probs[attribute][i, labels.index(row.label)]
+                record = accuracy_record(predicted[i], row.label, probability)
+                record.update({other: getattr(predictions, other)[i] for other in others})
                 records.append(record)
         return records
 

@@ -1,16 +1,24 @@
-"""Atomic file writes: a crash or a concurrent reader never sees half a file."""
+"""Atomic writes: a crash or a concurrent reader never sees half a file or folder.
+
+Everything is written under a temporary name in the destination's folder (same file
+system) and renamed onto the destination only once complete; on an exception the
+temporary file or folder is removed and the destination is left as it was.
+"""
 
 from __future__ import annotations
 
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+__all__ = ["atomic_dir", "atomic_path", "atomic_write"]
+
 
 @contextmanager
-def atomic_path(path: str | Path):
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success move it onto ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -19,15 +27,21 @@ def atomic_path(path: str | Path):
     tmp = Path(tmp)
     try:
         yield tmp
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; files we ship must be readable
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; what we write is meant to be read
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
 
 
+def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> None:
+    """Call ``write(tmp_path)`` (a ``str``), then rename the result onto ``path``."""
+    with atomic_path(path) as tmp:
+        write(str(tmp))
+
+
 def _make_readable(folder: Path) -> None:
-    """Some writers create private (0600) files; files we ship must be readable."""
+    """Some writers create private (0600) files; what we write is meant to be read."""
     os.chmod(folder, 0o755)
     for root, dirs, files in os.walk(folder):
         for d in dirs:
@@ -37,7 +51,7 @@ def _make_readable(folder: Path) -> None:
 
 
 @contextmanager
-def atomic_dir(path: str | Path):
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary folder next to ``path``; on success it replaces ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
