@@ -15,11 +15,13 @@ def pytest_addoption(parser):
     parser.addoption("--runslow", action="store_true", default=False, help="also run tests marked slow")
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def one_thread():
     """Small models gain nothing from threads, and lose ten-fold on two busy shared cores.
 
-    Use per module: ``pytestmark = pytest.mark.usefixtures("one_thread")``.
+    Use per module: ``pytestmark = pytest.mark.usefixtures("one_thread")``. Module-scoped
+    so that it is in force before the module's own module-scoped fixtures run: a result
+    computed with two threads can differ in the last bits from one computed with one.
     """
     import torch
 
