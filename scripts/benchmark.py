@@ -100,7 +100,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    output = args.output or REPO / "runs" / ("benchmark-quick" if args.quick else "benchmark")
+    # Absolute: each erase runs in its task's folder.
+    output = (args.output or REPO / "runs" / ("benchmark-quick" if args.quick else "benchmark")).resolve()
     import erasure
 
     pipe = erasure.load_pipeline(args.model, device=args.device, dtype="float32")
