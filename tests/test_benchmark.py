@@ -29,9 +29,11 @@ pytestmark = pytest.mark.skipif(
 # Acc_e fell by 67-83 points (uce), 33-75 (rece), 75-100 (mace), 17-100 (esd-x), 8-50
 # (esd-u), the whole run taking 8.5 minutes on 2 cores. Floors on the mean fall over
 # the four tasks...
-MEAN_ERASED_DROP = {"uce": 40, "rece": 30, "esd-x": 20, "esd-u": 20, "mace": 40}
-# ...and on Acc_s per task, as a share of the base model's.
-RETAINED_SHARE = {"uce": 0.5, "rece": 0.5, "esd-x": 0.7, "esd-u": 0.3, "mace": 0.7}
+MEAN_ERASED_DROP = {"uce": 40, "rece": 30, "esd-x": 20, "esd-x-strict": 20, "esd-u": 20, "mace": 40}
+# ...and on Acc_s per task, as a share of the base model's. esd-x-strict's quick
+# setting (150 steps at lr 2e-3) measured alone on circle: Acc_e 8.3%, other shapes
+# 67-100% each, hence its looser share.
+RETAINED_SHARE = {"uce": 0.5, "rece": 0.5, "esd-x": 0.7, "esd-x-strict": 0.6, "esd-u": 0.3, "mace": 0.7}
 
 
 @pytest.fixture(scope="module")
