@@ -22,7 +22,7 @@ import torch
 from tqdm import tqdm
 from world_common import ASSETS, machine, setup, write_json, write_text
 
-from erasure.assets import load_mini_sd
+from erasure.loading import generation_defaults, load_pipeline
 from erasure.world.captions import SYNONYMS, empty_prompts, object_prompt
 from erasure.world.classifier import load_world_classifier
 from erasure.world.scenes import COLOURS, SHAPES, STYLES
@@ -142,13 +142,8 @@ def main() -> None:
     args = parse_args()
     setup(0, args.threads)
     start = time.time()
-    pipe = load_mini_sd(folder=args.model)
-    defaults = {"resolution": 32, "num_inference_steps": 25, "guidance_scale": 4.5}
-    defaults_file = Path(args.model) / "erasure_defaults.json"
-    if defaults_file.exists():
-        import json
-
-        defaults = json.loads(defaults_file.read_text())
+    pipe = load_pipeline(args.model, device="cpu", dtype="float32")
+    defaults = {"resolution": 32, "num_inference_steps": 25, "guidance_scale": 4.5, **generation_defaults(args.model)}
     metrics = measure(pipe, load_world_classifier(), args, defaults)
     minutes = (time.time() - start) / 60
     text = table(metrics, minutes)

@@ -379,7 +379,7 @@ components (`AutoencoderKL`, `UNet2DConditionModel` with cross-attention,
 the evaluator run the same code on it as on real SD, in seconds on a CPU.
 
     import erasure
-    pipe = erasure.load_pipeline("mini-sd")          # or erasure.assets.load_mini_sd()
+    pipe = erasure.load_pipeline("mini-sd")
     image = pipe("a red circle", height=32, width=32, num_inference_steps=25, guidance_scale=4.5).images[0]
 
 No tokenizer files are stored: the loader passes `tokenizer=erasure.tokenizer.clip_tokenizer()`

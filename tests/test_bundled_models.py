@@ -88,9 +88,9 @@ def test_mini_clip_zero_shot(held_out):
 
 @pytest.mark.skipif(not MINI_SD_BUILT, reason="mini-sd is not built yet: scripts/build_bundled_models.sh")
 def test_fp16_files_load_as_fp32():
-    from erasure.assets import load_mini_sd
+    import erasure
 
-    pipe = load_mini_sd()
+    pipe = erasure.load_pipeline("mini-sd", device="cpu", dtype="float32")
     for module in (pipe.unet, pipe.vae, pipe.text_encoder):
         assert {p.dtype for p in module.parameters()} == {torch.float32}
     assert pipe.text_encoder.config.hidden_size == pipe.unet.config.cross_attention_dim >= 128

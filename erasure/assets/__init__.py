@@ -40,31 +40,6 @@ def bundled_model_path(name: str, needs: str | None = None) -> Path:
     return path
 
 
-def load_mini_sd(torch_dtype=None, folder: str | Path | None = None):
-    """The bundled ``StableDiffusionPipeline`` (float32 unless ``torch_dtype`` says).
-
-    The project's general loader is ``erasure.load_pipeline("mini-sd")``; this one is
-    the minimal equivalent, used by the training scripts.
-
-    Args:
-        torch_dtype: dtype of the modules; the files are float16, loaded as float32.
-        folder: a pipeline folder; default: the bundled one.
-    """
-    import torch
-    from diffusers import StableDiffusionPipeline
-
-    from ..tokenizer import clip_tokenizer
-
-    pipe = StableDiffusionPipeline.from_pretrained(
-        str(folder or bundled_model_path("mini-sd")),
-        tokenizer=clip_tokenizer(),
-        torch_dtype=torch_dtype or torch.float32,
-        local_files_only=True,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
 def load_mini_clip(torch_dtype=None, folder: str | Path | None = None, text_folder: str | Path | None = None):
     """mini-clip as a ``transformers.CLIPModel`` (vision tower + mini-sd's text tower).
 
