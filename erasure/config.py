@@ -230,7 +230,8 @@ def _nested_mapping(owner: type, name: str, value: Any) -> dict:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return dataclasses.asdict(value)
     if not isinstance(value, dict):
-        raise ConfigValueError(owner.__name__, name, f"must be a mapping of its own keys (e.g. {name}: {{lam: 0.5}}), got {value!r}")
+        example = f"{name}: {{lam: 0.5}}"
+        raise ConfigValueError(owner.__name__, name, f"must be a mapping of its own keys (e.g. {example}), got {value!r}")
     return value
 
 

@@ -32,20 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
-from world_common import (
-    ASSETS,
-    CACHE_DIR,
-    REPO,
-    Stopwatch,
-    augment,
-    images_to_tensor,
-    machine,
-    module_tensors,
-    resumable_checkpoint,
-    setup,
-    write_json,
-    write_text,
-)
+from world_common import ASSETS, CACHE_DIR, REPO, Stopwatch, augment, images_to_tensor, machine, module_tensors, resumable_checkpoint, setup, write_json, write_text
 
 from erasure.atomic import atomic_dir, atomic_path
 from erasure.tokenizer import clip_tokenizer

@@ -28,18 +28,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
-from world_common import (
-    ASSETS,
-    CACHE_DIR,
-    REPO,
-    Stopwatch,
-    images_to_tensor,
-    machine,
-    resumable_checkpoint,
-    setup,
-    write_json,
-    write_text,
-)
+from world_common import ASSETS, CACHE_DIR, REPO, Stopwatch, images_to_tensor, machine, resumable_checkpoint, setup, write_json, write_text
 
 from erasure.atomic import atomic_dir, atomic_path
 from erasure.tokenizer import clip_tokenizer

@@ -203,12 +203,13 @@ def test_checkpoints_belong_to_one_run(sd1_pipe, tmp_path):
     with pytest.raises(ErasureError, match="earlier run: pass --resume"):
         run_esd(sd1_pipe, ["star"], config, run)
     # ...resuming it needs the same settings and concepts...
+    resume = RunOptions(checkpoint_dir=tmp_path, resume=True)
     with pytest.raises(ErasureError, match="lr: 0.001 -> 0.01"):
-        run_esd(sd1_pipe, ["circle"], ESDConfig(iterations=4, ddim_steps=2, lr=1e-2), RunOptions(checkpoint_dir=tmp_path, resume=True))
+        run_esd(sd1_pipe, ["circle"], ESDConfig(iterations=4, ddim_steps=2, lr=1e-2), resume)
     with pytest.raises(ErasureError, match=r"concepts: \['circle'\] -> \['star'\]"):
-        run_esd(sd1_pipe, ["star"], config, RunOptions(checkpoint_dir=tmp_path, resume=True))
+        run_esd(sd1_pipe, ["star"], config, resume)
     # ...and more iterations continue the same run.
-    longer = run_esd(sd1_pipe, ["circle"], ESDConfig(iterations=6, ddim_steps=2, lr=1e-3), RunOptions(checkpoint_dir=tmp_path, resume=True))
+    longer = run_esd(sd1_pipe, ["circle"], ESDConfig(iterations=6, ddim_steps=2, lr=1e-3), resume)
     assert longer.extra["losses"][:4] == first.extra["losses"] and len(longer.extra["losses"]) == 6
     # Overwrite starts afresh: the same weights as the first run.
     fresh = run_esd(sd1_pipe, ["circle"], config, RunOptions(checkpoint_dir=tmp_path, overwrite=True))
@@ -251,7 +252,8 @@ def test_a_non_finite_loss_stops_and_keeps_the_last_good_state(sd1_pipe, monkeyp
 
     monkeypatch.setattr(esd, "esd_loss", loss)
     before = snapshot(sd1_pipe)
-    with pytest.raises(ErasureError, match="loss became nan at iteration 3, so training stopped; the trained weights diverged: lower lr"):
+    cause = "loss became nan at iteration 3, so training stopped; the trained weights diverged: lower lr"
+    with pytest.raises(ErasureError, match=cause):
         run_esd(sd1_pipe, ["circle"], ESDConfig(**FAST), RunOptions(checkpoint_dir=tmp_path))
     assert_unchanged(sd1_pipe, before)
     index = json.loads((tmp_path / CHECKPOINT_INDEX).read_text())
@@ -260,7 +262,8 @@ def test_a_non_finite_loss_stops_and_keeps_the_last_good_state(sd1_pipe, monkeyp
 
 def test_a_non_finite_loss_from_the_guidance_names_the_guidance(sd1_pipe, tmp_path):
     # A huge eta makes the target overflow float32 in the loss; the learning rate is innocent.
-    with pytest.raises(ErasureError, match=r"at iteration 1.*the target is too large: lower negative_guidance \(now 1e\+30\)") as raised:
+    cause = r"at iteration 1.*the target is too large: lower negative_guidance \(now 1e\+30\)"
+    with pytest.raises(ErasureError, match=cause) as raised:
         run_esd(sd1_pipe, ["circle"], ESDConfig(negative_guidance=1e30, **FAST), RunOptions(checkpoint_dir=tmp_path))
     assert "lower lr" not in str(raised.value)
 

@@ -165,6 +165,7 @@ def erase(pipe, concepts: list[Concept], config: ESDConfig, run: RunOptions = Ru
     original = {name: params[name].detach() for name in names}
     check_float32(original)
     checkpoint = Checkpoint.open(run, run_identity(concepts, config), original, "ESD", f"esd-{slug(concepts)}")
+    # The subset trains on a copy swapped into the UNet; the frozen model swaps the originals back.
     trained = {name: value.clone() for name, value in original.items()}
     training = trainable_parameters(adapter.unet, names, run.gradient_checkpointing)
     with swapped_parameters(adapter.unet, trained), training as subset:
@@ -251,6 +252,7 @@ def _cross_attention_block(name: str, cross_attention: set[str]) -> str | None:
 
 
 def check_float32(original: dict[str, torch.Tensor]) -> None:
+    """Adam's updates (lr 1e-5) vanish in half precision: training needs float32 weights."""
     dtype = next(iter(original.values())).dtype
     if dtype != torch.float32:
         raise ErasureError(

@@ -217,6 +217,7 @@ def erase(pipe, concepts: list[Concept], config: MACEConfig, run: RunOptions = R
 
 @contextmanager
 def timed(seconds: dict[str, float], stage: str):
+    """Record the block's wall time as ``seconds[stage]``."""
     started = time.perf_counter()
     yield
     seconds[stage] = time.perf_counter() - started
