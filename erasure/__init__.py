@@ -19,6 +19,7 @@ from .concepts import CONCEPT_TYPES, Concept, check_concept_type, parse_concepts
 from .config import build_config, packaged_overrides, read_yaml
 from .errors import ErasureError
 from .loading import load_pipeline
+from .training import RunOptions
 from .weights import EditedWeights, apply
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "Concept",
     "EditedWeights",
     "ErasureError",
+    "RunOptions",
     "apply",
     "erase",
     "evaluate",
@@ -46,7 +48,14 @@ def __getattr__(name: str):
 
 def resolve_config(method: str, concept_type: str = "object", config=None, **overrides):
     """The method's config: paper defaults < ``configs/<method>/<concept_type>.yaml`` <
-    ``config`` (a mapping, a YAML path or a config instance) < ``overrides``."""
+    ``config`` (a mapping, a YAML path or a config instance) < ``overrides``.
+
+    Args:
+        method: a registered method's name.
+        concept_type: one of ``CONCEPT_TYPES``; selects the packaged YAML.
+        config: overrides as a mapping, a YAML file or a config instance.
+        **overrides: individual fields, applied last (``**{"uce.lam": 0.5}`` for nested ones).
+    """
     from .methods import get_method
 
     spec = get_method(method)
@@ -57,10 +66,18 @@ def resolve_config(method: str, concept_type: str = "object", config=None, **ove
         user = read_yaml(config)
     else:
         user = dict(config or {})
+    run_options = sorted((set(user) | set(overrides)) & {f.name for f in dataclasses.fields(RunOptions)})
+    if run_options:
+        raise ErasureError(
+            f"{run_options[0]} is a run option, not part of the {method} config: pass run=RunOptions("
+            f"{run_options[0]}=...) (the erase command: --resume, --overwrite, --checkpoint-every)"
+        )
     return build_config(spec.config_class, packaged_overrides(method, concept_type), user, overrides)
 
 
-def erase(pipe, method: str, concepts, concept_type: str = "object", config=None, **overrides) -> EditedWeights:
+def erase(
+    pipe, method: str, concepts, concept_type: str = "object", config=None, run: RunOptions | None = None, **overrides
+) -> EditedWeights:
     """Erase concepts from a pipeline with one of the registered methods.
 
     Args:
@@ -70,6 +87,8 @@ def erase(pipe, method: str, concepts, concept_type: str = "object", config=None
             (``"cat->dog"`` maps a concept to a chosen target).
         concept_type: one of ``CONCEPT_TYPES``; selects ``configs/<method>/<type>.yaml``.
         config: overrides as a mapping, a YAML file or a config instance.
+        run: how a training method runs: checkpoint folder and interval, resume,
+            overwrite, gradient checkpointing (``RunOptions``; default: its defaults).
         **overrides: individual config fields, applied last.
 
     Returns:
@@ -86,4 +105,4 @@ def erase(pipe, method: str, concepts, concept_type: str = "object", config=None
         parsed = [c if isinstance(c, Concept) else parse_concepts([c])[0] for c in concepts]
     if not parsed:
         raise ErasureError("no concepts given: name at least one concept to erase")
-    return spec.run(pipe, parsed, resolved)
+    return spec.run(pipe, parsed, resolved, run)

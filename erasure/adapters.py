@@ -1,7 +1,8 @@
 """Model-family adapters: the only place where SD 1.x, SD 2.x and SDXL differ.
 
-Methods never look at the pipeline's class or text encoders; they ask the adapter to
-encode prompts, to list the cross-attention projections, and to predict noise.
+Methods never look at the pipeline's class, tokenizers, text encoders or scheduler;
+they ask the adapter to tokenise and encode prompts, to list the cross-attention
+projections, to predict noise, and for the schedulers they sample and noise with.
 
 - SD 1.x: CLIP ViT-L/14 text encoder (768-d), epsilon prediction.
 - SD 2.x: OpenCLIP ViT-H/14 text encoder (1024-d), tokenizer pads with "!", the 768px
@@ -48,6 +49,11 @@ class PromptEmbeddings:
             self.hidden.repeat_interleave(times, 0), self.token_counts.repeat_interleave(times, 0), pooled
         )
 
+    def select(self, rows: torch.Tensor | slice) -> "PromptEmbeddings":
+        """The given rows (an index tensor or a slice), as a batch of their own."""
+        pooled = None if self.pooled is None else self.pooled[rows]
+        return PromptEmbeddings(self.hidden[rows], self.token_counts[rows], pooled)
+
     @staticmethod
     def cat(parts: list["PromptEmbeddings"]) -> "PromptEmbeddings":
         pooled = None if parts[0].pooled is None else torch.cat([p.pooled for p in parts])
@@ -81,6 +87,17 @@ class StableDiffusionAdapter:
         """``(channels, height, width)`` of the latents at the model's native resolution."""
         size = self.pipe.unet.config.sample_size
         return (self.pipe.unet.config.in_channels, size, size)
+
+    def token_ids(self, prompt: str) -> list[int]:
+        """Token ids of ``prompt`` with its start and end tokens, no padding, cut at the
+        encoder's length (the first tokenizer's: SDXL's two share CLIP's vocabulary, so
+        positions agree)."""
+        tokenizer = self.pipe.tokenizer
+        return tokenizer(prompt, truncation=True, max_length=tokenizer.model_max_length).input_ids
+
+    def concept_token_ids(self, text: str) -> list[int]:
+        """Token ids of a word or phrase as it appears inside a prompt (no start or end token)."""
+        return self.pipe.tokenizer(text, add_special_tokens=False).input_ids
 
     def token_counts(self, prompts: list[str]) -> torch.Tensor:
         tokens = self.pipe.tokenizer(
@@ -118,6 +135,26 @@ class StableDiffusionAdapter:
     def cross_attention_weights(self) -> dict[str, torch.Tensor]:
         """The key/value projection weights under their UNet parameter names (views, not copies)."""
         return {f"{name}.weight": linear.weight for name, linear in self.cross_attention_projections().items()}
+
+    def ddim_scheduler(self, steps: int):
+        """A DDIM schedule of ``steps`` steps over the model's own noise schedule, on the
+        model's device (the pipeline's scheduler is left untouched)."""
+        from diffusers import DDIMScheduler
+
+        scheduler = DDIMScheduler.from_config(self.pipe.scheduler.config)
+        if not 1 <= steps <= scheduler.config.num_train_timesteps:
+            raise ErasureError(
+                f"a DDIM schedule of {steps} steps does not fit this model's {scheduler.config.num_train_timesteps} "
+                "noise levels: use between 1 and that many"
+            )
+        scheduler.set_timesteps(steps, device=self.device)
+        return scheduler
+
+    def noise_scheduler(self):
+        """A DDPM scheduler with the model's training noise schedule, for ``add_noise``."""
+        from diffusers import DDPMScheduler
+
+        return DDPMScheduler.from_config(self.pipe.scheduler.config)
 
     def encode_in_batches(self, prompts: list[str], batch_size: int = 64):
         """Yield ``(prompts, PromptEmbeddings)`` chunks: bounded memory for thousands of prompts."""

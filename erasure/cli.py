@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import sys
 import time
@@ -46,8 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", help="cuda, cuda:1, cpu... (default: the GPU if there is one)")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
                         help="weights dtype (auto: float32 on CPU and for training methods, float16 otherwise)")
-    parser.add_argument("--resume", action="store_true", help="continue a checkpointed run (training methods)")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run checkpointed in <output>.checkpoint/ (training methods)")
+    parser.add_argument("--checkpoint-every", type=int, default=0, metavar="N",
+                        help="training methods: checkpoint every N steps (default 0: only on Ctrl-C or a failure)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace existing outputs, and start afresh over an earlier run's checkpoint")
     return parser
 
 
@@ -67,23 +70,29 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from . import resolve_config
-    from .config import parse_override
+    from . import RunOptions, resolve_config
+    from .config import field_path, parse_override
     from .loading import load_pipeline
     from .methods import get_method
+    from .training import check_checkpoint_folder
 
     method = get_method(args.method)
     concepts = _concepts(args)
     overrides = dict(parse_override(item) for item in args.overrides)
     if args.preserve is not None:
-        overrides["preserve"] = [p.strip() for p in args.preserve.split(",") if p.strip()]
-    if args.resume:
-        if "resume" not in {f.name for f in dataclasses.fields(method.config_class)}:
-            raise ErasureError(f"--resume applies to methods that train and checkpoint; {args.method} does not")
-        overrides["resume"] = True
+        preserve = field_path(method.config_class, "preserve")
+        if preserve is None:
+            raise ErasureError(f"--preserve applies to methods with a preserve set (uce, rece); {args.method} has none")
+        overrides[preserve] = [p.strip() for p in args.preserve.split(",") if p.strip()]
+    if args.resume and not method.trains:
+        raise ErasureError(f"--resume applies to methods that train and checkpoint; {args.method} does not")
     config = resolve_config(args.method, args.concept_type, args.config, **overrides)
     output = args.output or Path("outputs") / f"{args.method}-{slug(concepts)}.safetensors"
     _check_outputs(output, args)
+    run_options = RunOptions(checkpoint_dir=output.with_suffix(".checkpoint"), checkpoint_every=args.checkpoint_every,
+                             resume=args.resume, overwrite=args.overwrite)
+    if method.trains:
+        check_checkpoint_folder(run_options)
 
     torch.manual_seed(args.seed)
     started = time.perf_counter()
@@ -91,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     dtype = "float32" if args.dtype == "auto" and method.trains else args.dtype
     pipe = load_pipeline(args.model, device=args.device, dtype=dtype)
     loaded = time.perf_counter()
-    edited = method.run(pipe, concepts, config)
+    edited = method.run(pipe, concepts, config, run_options)
     edited.save(output, overwrite=args.overwrite)
     exports = [_export(kind, edited, pipe, output, args.overwrite) for kind in args.export]
 

@@ -43,6 +43,19 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     return _DTYPES[dtype]
 
 
+def model_folder(model: str | os.PathLike) -> Path | None:
+    """The local folder of a model: a bundled pipeline's, or the path itself if it is a
+    folder; ``None`` for Hub ids and single files.
+
+    Args:
+        model: what ``load_pipeline`` was given (a pipeline's ``name_or_path``).
+    """
+    name = str(model)
+    if name in BUNDLED_PIPELINES:
+        return bundled_model_path(name, needs="model_index.json")
+    return Path(name) if os.path.isdir(name) else None
+
+
 def generation_defaults(model: str | os.PathLike) -> dict:
     """The generation settings a model folder recommends in its ``erasure_defaults.json``
     (``resolution``, ``num_inference_steps``, ``guidance_scale``; the bundled mini-sd has

@@ -16,23 +16,20 @@ erasure of SD 1.5 (UnlearnCanvas, two UNets on an A100).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import resource
-import sys
 import time
 from contextlib import contextmanager
-from pathlib import Path
 
 import torch
+from sd_architectures import ARCHITECTURES, random_pipeline
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from sd_architectures import ARCHITECTURES, random_pipeline  # noqa: E402
-
-import erasure  # noqa: E402
-from erasure.adapters import adapter_for  # noqa: E402
-from erasure.concepts import Concept  # noqa: E402
-from erasure.methods import esd  # noqa: E402
+import erasure
+from erasure.adapters import adapter_for
+from erasure.concepts import Concept
+from erasure.methods import esd
+from erasure.training import RunOptions
 
 PRECISIONS = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
 
@@ -71,7 +68,7 @@ def peak_memory_gb(device: str, rss_before_kb: int) -> float:
 def sampling_step_seconds(pipe, config: esd.ESDConfig, device: str, steps: int = 6) -> float:
     """Seconds per guided DDIM step at the training resolution and precision."""
     adapter = adapter_for(pipe)
-    scheduler = esd.ddim_scheduler(adapter, config.ddim_steps)
+    scheduler = adapter.ddim_scheduler(config.ddim_steps)
     cond, empty = adapter.encode(["a concept"] * config.batch_size), adapter.encode([""])
     channels, size, _ = adapter.latent_shape
     size = config.latent_size or size
@@ -91,7 +88,7 @@ def trained_parameter_count(pipe, config: esd.ESDConfig) -> int:
     return sum(p.numel() for n, p in adapter.unet.named_parameters() if n in names)
 
 
-def bench(pipe, config: esd.ESDConfig, device: str, update_iterations: int, full: int) -> dict:
+def bench(pipe, config: esd.ESDConfig, run: RunOptions, device: str, update_iterations: int, full: int) -> dict:
     concepts = [Concept("a red circle")]
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     if device.startswith("cuda"):
@@ -99,9 +96,9 @@ def bench(pipe, config: esd.ESDConfig, device: str, update_iterations: int, full
         torch.cuda.reset_peak_memory_stats()
     # ddim_steps=1: x_t is the starting noise, so each iteration is the update alone.
     update_times: list[float] = []
-    update_only = esd.ESDConfig(**{**config.__dict__, "ddim_steps": 1, "iterations": update_iterations + 1})
+    update_only = dataclasses.replace(config, ddim_steps=1, iterations=update_iterations + 1)
     with timed_steps(device, update_times):
-        esd.erase(pipe, concepts, update_only)
+        esd.erase(pipe, concepts, update_only, run)
     update = sum(update_times[1:]) / max(1, len(update_times) - 1)  # the first one warms up
     sample = sampling_step_seconds(pipe, config, device)
     mean_depth = (config.ddim_steps - 1) / 2
@@ -109,7 +106,7 @@ def bench(pipe, config: esd.ESDConfig, device: str, update_iterations: int, full
     result = {
         "variant": config.variant,
         "precision": config.mixed_precision,
-        "gradient_checkpointing": config.gradient_checkpointing,
+        "gradient_checkpointing": run.gradient_checkpointing,
         "trained_parameters": trained_parameter_count(pipe, config),
         "update_seconds": round(update, 4),
         "sampling_step_seconds": round(sample, 4),
@@ -120,7 +117,7 @@ def bench(pipe, config: esd.ESDConfig, device: str, update_iterations: int, full
     if full:
         full_times: list[float] = []
         with timed_steps(device, full_times):
-            esd.erase(pipe, concepts, esd.ESDConfig(**{**config.__dict__, "iterations": full}))
+            esd.erase(pipe, concepts, dataclasses.replace(config, iterations=full), run)
         result["full_run_mean_seconds_per_iteration"] = round(sum(full_times) / len(full_times), 4)
     result["peak_memory_GB"] = round(peak_memory_gb(device, rss_before), 3)
     return result
@@ -155,10 +152,10 @@ def main() -> None:
     print(json.dumps(machine))
     for precision in args.precision:
         overrides = dict(erasure.config.parse_override(item) for item in args.overrides)
-        overrides.update(variant=args.variant, mixed_precision=PRECISIONS[precision],
-                         gradient_checkpointing=args.gradient_checkpointing)
+        overrides.update(variant=args.variant, mixed_precision=PRECISIONS[precision])
         config = erasure.resolve_config("esd", "object", args.config, **overrides)
-        print(json.dumps(bench(pipe, config, args.device, args.update_iterations, args.full)))
+        run = RunOptions(gradient_checkpointing=args.gradient_checkpointing)
+        print(json.dumps(bench(pipe, config, run, args.device, args.update_iterations, args.full)))
 
 
 if __name__ == "__main__":

@@ -32,10 +32,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
-from world_common import ASSETS, CACHE_DIR, REPO, Stopwatch, augment, images_to_tensor, machine, setup, write_json, write_text
+from world_common import ASSETS, CACHE_DIR, REPO, Stopwatch, augment, images_to_tensor, machine, module_tensors, resumable_checkpoint, setup, write_json, write_text
 
 from erasure.atomic import atomic_dir, atomic_path
 from erasure.tokenizer import clip_tokenizer
+from erasure.training import TrainingState, finite_value, run_steps
 from erasure.world.captions import caption_with_mentions, encode_mentions, encode_scene, matches
 from erasure.world.data import HELD_OUT_SEED, TRAIN_SEED, render_dataset, stack_labels
 from erasure.world.scenes import COLOURS, SHAPES
@@ -329,41 +330,47 @@ class TextCache:
 
 def train_vision(args, model, train, scene_codes) -> float:
     """The ViT learns to meet the frozen text tower (and, as an aid, the labels)."""
-    from world_common import load_checkpoint, save_checkpoint
-
     x_train = images_to_tensor(train.images)
     labels = {k: torch.from_numpy(v) for k, v in stack_labels(train.scenes).items()}
     heads = LabelHeads(PROJECTION_DIM)
     modules = {"vision_model": model.vision_model, "visual_projection": model.visual_projection, "heads": heads}
     opt = torch.optim.AdamW([p for m in modules.values() for p in m.parameters()], lr=args.vision_lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warm_cosine(args.warmup, args.vision_steps))
-    gen = torch.Generator().manual_seed(args.seed + 1)
-    ckpt, start, before = Path(args.run_dir) / "vision_checkpoint.safetensors", 0, 0.0
-    if ckpt.exists():
-        start, before = load_checkpoint(ckpt, modules, opt, gen)
-        print(f"resumed from step {start}")
+    state = TrainingState(tensors=module_tensors(modules), optimizer=opt, generator=torch.Generator().manual_seed(args.seed + 1),
+                          extra={"train_seconds": 0.0})
+    identity = {k: vars(args)[k] for k in ("seed", "train_size", "vision_lr", "batch_size", "warmup", "label_loss")}
+    checkpoint = resumable_checkpoint(Path(args.run_dir) / "vision-checkpoint", identity, "mini-clip vision")
+    if checkpoint.resuming:
+        checkpoint.restore(state)
+        print(f"resumed from step {state.step}")
+    start, before = state.step, state.extra["train_seconds"]
     sched.last_epoch = start
     for group, lr in zip(opt.param_groups, sched.get_lr()):
         group["lr"] = lr
-    rng = np.random.default_rng([args.seed, 3, start])  # captions: fresh stream per (re)start
+    rng = np.random.default_rng([args.seed, 3, 0])  # captions
+    if "caption_rng" in state.extra:
+        rng.bit_generator.state = state.extra["caption_rng"]
     texts_of, clock = TextCache(model), Stopwatch()
-    for step in (bar := tqdm(range(start, args.vision_steps), desc="mini-clip vision", initial=start, total=args.vision_steps, mininterval=5)):
-        idx = torch.randint(len(x_train), (args.batch_size,), generator=gen)
+
+    def step(index: int) -> float:
+        idx = torch.randint(len(x_train), (args.batch_size,), generator=state.generator)
         texts, positive = batch_captions(train.scenes, idx, scene_codes, rng)
-        image = image_features(model, augment(x_train[idx], gen))
+        image = image_features(model, augment(x_train[idx], state.generator))
         logits = model.logit_scale.exp() * F.normalize(image, dim=-1) @ texts_of(texts).T
         loss = soft_clip_loss(logits, positive)
         if args.label_loss:
             loss = loss + args.label_loss * heads(F.normalize(image, dim=-1), {k: v[idx] for k, v in labels.items()})
+        value = finite_value(loss, f"lower --vision-lr (now {args.vision_lr:g})")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
-        if step % 50 == 0:
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-        if (step + 1) % args.checkpoint_every == 0 or step + 1 == args.vision_steps:
-            save_checkpoint(ckpt, modules, opt, gen, step + 1, before + 60 * clock.minutes())
-    return before / 60 + clock.minutes()
+        state.extra["train_seconds"] = before + 60 * clock.minutes()
+        state.extra["caption_rng"] = rng.bit_generator.state
+        return value
+
+    run_steps(step, state, args.vision_steps, checkpoint, args.checkpoint_every)
+    return state.extra["train_seconds"] / 60
 
 
 def save_vision(args, model, acc: dict, minutes: dict, text_report: dict) -> None:

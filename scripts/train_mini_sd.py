@@ -28,16 +28,18 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
-from world_common import ASSETS, CACHE_DIR, REPO, Stopwatch, images_to_tensor, machine, setup, write_json, write_text
+from world_common import ASSETS, CACHE_DIR, REPO, Stopwatch, images_to_tensor, machine, resumable_checkpoint, setup, write_json, write_text
 
 from erasure.atomic import atomic_dir, atomic_path
 from erasure.tokenizer import clip_tokenizer
+from erasure.training import TrainingState, finite_value, run_steps
 from erasure.world.captions import caption
-from erasure.world.data import TRAIN_SEED, render_dataset
+from erasure.world.data import TRAIN_SEED, render_dataset, sample_scenes, scene_rng
 
 RUN_DIR = REPO / "runs" / "mini-sd"
 OUT = ASSETS / "mini-sd"
 RESOLUTION = 32
+GENERAL_CAPTIONS = 1000  # world captions shipped for MACE's preservation set (general_captions: model)
 DEFAULTS = {"resolution": RESOLUTION, "num_inference_steps": 25, "guidance_scale": 4.5}
 
 VAE_CONFIG = dict(
@@ -252,42 +254,6 @@ class EMA:
             p.copy_(s)
 
 
-def save_checkpoint(path: Path, unet, ema: EMA, opt, gen: torch.Generator, step: int, seconds: float) -> None:
-    """Everything needed to resume, as safetensors (no pickles)."""
-    tensors = {f"unet.{k}": v.contiguous() for k, v in unet.state_dict().items()}
-    tensors.update({f"ema.{i}": s.contiguous() for i, s in enumerate(ema.shadow)})
-    for i, p in enumerate(unet.parameters()):
-        state = opt.state.get(p, {})
-        for key in ("exp_avg", "exp_avg_sq"):
-            if key in state:
-                tensors[f"opt.{i}.{key}"] = state[key].contiguous()
-    tensors["rng"] = gen.get_state()
-    meta = {"step": str(step), "train_seconds": f"{seconds:.1f}", "opt_step": json.dumps([float(opt.state[p]["step"]) if p in opt.state else 0.0 for p in unet.parameters()])}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
-
-
-def load_checkpoint(path: Path, unet, ema: EMA, opt, gen: torch.Generator) -> tuple[int, float]:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata()
-    tensors = load_file(str(path))
-    unet.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("unet.")})
-    for i, s in enumerate(ema.shadow):
-        s.copy_(tensors[f"ema.{i}"])
-    steps = json.loads(meta["opt_step"])
-    for i, p in enumerate(unet.parameters()):
-        if f"opt.{i}.exp_avg" in tensors:
-            opt.state[p] = {
-                "step": torch.tensor(steps[i]),
-                "exp_avg": tensors[f"opt.{i}.exp_avg"],
-                "exp_avg_sq": tensors[f"opt.{i}.exp_avg_sq"],
-            }
-    gen.set_state(tensors["rng"])
-    return int(meta["step"]), float(meta["train_seconds"])
-
-
 def train_unet(args, data: dict, scaling_factor: float):
     from diffusers import DDPMScheduler, UNet2DConditionModel
 
@@ -302,22 +268,25 @@ def train_unet(args, data: dict, scaling_factor: float):
     # Constant rate after warm-up; the EMA does the annealing. A run can then be
     # extended (a larger --unet-steps resumes from the checkpoint) without changing
     # what the first steps did.
-    warm, total = 200, args.unet_steps
+    warm = 200
     lr_at = lambda s: min(1.0, (s + 1) / warm)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-    gen = torch.Generator().manual_seed(args.seed)
-    ckpt = Path(args.run_dir) / "unet_checkpoint.safetensors"
-    start, before = 0, 0.0
-    if ckpt.exists():
-        start, before = load_checkpoint(ckpt, unet, ema, opt, gen)
-        print(f"resumed from step {start} ({before / 60:.1f} min of training so far)")
-    clock = Stopwatch()
+    tensors = {f"unet.{k}": v for k, v in unet.state_dict().items()} | {f"ema.{i}": s for i, s in enumerate(ema.shadow)}
+    state = TrainingState(tensors=tensors, optimizer=opt, generator=torch.Generator().manual_seed(args.seed),
+                          extra={"train_seconds": 0.0})
+    checkpoint = resumable_checkpoint(Path(args.run_dir) / "unet-checkpoint", run_identity(args), "unet")
+    if checkpoint.resuming:
+        checkpoint.restore(state)
+        print(f"resumed from step {state.step} ({state.extra['train_seconds'] / 60:.1f} min of training so far)")
+    start, before, clock = state.step, state.extra["train_seconds"], Stopwatch()
     for group in opt.param_groups:
         group["lr"] = args.unet_lr * lr_at(start)
     sched.last_epoch = start
 
     n, k = data["caption_ids"].shape
-    for step in (bar := tqdm(range(start, total), desc="unet", initial=start, total=total, mininterval=5)):
+    gen = state.generator
+
+    def step(index: int) -> float:
         idx = torch.randint(n, (args.unet_batch_size,), generator=gen)
         cap = data["caption_ids"][idx, torch.randint(k, (len(idx),), generator=gen)]
         uncond = torch.rand(len(idx), generator=gen) < args.caption_dropout
@@ -329,18 +298,28 @@ def train_unet(args, data: dict, scaling_factor: float):
         noisy = noise_sched.add_noise(latents, eps, t)
         pred = unet(noisy, t, encoder_hidden_states=data["embeddings"][cap].float()).sample
         loss = (F.mse_loss(pred, eps, reduction="none").mean(dim=(1, 2, 3)) * weight[t]).mean()
+        value = finite_value(loss, f"lower --unet-lr (now {args.unet_lr:g})")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
         opt.step()
         sched.step()
-        ema.update(unet, step)
-        if step % 50 == 0:
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-        if (step + 1) % args.checkpoint_every == 0 or step + 1 == total:
-            save_checkpoint(ckpt, unet, ema, opt, gen, step + 1, before + 60 * clock.minutes())
+        ema.update(unet, index)
+        state.extra["train_seconds"] = before + 60 * clock.minutes()
+        return value
+
+    run_steps(step, state, args.unet_steps, checkpoint, args.checkpoint_every)
     ema.copy_to(unet)
-    return unet.eval(), before / 60 + clock.minutes()
+    return unet.eval(), state.extra["train_seconds"] / 60
+
+
+def run_identity(args) -> dict:
+    """The settings a resumed UNet run must share with its checkpoint (not the step
+    count: a larger --unet-steps extends the run)."""
+    settings = ("seed", "train_size", "unet_batch_size", "unet_lr", "unet_images", "captions_per_image",
+                "caption_dropout", "empty_uncond", "ema_decay", "snr_gamma")
+    frozen = _fingerprint(Path(args.run_dir) / "vae", Path(args.text_encoder))
+    return {**{key: vars(args)[key] for key in settings}, "frozen_models": frozen}
 
 
 # ---------------------------------------------------------------- assembly
@@ -364,8 +343,15 @@ def save_pipeline(args, vae, text_encoder, unet, minutes: dict) -> None:
         pipe.to(torch.float16).save_pretrained(tmp, safe_serialization=True)
         shutil.rmtree(tmp / "tokenizer")  # the real CLIP tokenizer, rebuilt by erasure.tokenizer
         write_json(tmp / "erasure_defaults.json", DEFAULTS)
+        write_text(tmp / "general_captions.txt", "\n".join(general_captions(GENERAL_CAPTIONS)) + "\n")
         write_json(tmp / "training.json", {"minutes": minutes, "args": vars(args)})
         write_text(tmp / "README.md", card(args, unet, vae, text_encoder, minutes))
+
+
+def general_captions(count: int) -> list[str]:
+    """Captions of ``count`` training scenes, each drawn with its own seed: what MACE's
+    ``general_captions: model`` preserves on this model (``erasure`` never imports the world)."""
+    return [caption(scene, scene_rng(TRAIN_SEED + 1, i)) for i, scene in enumerate(sample_scenes(count, TRAIN_SEED))]
 
 
 def card(args, unet, vae, text_encoder, minutes: dict) -> str:
@@ -388,6 +374,9 @@ on a CPU (`torch_dtype=torch.float32`).
 
 ## Recommended generation settings (also in `erasure_defaults.json`)
 height = width = {DEFAULTS['resolution']}, num_inference_steps = {DEFAULTS['num_inference_steps']}, guidance_scale = {DEFAULTS['guidance_scale']}
+
+`general_captions.txt`: {GENERAL_CAPTIONS:,} captions of training scenes, one a line, which
+MACE preserves with `general_captions: model`.
 
 ## Data
 {args.unet_images:,} scenes of the world (seed TRAIN_SEED=0; 32x32; 6 shapes x 6 colours x

@@ -5,16 +5,15 @@ from __future__ import annotations
 import json
 import platform
 import random
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from erasure.training import CHECKPOINT_INDEX, Checkpoint, RunOptions
+
 REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:  # run from a checkout without `pip install -e .`
-    sys.path.insert(0, str(REPO))
 ASSETS = REPO / "erasure" / "assets"
 CACHE_DIR = REPO / "runs" / "world-cache"  # rendered datasets, reused between scripts
 
@@ -80,39 +79,21 @@ def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return x.clamp(0, 1)
 
 
-def save_checkpoint(path: Path, modules: dict, opt, gen: torch.Generator, step: int, seconds: float) -> None:
-    """Everything needed to resume a run, as safetensors (no pickles): the modules'
-    states, AdamW's moments, the batch generator's state, the step and the time spent."""
-    from safetensors.torch import save_file
+def resumable_checkpoint(folder: Path, identity: dict, label: str) -> Checkpoint:
+    """The training run's checkpoint in ``folder`` (``erasure.training``'s format): a
+    rerun continues it, and is refused if ``identity`` (the settings that change what is
+    trained) differs from the checkpoint's; the step count may grow (a longer run).
 
-    from erasure.atomic import atomic_path
-
-    tensors = {f"{name}.{k}": v.contiguous() for name, m in modules.items() for k, v in m.state_dict().items()}
-    params = [p for m in modules.values() for p in m.parameters()]
-    for i, p in enumerate(params):
-        for key in ("exp_avg", "exp_avg_sq"):
-            if key in opt.state.get(p, {}):
-                tensors[f"opt.{i}.{key}"] = opt.state[p][key].contiguous()
-    tensors["rng"] = gen.get_state()
-    steps = [float(opt.state[p]["step"]) if p in opt.state else 0.0 for p in params]
-    meta = {"step": str(step), "train_seconds": f"{seconds:.1f}", "opt_step": json.dumps(steps)}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
+    Args:
+        folder: the checkpoint folder (under ``--run-dir``).
+        identity: the run's settings, as JSON values.
+        label: the run's name on the progress bar.
+    """
+    resume = (folder / CHECKPOINT_INDEX).is_file()
+    return Checkpoint.open(RunOptions(checkpoint_dir=folder, resume=resume), identity, label=label)
 
 
-def load_checkpoint(path: Path, modules: dict, opt, gen: torch.Generator) -> tuple[int, float]:
-    """Restore what ``save_checkpoint`` wrote; returns (step, seconds trained so far)."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata()
-    tensors = load_file(str(path))
-    for name, m in modules.items():
-        m.load_state_dict({k[len(name) + 1 :]: v for k, v in tensors.items() if k.startswith(name + ".")})
-    params = [p for m in modules.values() for p in m.parameters()]
-    for i, (p, step) in enumerate(zip(params, json.loads(meta["opt_step"]))):
-        if f"opt.{i}.exp_avg" in tensors:
-            opt.state[p] = {"step": torch.tensor(step), "exp_avg": tensors[f"opt.{i}.exp_avg"], "exp_avg_sq": tensors[f"opt.{i}.exp_avg_sq"]}
-    gen.set_state(tensors["rng"])
-    return int(meta["step"]), float(meta["train_seconds"])
+def module_tensors(modules: dict[str, torch.nn.Module]) -> dict[str, torch.Tensor]:
+    """Every parameter and buffer of ``modules`` under ``<name>.<key>``, sharing their
+    storage: a checkpoint restores into them in place."""
+    return {f"{name}.{key}": value for name, module in modules.items() for key, value in module.state_dict().items()}

@@ -13,11 +13,10 @@ from erasure.concepts import Concept
 from erasure.errors import ErasureError
 from erasure.methods import esd
 from erasure.methods.esd import ESDConfig
+from erasure.training import CHECKPOINT_INDEX, RunOptions
 
 # A few iterations over a 2-step DDIM schedule keep each run to about a second.
 FAST = dict(iterations=3, ddim_steps=2, lr=1e-3)
-
-pytestmark = pytest.mark.usefixtures("one_thread")  # tiny UNets run ten times faster on one thread
 
 
 def snapshot(pipe) -> dict[str, torch.Tensor]:
@@ -33,10 +32,14 @@ def assert_unchanged(pipe, before):
 # ---- which parameters train ------------------------------------------------------
 
 
+def run_esd(pipe, concepts, config: ESDConfig, run: RunOptions | None = None) -> erasure.EditedWeights:
+    return erasure.methods.METHODS["esd"].run(pipe, [Concept(*c.split("->")) for c in concepts], config, run)
+
+
 @pytest.mark.parametrize("variant", ["esd-x", "esd-u"])
 def test_only_the_selected_subset_changes(tiny_pipe, variant):
     before = snapshot(tiny_pipe)
-    edited = esd.erase(tiny_pipe, [Concept("a red circle")], ESDConfig(variant=variant, **FAST))
+    edited = run_esd(tiny_pipe, ["a red circle"], ESDConfig(variant=variant, **FAST))
     assert_unchanged(tiny_pipe, before)
     names = edited.extra["parameters"]
     assert sorted(edited.tensors) == sorted(names)
@@ -114,23 +117,9 @@ def test_negative_guidance_target(options, expected):
 def test_the_loss_falls_on_a_fixed_seed(sd1_pipe):
     # One DDIM step: x_t is pure noise at the top timestep, so iterations differ only by noise.
     config = ESDConfig(variant="esd-x", iterations=20, ddim_steps=1, lr=1e-3, batch_size=4, seed=1)
-    losses = esd.erase(sd1_pipe, [Concept("a red circle")], config).extra["losses"]
+    losses = run_esd(sd1_pipe, ["a red circle"], config).extra["losses"]
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     assert last < 0.4 * first, (first, last)
-
-
-def test_frozen_swaps_in_the_original_values(sd1_pipe):
-    names = parameter_names(sd1_pipe, "esd-x")
-    subset = esd.TrainedSubset(sd1_pipe.unet, names)
-    with torch.no_grad():
-        for param in subset.params.values():
-            param.add_(1.0)
-    with subset.frozen():
-        assert all(torch.equal(p, subset.original[n]) for n, p in subset.params.items())
-    assert all(torch.equal(p, subset.original[n] + 1.0) for n, p in subset.params.items())
-    trained = subset.take_trained()
-    assert all(torch.equal(p, subset.original[n]) for n, p in subset.params.items())
-    assert all(torch.equal(trained[n], subset.original[n] + 1.0) for n in names)
 
 
 # ---- several concepts, mapping, erase_from, configs --------------------------------
@@ -141,8 +130,7 @@ def test_several_concepts_a_mapping_and_erase_from_run():
 
     pipe = build_tiny_pipeline("sdxl")  # the family with pooled embeddings and added conditioning
     before = snapshot(pipe)
-    concepts = [Concept("circle"), Concept("star", "square")]
-    edited = esd.erase(pipe, concepts, ESDConfig(erase_from="a drawing", batch_size=2, **FAST))
+    edited = run_esd(pipe, ["circle", "star->square"], ESDConfig(erase_from="a drawing", batch_size=2, **FAST))
     assert_unchanged(pipe, before)
     assert edited.concepts == ["circle", "star->square"] and len(edited.extra["losses"]) == 3
 
@@ -186,40 +174,72 @@ def interrupt_on_call(monkeypatch, call: int):
 def test_resume_after_ctrl_c_is_bit_identical(monkeypatch, tmp_path):
     from conftest import build_tiny_pipeline
 
-    config = dict(variant="esd-u", iterations=6, ddim_steps=3, lr=1e-3, batch_size=2, seed=3)
-    reference = esd.erase(build_tiny_pipeline("sd1"), [Concept("circle"), Concept("star")], ESDConfig(**config))
+    config = ESDConfig(variant="esd-u", iterations=6, ddim_steps=3, lr=1e-3, batch_size=2, seed=3)
+    concepts = ["circle", "star"]
+    reference = run_esd(build_tiny_pipeline("sd1"), concepts, config)
 
     pipe = build_tiny_pipeline("sd1")
     before = snapshot(pipe)
     interrupt_on_call(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt):
-        esd.erase(pipe, [Concept("circle"), Concept("star")], ESDConfig(checkpoint_dir=str(tmp_path), **config))
+        run_esd(pipe, concepts, config, RunOptions(checkpoint_dir=tmp_path))
     assert_unchanged(pipe, before)
-    index = json.loads((tmp_path / esd.CHECKPOINT_INDEX).read_text())
-    assert index["iteration"] == 3  # the interrupted iteration finished, then the checkpoint was written
+    index = json.loads((tmp_path / CHECKPOINT_INDEX).read_text())
+    assert index["step"] == 3  # the interrupted iteration finished, then the checkpoint was written
 
     monkeypatch.undo()
-    resumed = esd.erase(
-        pipe, [Concept("circle"), Concept("star")], ESDConfig(checkpoint_dir=str(tmp_path), resume=True, **config)
-    )
+    resumed = run_esd(pipe, concepts, config, RunOptions(checkpoint_dir=tmp_path, resume=True))
     assert resumed.extra["losses"] == reference.extra["losses"]
     assert all(torch.equal(resumed.tensors[n], reference.tensors[n]) for n in reference.tensors)
 
 
-def test_periodic_checkpoints_and_resume_checks(sd1_pipe, tmp_path):
-    config = dict(iterations=4, ddim_steps=2, lr=1e-3, checkpoint_every=2, checkpoint_dir=str(tmp_path))
-    esd.erase(sd1_pipe, [Concept("circle")], ESDConfig(**config))
-    assert json.loads((tmp_path / esd.CHECKPOINT_INDEX).read_text())["iteration"] == 4
-    assert len(list(tmp_path.glob("esd-state-*.safetensors"))) == 1  # older states are removed
+def test_checkpoints_belong_to_one_run(sd1_pipe, tmp_path):
+    config = ESDConfig(iterations=4, ddim_steps=2, lr=1e-3)
+    run = RunOptions(checkpoint_dir=tmp_path, checkpoint_every=2)
+    first = run_esd(sd1_pipe, ["circle"], config, run)
+    assert json.loads((tmp_path / CHECKPOINT_INDEX).read_text())["step"] == 4
+    assert len(list(tmp_path.glob("state-*.safetensors"))) == 1  # older states are removed
+    # Another run into the same folder is refused before it starts, whatever its settings...
+    with pytest.raises(ErasureError, match="earlier run: pass --resume"):
+        run_esd(sd1_pipe, ["star"], config, run)
+    # ...resuming it needs the same settings and concepts...
+    resume = RunOptions(checkpoint_dir=tmp_path, resume=True)
     with pytest.raises(ErasureError, match="lr: 0.001 -> 0.01"):
-        esd.erase(sd1_pipe, [Concept("circle")], ESDConfig(**{**config, "lr": 1e-2}, resume=True))
-    with pytest.raises(ErasureError, match="erases"):
-        esd.erase(sd1_pipe, [Concept("star")], ESDConfig(**config, resume=True))
-    # More iterations continue the same run.
-    longer = esd.erase(sd1_pipe, [Concept("circle")], ESDConfig(**{**config, "iterations": 6}, resume=True))
-    assert len(longer.extra["losses"]) == 6
-    with pytest.raises(ErasureError, match="no ESD checkpoint"):
-        esd.erase(sd1_pipe, [Concept("circle")], ESDConfig(checkpoint_dir=str(tmp_path / "none"), resume=True))
+        run_esd(sd1_pipe, ["circle"], ESDConfig(iterations=4, ddim_steps=2, lr=1e-2), resume)
+    with pytest.raises(ErasureError, match=r"concepts: \['circle'\] -> \['star'\]"):
+        run_esd(sd1_pipe, ["star"], config, resume)
+    # ...and more iterations continue the same run.
+    longer = run_esd(sd1_pipe, ["circle"], ESDConfig(iterations=6, ddim_steps=2, lr=1e-3), resume)
+    assert longer.extra["losses"][:4] == first.extra["losses"] and len(longer.extra["losses"]) == 6
+    # Overwrite starts afresh: the same weights as the first run.
+    fresh = run_esd(sd1_pipe, ["circle"], config, RunOptions(checkpoint_dir=tmp_path, overwrite=True))
+    assert all(torch.equal(fresh.tensors[n], first.tensors[n]) for n in first.tensors)
+    assert not (tmp_path / CHECKPOINT_INDEX).exists()
+    with pytest.raises(ErasureError, match="no checkpoint in"):
+        run_esd(sd1_pipe, ["circle"], config, RunOptions(checkpoint_dir=tmp_path / "none", resume=True))
+
+
+def test_the_command_line_checkpoints_next_to_the_output(tiny_pipeline_folder, tmp_path, capsys):
+    from erasure.cli import main
+
+    output = tmp_path / "circle.safetensors"
+    folder = output.with_suffix(".checkpoint")
+    pipe = erasure.load_pipeline(str(tiny_pipeline_folder), device="cpu", dtype="float32")
+    settings = dict(iterations=2, ddim_steps=2, lr=1e-3)
+    # An earlier, unfinished run of the same command left its checkpoint there.
+    interrupted = erasure.erase(pipe, "esd", "circle", run=RunOptions(checkpoint_dir=folder, checkpoint_every=1), **settings)
+    command = ["--method", "esd", "--concepts", "circle", "--model", str(tiny_pipeline_folder), "--output", str(output),
+               "--set", "iterations=3", "--set", "ddim_steps=2", "--set", "lr=1e-3"]
+    capsys.readouterr()
+    assert main(command) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--resume" in err and "--overwrite" in err and len(err.splitlines()) == 1 and not output.exists()
+    assert main(command + ["--resume"]) == 0
+    resumed = erasure.EditedWeights.load(output)
+    assert resumed.extra["losses"][:2] == interrupted.extra["losses"] and len(resumed.extra["losses"]) == 3
+    assert main(["--method", "esd", "--concepts", "circle", "--model", str(tiny_pipeline_folder),
+                 "--output", str(tmp_path / "other.safetensors"), "--resume"]) == 2
+    assert "no checkpoint in" in capsys.readouterr().err
 
 
 def test_a_non_finite_loss_stops_and_keeps_the_last_good_state(sd1_pipe, monkeypatch, tmp_path):
@@ -232,20 +252,31 @@ def test_a_non_finite_loss_stops_and_keeps_the_last_good_state(sd1_pipe, monkeyp
 
     monkeypatch.setattr(esd, "esd_loss", loss)
     before = snapshot(sd1_pipe)
-    with pytest.raises(ErasureError, match="loss became nan at iteration 3"):
-        esd.erase(sd1_pipe, [Concept("circle")], ESDConfig(checkpoint_dir=str(tmp_path), **FAST))
+    cause = "loss became nan at iteration 3, so training stopped; the trained weights diverged: lower lr"
+    with pytest.raises(ErasureError, match=cause):
+        run_esd(sd1_pipe, ["circle"], ESDConfig(**FAST), RunOptions(checkpoint_dir=tmp_path))
     assert_unchanged(sd1_pipe, before)
-    index = json.loads((tmp_path / esd.CHECKPOINT_INDEX).read_text())
-    assert index["iteration"] == 2 and all(map(lambda x: x == x, index["losses"]))
+    index = json.loads((tmp_path / CHECKPOINT_INDEX).read_text())
+    assert index["step"] == 2 and all(map(lambda x: x == x, index["history"]))
+
+
+def test_a_non_finite_loss_from_the_guidance_names_the_guidance(sd1_pipe, tmp_path):
+    # A huge eta makes the target overflow float32 in the loss; the learning rate is innocent.
+    cause = r"at iteration 1.*the target is too large: lower negative_guidance \(now 1e\+30\)"
+    with pytest.raises(ErasureError, match=cause) as raised:
+        run_esd(sd1_pipe, ["circle"], ESDConfig(negative_guidance=1e30, **FAST), RunOptions(checkpoint_dir=tmp_path))
+    assert "lower lr" not in str(raised.value)
 
 
 def test_bad_input_is_refused(sd1_pipe):
     with pytest.raises(ErasureError, match="iterations"):
-        esd.erase(sd1_pipe, [Concept("circle")], ESDConfig(iterations=0))
+        run_esd(sd1_pipe, ["circle"], ESDConfig(iterations=0))
     with pytest.raises(ErasureError, match="erase_from"):
-        esd.erase(sd1_pipe, [Concept("circle")], ESDConfig(erase_from=" "))
+        run_esd(sd1_pipe, ["circle"], ESDConfig(erase_from=" "))
     with pytest.raises(ErasureError, match="float32"):
-        esd.erase(sd1_pipe.to(torch.float16), [Concept("circle")], ESDConfig(**FAST))
+        run_esd(sd1_pipe.to(torch.float16), ["circle"], ESDConfig(**FAST))
+    with pytest.raises(ErasureError, match="DDIM schedule of 2000 steps"):
+        run_esd(sd1_pipe.to(torch.float32), ["circle"], ESDConfig(**{**FAST, "ddim_steps": 2000}))
 
 
 def test_frozen_phases_under_autocast_use_the_original_weights():
@@ -253,23 +284,23 @@ def test_frozen_phases_under_autocast_use_the_original_weights():
     reuse the edited weights for the frozen predictions."""
     from conftest import build_tiny_pipeline
 
+    from erasure.training import swapped_parameters
+
     pipe, reference = build_tiny_pipeline("sd1"), build_tiny_pipeline("sd1")
     adapter = erasure.adapters.adapter_for(pipe)
-    subset = esd.TrainedSubset(pipe.unet, parameter_names(pipe, "esd-all"))
-    with torch.no_grad():
-        for param in subset.params.values():
-            param.mul_(1.5)
+    original = {name: p.detach() for name, p in pipe.unet.named_parameters()}
+    edited = {name: value * 1.5 for name, value in original.items()}
     config = ESDConfig(mixed_precision="bf16")
     latents, cond = torch.randn(1, 4, 8, 8), adapter.encode(["a red circle"])
 
     def predict(adapter_):
         return adapter_.predict_noise(latents, 500, cond)
 
-    with torch.no_grad():
-        with esd.model_phase(subset, adapter, config, frozen=False):
-            edited = predict(adapter)
-        with esd.model_phase(subset, adapter, config, frozen=True):
+    with torch.no_grad(), swapped_parameters(pipe.unet, edited):
+        with esd.model_phase(adapter, config, None):
+            edited_prediction = predict(adapter)
+        with esd.model_phase(adapter, config, original):
             frozen = predict(adapter)
-        with esd.autocast(adapter, config):
-            original = predict(erasure.adapters.adapter_for(reference))
-    assert torch.equal(frozen, original) and not torch.allclose(edited, original)
+    with torch.no_grad(), esd.autocast(adapter, config):
+        expected = predict(erasure.adapters.adapter_for(reference))
+    assert torch.equal(frozen, expected) and not torch.allclose(edited_prediction, expected)

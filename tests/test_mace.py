@@ -6,24 +6,21 @@ models (layer-normed 32-d text vectors) with margin.
 
 from __future__ import annotations
 
+import json
+import signal
+
 import pytest
 import torch
 
 import erasure
 from erasure.adapters import adapter_for
+from erasure.attention import feature_size, observe_cross_attention, resize_mask
 from erasure.concepts import CONCEPT_TYPES, Concept
 from erasure.errors import ErasureError
 from erasure.lora_export import export_lora
 from erasure.methods import mace
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from threads, and on a shared 2-core machine two threads
-    per process can be ten times slower than one (they spin while waiting for a core)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from erasure.methods.mace import fusion, lora, statistics, tokens
+from erasure.training import CHECKPOINT_INDEX, RunOptions
 
 
 # Enough to exercise every stage in seconds: 1 image, 1 denoising step, 2 LoRA steps.
@@ -50,7 +47,7 @@ def _mapping_errors(adapter, original, refined, item, changed_only=True):
     source, target = adapter.encode(item.prompts).hidden, adapter.encode(item.mapped).hidden
     keys, goals = [], []
     for i, (prompt, mapped) in enumerate(zip(item.prompts, item.mapped)):
-        src, tgt = mace.coexisting_positions(mace.token_ids(adapter, prompt), mace.token_ids(adapter, mapped), 77)
+        src, tgt = tokens.coexisting_positions(adapter.token_ids(prompt), adapter.token_ids(mapped), 77)
         e_f, e_g = source[i, src], target[i, tgt]
         if changed_only:  # the shared prefix is identical in both prompts (causal encoder)
             keep = (e_f - e_g).norm(dim=-1) > 1e-4
@@ -68,20 +65,20 @@ def _mapping_errors(adapter, original, refined, item, changed_only=True):
 def test_coexisting_positions_skip_the_words_that_differ():
     # <start> a photo of cat <end>  vs  <start> a photo of the sky <end>, padded to 10
     source, target = [0, 1, 2, 3, 9, 99], [0, 1, 2, 3, 7, 8, 99]
-    src, tgt = mace.coexisting_positions(source, target, length=10)
+    src, tgt = tokens.coexisting_positions(source, target, length=10)
     assert src == [0, 1, 2, 3, 5, 6, 7, 8]  # prefix, end token, padding paired from the end
     assert tgt == [0, 1, 2, 3, 6, 7, 8, 9]
 
 
 def test_concept_positions_cover_the_words_and_the_end(sd1_pipe):
     adapter = adapter_for(sd1_pipe)
-    positions = mace.concept_positions(adapter, "a photo of a hot dog", "hot dog", "all", 77)
+    positions = tokens.concept_positions(adapter, "a photo of a hot dog", "hot dog", "all", 77)
     assert positions[5:7].all() and not positions[:5].any()  # <start> a photo of a | hot dog
     assert positions[7:].all()  # end token and padding
-    only_words = mace.concept_positions(adapter, "a photo of a hot dog", "hot dog", "none", 77)
+    only_words = tokens.concept_positions(adapter, "a photo of a hot dog", "hot dog", "none", 77)
     assert only_words.sum() == 2
     with pytest.raises(ErasureError, match="not found"):
-        mace.concept_positions(adapter, "a photo of a cat", "dog", "all", 77)
+        tokens.concept_positions(adapter, "a photo of a cat", "dog", "all", 77)
 
 
 def test_refinement_maps_concept_context_to_the_mapping_values(tiny_pipe):
@@ -104,7 +101,7 @@ def test_refinement_maps_concept_context_to_the_mapping_values(tiny_pipe):
 def test_preservation_keeps_held_out_captions(sd1_pipe, tmp_path):
     adapter = adapter_for(sd1_pipe)
     original = _original(adapter)
-    captions = mace.mace_prompts.GENERAL_CAPTIONS
+    captions = mace.prompts.GENERAL_CAPTIONS
     held_out = adapter.encode(list(captions[1::2])).hidden.reshape(-1, adapter.text_dim)
 
     def caption_change(refined):
@@ -114,7 +111,7 @@ def test_preservation_keeps_held_out_captions(sd1_pipe, tmp_path):
         config = mace.MACEConfig(templates="celebrity", mapping="a person", lam=0.0 if scale else 1.0,
                                  preserve_scale=scale, cache_dir=str(tmp_path))
         item = mace.prompts_for(Concept("cat"), config)
-        general, domain = mace.preservation_grams(adapter, [item.concept], config)
+        general, domain = mace.preservation_grams(adapter, [item.concept], config, "tiny")
         refined = mace.refine(adapter, original, [item], general, domain, config)
         return caption_change(refined), _mapping_errors(adapter, original, refined, item, changed_only=False)
 
@@ -128,7 +125,7 @@ def test_preservation_keeps_held_out_captions(sd1_pipe, tmp_path):
 def test_preservation_statistics_are_cached(sd1_pipe, tmp_path, monkeypatch):
     adapter = adapter_for(sd1_pipe)
     config = mace.MACEConfig(preserve_scale=1e-4, cache_dir=str(tmp_path))
-    first, _ = mace.preservation_grams(adapter, [Concept("cat")], config)
+    first, _ = mace.preservation_grams(adapter, [Concept("cat")], config, "tiny")
     files = list(tmp_path.glob("general-*.safetensors"))
     assert len(files) == 1
 
@@ -136,14 +133,14 @@ def test_preservation_statistics_are_cached(sd1_pipe, tmp_path, monkeypatch):
         raise AssertionError("the cached statistics were recomputed")
 
     monkeypatch.setattr(type(adapter), "encode_in_batches", no_encoding)
-    second, _ = mace.preservation_grams(adapter, [Concept("dog")], config)
-    assert torch.equal(first.keys, second.keys) and first.count == second.count == len(mace.mace_prompts.GENERAL_CAPTIONS)
+    second, _ = mace.preservation_grams(adapter, [Concept("dog")], config, "tiny")
+    assert torch.equal(first.keys, second.keys) and first.count == second.count == len(mace.prompts.GENERAL_CAPTIONS)
     monkeypatch.undo()
 
     captions = tmp_path / "captions.txt"
     captions.write_text("a red bus\na cat on a mat\n")
     other, _ = mace.preservation_grams(adapter, [Concept("cat")], mace.MACEConfig(
-        preserve_scale=1e-4, cache_dir=str(tmp_path), general_captions=str(captions)))
+        preserve_scale=1e-4, cache_dir=str(tmp_path), general_captions=str(captions)), "tiny")
     assert len(list(tmp_path.glob("general-*.safetensors"))) == 2 and other.count == 2
 
 
@@ -155,29 +152,69 @@ def test_fusing_one_lora_equals_applying_it(sd1_pipe):
     original = _original(adapter)
     generator = torch.Generator().manual_seed(0)
     refined = {n: w + 0.01 * torch.randn(w.shape, generator=generator) for n, w in original.items()}
-    lora = {n: (torch.randn(w.shape[0], 1, generator=generator), 0.1 * torch.randn(1, w.shape[1], generator=generator))
-            for n, w in original.items()}
+    factors = {n: (torch.randn(w.shape[0], 1, generator=generator), 0.1 * torch.randn(1, w.shape[1], generator=generator))
+               for n, w in original.items()}
     config = mace.MACEConfig(lam=1e-6)
     item = mace.prompts_for(Concept("cat"), config)
-    fusion = mace.LoRAFusion(adapter.text_dim, adapter.device)
-    fusion.add(mace.all_token_grams(adapter, item.prompts), lora)
-    fused = mace.fuse(original, refined, fusion, None, None, config)
-    tokens = adapter.encode(item.prompts).hidden.reshape(-1, adapter.text_dim)
-    for name, (up, down) in lora.items():
-        expected = tokens @ (refined[name] + up @ down).T
-        assert torch.allclose(tokens @ fused[name].T, expected, rtol=0, atol=1e-4 * expected.abs().max())
+    streamed = fusion.LoRAFusion(adapter.text_dim, adapter.device)
+    streamed.add(statistics.all_token_grams(adapter, item.prompts), factors)
+    fused = fusion.fuse(original, refined, streamed, None, None, config)
+    vectors = adapter.encode(item.prompts).hidden.reshape(-1, adapter.text_dim)
+    for name, (up, down) in factors.items():
+        expected = vectors @ (refined[name] + up @ down).T
+        assert torch.allclose(vectors @ fused[name].T, expected, rtol=0, atol=1e-4 * expected.abs().max())
 
 
 def test_fusion_streams_many_loras_into_bounded_memory(sd1_pipe):
     adapter = adapter_for(sd1_pipe)
     original = _original(adapter)
-    fusion = mace.LoRAFusion(adapter.text_dim, adapter.device)
-    grams = mace.all_token_grams(adapter, ["a photo of a cat"])
+    streamed = fusion.LoRAFusion(adapter.text_dim, adapter.device)
+    grams = statistics.all_token_grams(adapter, ["a photo of a cat"])
     for _ in range(20):
-        fusion.add(grams, {n: (torch.randn(w.shape[0], 1), torch.randn(1, w.shape[1])) for n, w in original.items()})
+        streamed.add(grams, {n: (torch.randn(w.shape[0], 1), torch.randn(1, w.shape[1])) for n, w in original.items()})
     # One Gram and one weight-sized sum per matrix, whatever the number of concepts.
-    assert fusion.concepts == 20 and set(fusion.updates) == set(original)
-    assert all(fusion.updates[n].shape == w.shape for n, w in original.items())
+    assert streamed.concepts == 20 and set(streamed.updates) == set(original)
+    assert all(streamed.updates[n].shape == w.shape for n, w in original.items())
+
+
+class AttentionMass:
+    """Observer: per layer, the mean attention that pixels inside the mask pay to the
+    concept's positions (0 to 1), averaged over heads."""
+
+    def __init__(self, positions: torch.Tensor, mask: torch.Tensor | None, latent_size):
+        self.positions, self.mask, self.latent_size = positions, mask, latent_size
+        self.layer_masses: list[float] = []
+
+    def __call__(self, name: str, probs: torch.Tensor) -> None:
+        selected = probs.float() * self.positions[:, None, None, :].float()
+        pixels = probs.shape[0] * probs.shape[2]
+        if self.mask is not None:
+            inside = resize_mask(self.mask, feature_size(probs.shape[2], self.latent_size))
+            selected = selected * inside[:, None, :, None].float()
+            pixels = inside.sum().clamp_min(1)
+        self.layer_masses.append(float(selected.sum() / (probs.shape[1] * pixels)))
+
+
+@torch.no_grad()
+def masked_attention_mass(adapter, data, item, config, timestep: int = 300) -> float:
+    """``AttentionMass`` averaged over layers, the concept's images and prompts, at one
+    noise level with fixed noise: how much the masked pixels still attend to the concept."""
+    cond = adapter.encode(item.prompts)
+    scheduler = adapter.noise_scheduler()
+    generator = torch.Generator().manual_seed(0)
+    masses = []
+    for prompt, text in enumerate(item.prompts):
+        positions = tokens.concept_positions(adapter, text, item.concept.text, config.end_tokens, cond.hidden.shape[1])
+        for image in range(len(data.latents)):
+            latents = data.latents[image : image + 1].to(adapter.device)
+            noise = torch.randn(latents.shape, generator=generator).to(latents)
+            t = torch.tensor([timestep], device=adapter.device)
+            mask = None if data.masks is None else data.masks[image : image + 1].to(adapter.device)
+            observer = AttentionMass(positions[None].to(adapter.device), mask, tuple(latents.shape[-2:]))
+            with observe_cross_attention(adapter.cross_attention_modules(), observer):
+                adapter.predict_noise(scheduler.add_noise(latents, noise, t), t, cond.select(slice(prompt, prompt + 1)))
+            masses.append(sum(observer.layer_masses) / len(observer.layer_masses))
+    return sum(masses) / len(masses)
 
 
 def test_attention_loss_training_lowers_the_masked_attention(sd1_pipe):
@@ -185,11 +222,11 @@ def test_attention_loss_training_lowers_the_masked_attention(sd1_pipe):
     config = mace.MACEConfig(**{**FAST, "train_steps": 10, "learning_rate": 5e-2, "images_per_concept": 2})
     item = mace.prompts_for(Concept("cat"), config)
     generator = torch.Generator().manual_seed(0)
-    data = mace.training_data(sd1_pipe, adapter, item, config, generator)
-    before = mace.masked_attention_mass(adapter, data, item, config)
-    with mace.temporary_lora(adapter, config.lora_rank) as layers:
-        losses = mace.train_lora(adapter, layers, data, item, config, generator)
-        after = mace.masked_attention_mass(adapter, data, item, config)
+    data = lora.training_data(sd1_pipe, adapter, item, config, generator)
+    before = masked_attention_mass(adapter, data, item, config)
+    with lora.temporary_lora(adapter, config.lora_rank) as layers:
+        losses = lora.train_lora(adapter, layers, data, item, config, generator)
+        after = masked_attention_mass(adapter, data, item, config)
     # measured: 0.95 -> 0.51 of the masked pixels' attention on the concept's positions.
     assert after < 0.8 * before
     assert losses[-1] < losses[0]
@@ -224,6 +261,56 @@ def test_erase_is_deterministic_under_its_seed(erased_sd1):
     pipe, _, _, edited = erased_sd1
     again = erasure.erase(pipe, "mace", ["cat", "dog"], config=FAST)
     assert all(torch.equal(edited.tensors[n], again.tensors[n]) for n in edited.tensors)
+
+
+def test_stage_two_resumes_concept_by_concept_bit_identically(erased_sd1, tmp_path, monkeypatch):
+    from conftest import build_tiny_pipeline
+
+    _, _, _, reference = erased_sd1
+    real, calls = lora.concept_lora, {"n": 0}
+
+    def interrupting(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            signal.raise_signal(signal.SIGINT)  # Ctrl-C while the first concept trains
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(lora, "concept_lora", interrupting)
+    with pytest.raises(KeyboardInterrupt):
+        erasure.erase(build_tiny_pipeline("sd1"), "mace", ["cat", "dog"], config=FAST, run=RunOptions(checkpoint_dir=tmp_path))
+    monkeypatch.undo()
+    index = json.loads((tmp_path / CHECKPOINT_INDEX).read_text())
+    assert index["step"] == 1 and len(index["history"]) == 1  # the first concept's LoRA is kept
+
+    trained = []
+    monkeypatch.setattr(lora, "concept_lora", lambda *args, **kwargs: trained.append(args[3]) or real(*args, **kwargs))
+    resumed = erasure.erase(build_tiny_pipeline("sd1"), "mace", ["cat", "dog"], config=FAST,
+                            run=RunOptions(checkpoint_dir=tmp_path, resume=True))
+    assert [item.concept.text for item in trained] == ["dog"]  # only the concept left was trained
+    assert resumed.extra["lora_loss_first_last"] == reference.extra["lora_loss_first_last"]
+    assert all(torch.equal(resumed.tensors[n], reference.tensors[n]) for n in reference.tensors)
+
+
+def test_general_captions_can_come_from_the_model_folder(tmp_path):
+    (tmp_path / mace.MODEL_CAPTIONS).write_text("a red bus\n\na cat on a mat\n")
+    config = mace.MACEConfig(general_captions="model")
+    assert mace.general_captions(config, str(tmp_path)) == ["a red bus", "a cat on a mat"]
+    with pytest.raises(ErasureError, match="general_captions: model reads general_captions.txt"):
+        mace.general_captions(config, "CompVis/stable-diffusion-v1-4")
+    with pytest.raises(ErasureError, match="use 'builtin', 'model' or a text file"):
+        mace.general_captions(mace.MACEConfig(general_captions="world"), "mini-sd")
+
+
+def test_mini_sd_ships_the_captions_of_its_world():
+    """mini-sd's general_captions.txt is what the world makes (scripts/train_mini_sd.py
+    writes it): MACE preserves world captions without importing the world."""
+    from erasure.world import caption
+    from erasure.world.data import TRAIN_SEED, sample_scenes, scene_rng
+
+    shipped = mace.general_captions(mace.MACEConfig(general_captions="model"), "mini-sd")
+    scenes = sample_scenes(len(shipped), TRAIN_SEED)
+    assert len(shipped) == 1000
+    assert shipped == [caption(scene, scene_rng(TRAIN_SEED + 1, i)) for i, scene in enumerate(scenes)]
 
 
 @pytest.mark.parametrize("family", ["sd2", "sdxl"])
@@ -267,17 +354,16 @@ def test_folder_images_and_masks_are_used(sd1_pipe, tmp_path):
         mask.save(tmp_path / "cat mask" / f"{i}.png")
     adapter = adapter_for(sd1_pipe)
     config = mace.MACEConfig(**{**FAST, "data_dir": str(tmp_path), "mask_source": "folder"})
-    data = mace.training_data(sd1_pipe, adapter, mace.prompts_for(Concept("cat"), config), config, torch.Generator())
+    data = lora.training_data(sd1_pipe, adapter, mace.prompts_for(Concept("cat"), config), config, torch.Generator())
     assert data.latents.shape == (2, 4, 8, 8)
     assert data.masks.shape == (2, 1, 32, 32) and data.masks.mean() == 0.5
     with pytest.raises(ErasureError, match="no training images"):
-        mace.training_data(sd1_pipe, adapter, mace.prompts_for(Concept("dog"), config), config, torch.Generator())
+        lora.training_data(sd1_pipe, adapter, mace.prompts_for(Concept("dog"), config), config, torch.Generator())
 
 
 @pytest.mark.parametrize("concept_type", CONCEPT_TYPES)
 def test_packaged_configs_resolve(concept_type):
     config = erasure.resolve_config("mace", concept_type)
-    mace.check_config(config)
     assert config.templates == concept_type
     assert len(mace.templates_of(config)) >= 30
 
@@ -332,13 +418,13 @@ def test_grounded_sam_masks_through_transformers(sd1_pipe, tiny_grounded_sam):
     settings = {**FAST, "images_per_concept": 2, "mask_source": "grounded_sam", "grounding_model": detector,
                 "sam_model": segmenter, "box_threshold": 0.0}
     config = mace.MACEConfig(**settings)
-    data = mace.training_data(sd1_pipe, adapter, mace.prompts_for(Concept("cat"), config), config, torch.Generator())
+    data = lora.training_data(sd1_pipe, adapter, mace.prompts_for(Concept("cat"), config), config, torch.Generator())
     side = data.latents.shape[-1] * sd1_pipe.vae_scale_factor  # masks of the decoded images
     assert data.masks.shape == (2, 1, side, side) and set(data.masks.unique().tolist()) <= {0.0, 1.0}
     # Nothing detected (no score reaches the threshold): the whole image is kept.
-    config = mace.MACEConfig(**{**settings, "box_threshold": 1.1})
-    data = mace.training_data(sd1_pipe, adapter, mace.prompts_for(Concept("cat"), config), config, torch.Generator())
+    config = mace.MACEConfig(**{**settings, "box_threshold": 1.0})
+    data = lora.training_data(sd1_pipe, adapter, mace.prompts_for(Concept("cat"), config), config, torch.Generator())
     assert bool((data.masks == 1).all())
     with pytest.raises(ErasureError, match="could not be loaded"):
         config = mace.MACEConfig(**{**settings, "grounding_model": "/nonexistent/dino"})
-        mace.training_data(sd1_pipe, adapter, mace.prompts_for(Concept("cat"), config), config, torch.Generator())
+        lora.training_data(sd1_pipe, adapter, mace.prompts_for(Concept("cat"), config), config, torch.Generator())

@@ -8,6 +8,7 @@ from erasure.adapters import adapter_for
 from erasure.attacks import closed_form_embedding
 from erasure.closed_form import adversarial_embedding
 from erasure.concepts import Concept
+from erasure.methods import rece
 from erasure.methods.rece import RECEConfig, rece_epochs
 
 
@@ -65,7 +66,7 @@ def test_preserved_prompts_barely_move(tiny_pipe):
     adapter = adapter_for(tiny_pipe)
     original = _weights(tiny_pipe)
     preserve = ["a photo of a dog", "a red car"]
-    edited = erasure.erase(tiny_pipe, "rece", "airplane", preserve=preserve, epochs=2, validate="none")
+    edited = erasure.erase(tiny_pipe, "rece", "airplane", config={"uce": {"preserve": preserve}}, epochs=2, validate="none")
     kept = adapter.encode(preserve + [""]).hidden.reshape(-1, adapter.text_dim).double()
     for name, w0 in original.items():
         change = (kept @ edited.tensors[name].double().T - kept @ w0.T).norm() / (kept @ w0.T).norm()
@@ -107,4 +108,21 @@ def test_rece_presets_follow_the_paper():
     nudity = erasure.resolve_config("rece", "nudity")
     assert (nudity.reg, nudity.epochs, nudity.validate) == (0.1, 3, "nudenet")
     style = erasure.resolve_config("rece", "style")
-    assert (style.reg, style.epochs, style.guide) == (0.001, 1, "art")
+    assert (style.reg, style.epochs, style.uce.guide) == (0.001, 1, "art")
+
+
+def test_epochs_are_chosen_by_the_scorer_passed_in(sd1_pipe):
+    config = RECEConfig(epochs=3, validate="clip")
+    epochs = dict(rece_epochs(adapter_for(sd1_pipe), [Concept("airplane")], config))
+    scores = []
+
+    def scorer(weights):  # epoch 2 erases best
+        epoch = next(e for e, w in epochs.items() if all(torch.equal(w[n], weights[n]) for n in w))
+        scores.append(epoch)
+        return {1: 0.5, 2: 0.1, 3: 0.3}[epoch]
+
+    edit = rece.erase(sd1_pipe, [Concept("airplane")], config, scorer=scorer)
+    assert scores == [1, 2, 3] and edit.extra["chosen_epoch"] == 2 and edit.extra["chosen_score"] == 0.1
+    assert all(torch.equal(edit.new["unet"][n], epochs[2][n]) for n in epochs[2])
+    with pytest.raises(erasure.ErasureError, match="needs a scorer"):
+        rece.erase(sd1_pipe, [Concept("airplane")], config)

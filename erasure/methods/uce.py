@@ -21,7 +21,6 @@ instead of an inverse per layer (same result, see ``erasure.closed_form``).
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -30,13 +29,16 @@ import torch
 from ..adapters import StableDiffusionAdapter, adapter_for
 from ..closed_form import GramAccumulator, MappingTerm, solve_projections
 from ..concepts import Concept
-from ..weights import EditedWeights
+from ..config import MethodConfig, setting
+from ..edit import Edit
+from ..errors import ErasureError
+from ..training import RunOptions
 
 TokenChoice = Literal["from_last_subject", "last_subject"]
 
 
 @dataclass
-class UCEConfig:
+class UCEConfig(MethodConfig):
     """UCE settings; defaults from the paper and the authors' 2023 code (``train_erase.py``).
 
     Attributes:
@@ -44,7 +46,8 @@ class UCEConfig:
             ``""`` for objects and unsafe content, ``"art"`` for artists.
         preserve: prompts whose keys/values must not move (for artists, the other
             artists of a list); the empty prompt is always added.
-        lam: weight of staying near the original weights (paper: 0.5).
+        lam: weight of staying near the original weights (paper: 0.5); positive,
+            since with few erased tokens the system is singular without it.
         erase_scale: ``s_e`` (paper: 1).
         preserve_scale: ``s_p`` (paper: 1); ``None`` uses the 2023 code's
             ``max(0.1, 1 / len(preserve))``.
@@ -56,29 +59,38 @@ class UCEConfig:
 
     guide: str = ""
     preserve: list[str] = field(default_factory=list)
-    lam: float = 0.5
-    erase_scale: float = 1.0
-    preserve_scale: float | None = 1.0
+    lam: float = setting(0.5, above=0)
+    erase_scale: float = setting(1.0, above=0)
+    preserve_scale: float | None = setting(1.0, min=0)
     token_choice: TokenChoice = "from_last_subject"
     prompt_templates: list[str] = field(default_factory=lambda: ["{}"])
 
+    def check(self) -> None:
+        if not self.prompt_templates or any("{}" not in t for t in self.prompt_templates):
+            raise ErasureError(
+                f"UCEConfig.prompt_templates {self.prompt_templates!r}: give at least one template, each with {{}} "
+                "where the concept goes (e.g. ['{}', 'painting by {}'])"
+            )
 
-def erase(pipe, concepts: list[Concept], config: UCEConfig) -> EditedWeights:
-    """Erase ``concepts`` from ``pipe`` (left unchanged) and return the new projections."""
+
+def erase(pipe, concepts: list[Concept], config: UCEConfig, run: RunOptions = RunOptions()) -> Edit:
+    """Erase ``concepts`` from ``pipe`` (left unchanged) in one closed-form solve.
+
+    Args:
+        pipe: a Stable Diffusion pipeline (SD 1.x, 2.x or SDXL).
+        concepts: the concepts to erase (``"cat->dog"`` names a guide per concept).
+        config: ``UCEConfig``.
+        run: unused (a closed-form edit has nothing to checkpoint).
+
+    Returns:
+        An ``Edit`` of every cross-attention key/value projection.
+    """
     adapter = adapter_for(pipe)
     original = {name: w.detach().clone() for name, w in adapter.cross_attention_weights().items()}
     sources, targets = concept_prompt_pairs(concepts, config)
     erased = aligned_token_grams(adapter, sources, targets, config.token_choice)
     preserved = preservation_grams(adapter, config.preserve, config.token_choice)
-    new = solve_uce(original, original, erased, preserved, config)
-    return EditedWeights.from_edit(
-        original,
-        new,
-        method="uce",
-        concepts=[str(c) for c in concepts],
-        config=dataclasses.asdict(config),
-        base_model=str(pipe.name_or_path),
-    )
+    return Edit.of_unet(original, solve_uce(original, original, erased, preserved, config))
 
 
 def solve_uce(

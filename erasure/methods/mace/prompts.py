@@ -1,5 +1,5 @@
-"""Text data of MACE, written for this project: prompt templates per concept type and a
-general caption set for the preservation statistics.
+"""Text data of MACE, written for this project: prompt templates per concept type, a
+general caption set for the preservation statistics, and a concept's prompts.
 
 The paper builds about 30 prompts per concept from templates (the authors' code has its
 own lists for objects and styles); these lists are ours, one per concept type in
@@ -10,6 +10,10 @@ size the config's ``general_equivalent_captions`` restores.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ...concepts import Concept
 
 TEMPLATES: dict[str, tuple[str, ...]] = {
     "object": (
@@ -380,3 +384,32 @@ GENERAL_CAPTIONS: tuple[str, ...] = (
     "an image",
     "",
 )
+
+
+@dataclass
+class ConceptPrompts:
+    """A concept's prompts and, template by template, its mapping concept's.
+
+    Attributes:
+        concept: the erased concept.
+        mapping: what it becomes (its own target, or the config's mapping).
+        prompts: the templates filled with the concept.
+        mapped: the same templates filled with the mapping.
+    """
+
+    concept: Concept
+    mapping: str
+    prompts: list[str]
+    mapped: list[str]
+
+    @classmethod
+    def of(cls, concept: Concept, templates: list[str], mapping: str) -> "ConceptPrompts":
+        """The prompts of ``concept``; a concept naming a target (``"airplane->sky"``) maps to it.
+
+        Args:
+            concept: the erased concept.
+            templates: prompt templates with ``{}`` where the concept goes.
+            mapping: what a concept without a target maps to.
+        """
+        mapping = mapping if concept.target is None else concept.target
+        return cls(concept, mapping, [t.format(concept.text) for t in templates], [t.format(mapping).strip() for t in templates])
