@@ -22,7 +22,7 @@ from .generate import generate_in_memory, swapped_parameters
 from .metrics import Metric, MetricContext, build_metrics
 from .prompts import PromptRow, PromptSet
 
-MODES = {"world": "world", "nudenet": "nudenet", "clip": "clip"}  # validate= value -> metric name
+MODES = ("world", "nudenet", "clip")  # RECE's validate= values, each the name of the metric it uses
 
 
 def erased_concept_scorer(pipe, concepts: list[str], mode: str, seeds: int) -> Callable[[dict[str, torch.Tensor]], float]:
@@ -39,32 +39,34 @@ def erased_concept_scorer(pipe, concepts: list[str], mode: str, seeds: int) -> C
         seeds: images per concept (at least 1).
     """
     model = str(pipe.name_or_path)
-    name = MODES["world" if model == "mini-sd" else "clip"] if mode == "auto" else MODES.get(mode)
-    if name is None:
+    name = ("world" if model == "mini-sd" else "clip") if mode == "auto" else mode
+    if name not in MODES:
         raise ErasureError(f"validation mode {mode!r} is unknown: use auto, {', '.join(MODES)} or none")
     if seeds < 1:
         raise ErasureError(f"validation_seeds {seeds} must be at least 1: set validation_seeds=4, or validate=none")
-    scorers = [_concept_metric(name, model, pipe.device, concept, seeds) for concept in concepts]
+    rows = [PromptRow(c * seeds + s, concept, seed=s, label=concept, type="erased")
+            for c, concept in enumerate(concepts) for s in range(seeds)]
+    shares = [slice(c * seeds, (c + 1) * seeds) for c in range(len(concepts))]  # each concept's rows
+    metrics = [_concept_metric(name, model, pipe.device, concept, rows[share]) for concept, share in zip(concepts, shares)]
     settings = generation_settings(pipe)
 
     def score(weights: dict[str, torch.Tensor]) -> float:
         # TODO(coordinator): erasure.training's swap-and-restore context manager at merge.
         with swapped_parameters(pipe.unet, weights):
-            images = [generate_in_memory(pipe, rows, settings) for _, rows in scorers]
-        presence = [metric.concept_presence(metric.summarize(rows, metric.score(batch, rows)))
-                    for (metric, rows), batch in zip(scorers, images)]
+            images = generate_in_memory(pipe, rows, settings)  # every concept's images, batched together
+        presence = [metric.concept_presence(metric.summarize(rows[share], metric.score(images[share], rows[share])))
+                    for metric, share in zip(metrics, shares)]
         return sum(presence) / len(presence)
 
     return score
 
 
-def _concept_metric(name: str, model: str, device, concept: str, seeds: int) -> tuple[Metric, list[PromptRow]]:
-    """The loaded metric that scores ``seeds`` images of ``concept``, and their rows."""
-    rows = [PromptRow(i, concept, seed=i, label=concept, type="erased") for i in range(seeds)]
+def _concept_metric(name: str, model: str, device, concept: str, rows: list[PromptRow]) -> Metric:
+    """The loaded metric that scores the images of ``rows``, all of ``concept``."""
     context = MetricContext(model, device, PromptSet(f"validation: {concept}", "RECE validation", rows))
     try:
         (metric,) = build_metrics([name], context)
     except ErasureError:  # e.g. a concept that is not a label of the world classifier
         raise ErasureError(f"the {name} metric cannot score the concept {concept!r}: validate with "
                            "--set validate=clip or validate=none") from None
-    return metric.load(), rows
+    return metric.load()
