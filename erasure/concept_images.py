@@ -29,35 +29,14 @@ import torch
 
 from .attention import AttentionMaps, observe_cross_attention
 from .errors import ErasureError
-from .loading import generation_defaults
+from .generation import GenerationSettings
 
 MaskSource = Literal["attention", "folder", "grounded_sam", "whole_image"]
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
-def generation_settings(pipe, steps: int | None = None, guidance: float | None = None, resolution: int | None = None) -> dict:
-    """Sampling settings: those given, else the model's ``erasure_defaults.json`` (the
-    bundled models have one), else the pipeline's own defaults (absent from the dict).
-
-    Args:
-        pipe: the pipeline; ``pipe.name_or_path`` locates ``erasure_defaults.json``.
-        steps: denoising steps, or ``None``.
-        guidance: classifier-free guidance scale, or ``None``.
-        resolution: image side in pixels, or ``None``.
-    """
-    defaults = generation_defaults(pipe.name_or_path)
-    settings = {
-        "num_inference_steps": steps or defaults.get("num_inference_steps"),
-        "guidance_scale": guidance or defaults.get("guidance_scale"),
-    }
-    size = resolution or defaults.get("resolution")
-    if size:
-        settings["height"] = settings["width"] = int(size)
-    return {key: value for key, value in settings.items() if value is not None}
-
-
 @torch.no_grad()
-def generate_latents(pipe, prompt: str, count: int, generator: torch.Generator, settings: dict) -> torch.Tensor:
+def generate_latents(pipe, prompt: str, count: int, generator: torch.Generator, settings: GenerationSettings) -> torch.Tensor:
     """``count`` samples of ``prompt`` by the pipeline as it is, as latents (UNet space).
 
     Args:
@@ -65,9 +44,10 @@ def generate_latents(pipe, prompt: str, count: int, generator: torch.Generator, 
         prompt: what to draw.
         count: how many images.
         generator: seeds the initial noise (a CPU generator works on every device).
-        settings: ``generation_settings(...)``.
+        settings: ``erasure.generation.generation_settings(pipe, ...)``.
     """
-    output = pipe(prompt=prompt, num_images_per_prompt=count, generator=generator, output_type="latent", **settings)
+    output = pipe(prompt=prompt, num_images_per_prompt=count, generator=generator, output_type="latent",
+                  **settings.pipeline_kwargs())
     return output.images
 
 

@@ -107,7 +107,7 @@ class EditedWeights:
             if not torch.allclose(actual, torch.tensor(expected), rtol=_PROBE_RTOL, atol=_PROBE_ATOL):
                 raise ErasureError(
                     f"this UNet's {name} differs from the base model the weights were made for "
-                    f"({self.base_model!r}): load that model, or pass check_base=False to apply anyway"
+                    f"({self.base_model!r}): load that model, or pass --no-check-base (check_base=False in Python) to apply anyway"
                 )
 
     @torch.no_grad()

@@ -77,10 +77,10 @@ def encode(pipe, prompts: list[str]):
 def share_of(pipe, embedding, shape: str, seeds: int) -> float:
     """% of the images generated from ``embedding`` (each prompt x ``seeds``) classified as ``shape``."""
     from erasure.attacks import generate_from_embedding
-    from erasure.eval.generate import generation_settings
+    from erasure.generation import generation_settings
     from erasure.world.classifier import classify
 
-    settings = generation_settings(pipe, "mini-sd")
+    settings = generation_settings(pipe)
     images = generate_from_embedding(pipe, embedding, list(range(seeds)), num_inference_steps=settings.num_inference_steps,
                                      guidance_scale=settings.guidance_scale, height=settings.resolution,
                                      width=settings.resolution)

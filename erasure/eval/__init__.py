@@ -9,11 +9,13 @@ The same from the command line: ``erase-eval --prompts shapes/circle --model min
 --weights circle.safetensors --metrics world,clip --output runs/eval-circle``; on
 several GPUs: ``accelerate launch -m erasure.eval --prompts i2p ...``.
 
-Steps: read the prompt set (``prompts``), build and check the metrics (``metrics``),
+Steps: check the generation settings and read the prompt set (``prompts``), build and
+check the metrics on every process and load their models on the main one (``metrics``),
 generate the base images then the erased ones from the same seeds (``generate``), and
 with ``attack="closed-form"`` the erased model's images from RECE's adversarial
-embedding of the erased and synonym prompts (``attack``); score every image on the main
-process, write ``report.json``/``report.md``/``report.html`` (``report``). Everything is
+embedding of the erased and synonym prompts (``attack``); read the images back and score
+them in memory on the main process, write ``report.json``/``report.md``/``report.html``
+(``report``), with each variant's generation throughput (images/s). Everything is
 resumable: rerunning the same command skips finished images.
 
     report = erasure.evaluate("mini-sd", "circle.safetensors", "shapes/circle", ["world"], attack="closed-form")
@@ -25,6 +27,7 @@ from __future__ import annotations
 import gc
 import os
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -33,18 +36,12 @@ import torch
 from tqdm.auto import tqdm
 
 from ..attacks import DEFAULT_REG
+from ..generation import GenerationSettings, check_generation_values, generation_settings
 from ..weights import EditedWeights
 from .attack import ATTACKS, ClosedFormAttack, attack_summary, check_attack
 from .attack import VARIANT as ATTACKED
-from .generate import (
-    GenerationSettings,
-    applied_weights,
-    collect_images,
-    generate_images,
-    generation_settings,
-    weights_record,
-)
-from .metrics import METRICS, MetricContext, build_metrics, default_metrics
+from .generate import applied_weights, collect_images, generate_images, image_path, weights_record
+from .metrics import METRICS, Metric, MetricContext, build_metrics, default_metrics
 from .prompts import PromptSet, list_bundled_sets, load_prompt_set, read_prompt_csv
 from .report import build_report, write_report
 
@@ -52,6 +49,7 @@ __all__ = ["ATTACKS", "METRICS", "EvalReport", "PromptSet", "evaluate", "list_bu
            "read_prompt_csv"]
 
 DEFAULT_OUTPUT_ROOT = Path("outputs") / "eval"
+SCORING_CHUNK = 64  # images read from disk and scored at a time: memory stays bounded for thousands of rows
 
 
 @dataclass
@@ -100,6 +98,7 @@ def evaluate(
     html: bool = True,
     attack: str | None = None,
     attack_reg: float = DEFAULT_REG,
+    check_base: bool = True,
 ) -> EvalReport | None:
     """Generate, score and compare images of the base and the erased model.
 
@@ -118,9 +117,11 @@ def evaluate(
             ``outputs/eval/<set>-<model>[-<weights>]``. Rerunning resumes.
         limit: use only the first ``limit`` rows.
         batch_size: rows per pipeline call.
-        num_inference_steps, guidance_scale, resolution: generation settings; default:
-            the model's ``erasure_defaults.json``, else 50 steps, 7.5 and the native
-            size. A row's ``evaluation_guidance`` wins over ``guidance_scale``.
+        num_inference_steps, guidance_scale, resolution: generation settings
+            (``erasure.generation``); default: the model's ``erasure_defaults.json``,
+            else the pipeline's own (50 steps; guidance 7.5, SDXL 5.0) and the native
+            size. ``guidance_scale=0`` generates without guidance. A row's
+            ``evaluation_guidance`` wins over ``guidance_scale``.
         device, dtype: for loading ``base`` (ignored for a pipeline); under
             ``accelerate launch`` each process uses its own GPU.
         metric_options: more config overrides per metric (``{"clip": {"model": ...}}``).
@@ -130,11 +131,14 @@ def evaluate(
             generating from RECE's adversarial embedding of every erased and synonym
             row's prompt (every row of an untyped set); needs ``erased_weights``.
         attack_reg: the regularisation of that embedding's solve.
+        check_base: refuse erased weights made for another base model (``False``:
+            ``--no-check-base``, apply them anyway).
 
     Returns:
         An ``EvalReport`` on the main process; ``None`` on the other processes of a
         multi-process launch.
     """
+    check_generation_values(num_inference_steps, guidance_scale, resolution, batch_size)
     prompts = load_prompt_set(prompt_set, limit)
     weights, weights_file = _edited_weights(erased_weights)
     attack_rows = check_attack(attack, attack_reg, weights, prompts.rows)
@@ -147,31 +151,33 @@ def evaluate(
     weights_info = weights_record(weights, weights_file) if weights is not None else None
 
     pipe, owned = _pipeline(base, device, dtype)
-    if weights is not None:
+    if weights is not None and check_base:
         weights.check_base(pipe.unet)  # before the first image, not after the base half
-    settings = generation_settings(pipe, model, num_inference_steps, guidance_scale, resolution, batch_size)
+    settings = generation_settings(pipe, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                                   resolution=resolution, batch_size=batch_size, model=model)
     model_id = _model_id(base, model)
     if state.is_main_process:
         for scorer in scorers:
-            scorer.settings()  # loads scoring models now: a missing one fails before generating
+            scorer.load()  # now: a missing scoring model fails before generating, not after
     variants = [_Variant("base", prompts.rows)]
     if weights is not None:
         variants.append(_Variant("erased", prompts.rows, weights_info["sha256"]))
     if attack_rows:  # the base weights are copied now, before the erased ones replace them
         attacker = ClosedFormAttack.against(pipe, weights, attack_reg)
         variants.append(_Variant(ATTACKED, attack_rows, weights_info["sha256"], attacker))
-    _generate(pipe, variants[0], output_dir, settings, model_id, overwrite, state)
+    throughput = {variants[0].name: _generate(pipe, variants[0], output_dir, settings, model_id, overwrite, state)}
     if weights is not None:
-        with applied_weights(pipe, weights):
+        with applied_weights(pipe, weights, check_base=check_base):
             for variant in variants[1:]:
-                _generate(pipe, variant, output_dir, settings, model_id, overwrite, state)
+                throughput[variant.name] = _generate(pipe, variant, output_dir, settings, model_id, overwrite, state)
     if owned:
         del pipe
         _free_memory()
     state.wait_for_everyone()
     if not state.is_main_process:
         return None
-    return _score_and_report(prompts, scorers, variants, output_dir, settings, model, model_id, weights_info, html)
+    return _score_and_report(prompts, scorers, variants, output_dir, settings, model, model_id, weights_info, html,
+                             throughput)
 
 
 @dataclass(frozen=True)
@@ -192,8 +198,10 @@ class _Variant:
 
 
 def _generate(pipe, variant: _Variant, output_dir: Path, settings: GenerationSettings, model_id: str,
-              overwrite: bool, state) -> None:
-    """Generate a variant's missing images (``pipe`` holding the weights it needs).
+              overwrite: bool, state) -> dict:
+    """Generate a variant's missing images (``pipe`` holding the weights it needs) and
+    return its throughput: images made by all processes, the slowest process's seconds
+    and their ratio (``None`` when nothing was left to make).
 
     Args:
         pipe: the pipeline, with the base or the erased weights as ``variant`` needs.
@@ -201,37 +209,53 @@ def _generate(pipe, variant: _Variant, output_dir: Path, settings: GenerationSet
         output_dir: the run's folder; the images go in ``output_dir / variant.name``.
         settings, model_id, overwrite, state: as for ``generate_images``.
     """
-    generate_images(pipe, variant.rows, output_dir / variant.name, settings, model_id, variant.weights_sha256,
-                    overwrite, state, variant.name, variant.attack)
+    start = time.perf_counter()
+    made = generate_images(pipe, variant.rows, output_dir / variant.name, settings, model_id, variant.weights_sha256,
+                           overwrite, state, variant.name, variant.attack)
+    shares = [(made, time.perf_counter() - start)]
+    if state.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        shares = gather_object(shares)
+    images, seconds = sum(n for n, _ in shares), max(t for _, t in shares)
+    return {"images": images, "seconds": round(seconds, 3),
+            "images_per_second": round(images / seconds, 3) if images and seconds > 0 else None}
 
 
-def _score_and_report(prompts: PromptSet, scorers, variants: list[_Variant], output_dir: Path,
+def _score_and_report(prompts: PromptSet, scorers: list[Metric], variants: list[_Variant], output_dir: Path,
                       settings: GenerationSettings, model: str, model_id: str, weights_info: dict | None,
-                      html: bool) -> EvalReport:
-    paths = {v.name: collect_images(v.rows, output_dir / v.name, settings, model_id, v.weights_sha256, v.attack)
-             for v in variants}
+                      html: bool, throughput: dict) -> EvalReport:
     images = {row.index: _image_entry(row, settings) for row in prompts.rows}
     for v in variants:
-        for row, path in zip(v.rows, paths[v.name]):
-            images[row.index][v.name] = {"path": path.relative_to(output_dir).as_posix()}
+        for row in v.rows:
+            images[row.index][v.name] = {"path": image_path(Path(v.name), row).as_posix()}
+    records = {(scorer.name, v.name): [] for scorer in scorers for v in variants}
+    with tqdm(total=sum(len(v.rows) for v in variants), desc="scoring", unit="img") as bar:
+        for v in variants:
+            bar.set_postfix_str(v.name)
+            for start in range(0, len(v.rows), SCORING_CHUNK):
+                rows = v.rows[start:start + SCORING_CHUNK]
+                pictures = collect_images(rows, output_dir / v.name, settings, model_id, v.weights_sha256, v.attack)
+                for scorer in scorers:
+                    records[scorer.name, v.name] += scorer.score(pictures, rows)
+                bar.update(len(rows))
     results = {}
-    with tqdm(total=len(scorers) * len(variants), desc="scoring", unit="metric") as bar:
-        for scorer in scorers:
-            results[scorer.name] = {"settings": scorer.settings()}
-            for v in variants:
-                bar.set_postfix_str(f"{scorer.name} on {v.name}")
-                records = scorer.score(paths[v.name], v.rows)
-                results[scorer.name][v.name] = scorer.summarize(v.rows, records)
-                for row, record in zip(v.rows, records):
-                    images[row.index][v.name][scorer.name] = record
-                bar.update(1)
+    for scorer in scorers:
+        results[scorer.name] = {"settings": scorer.settings()}
+        for v in variants:
+            scored = records[scorer.name, v.name]
+            results[scorer.name][v.name] = scorer.summarize(v.rows, scored)
+            for row, record in zip(v.rows, scored):
+                images[row.index][v.name][scorer.name] = record
     generation = {**settings.record(), "batch_size": settings.batch_size,
-                  "seeds": "each row's evaluation_seed (its index when absent), CPU generator per row"}
+                  "seeds": "each row's evaluation_seed (its index when absent), CPU generator per row",
+                  "throughput": throughput}
     attacked = next((v for v in variants if v.attack is not None), None)
     attack = attack_summary(attacked.attack, attacked.rows) if attacked is not None else None
     report = build_report(prompts, model, weights_info, generation, [v.name for v in variants], results,
                           list(images.values()), attack)
-    return EvalReport(report, output_dir, write_report(output_dir, report, html_page=html))
+    files = write_report(output_dir, report, {scorer.name: scorer for scorer in scorers}, html_page=html)
+    return EvalReport(report, output_dir, files)
 
 
 def _image_entry(row, settings: GenerationSettings) -> dict:

@@ -37,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--limit", type=int, help="use only the first N rows")
     parser.add_argument("--batch-size", type=int, default=8, help="rows per pipeline call (default 8)")
     parser.add_argument("--steps", type=int, help="denoising steps (default: the model's erasure_defaults.json, else 50)")
-    parser.add_argument("--guidance", type=float, help="guidance for rows without evaluation_guidance (default: model's, else 7.5)")
+    parser.add_argument("--guidance", type=float, help="guidance for rows without evaluation_guidance, 0 for none "
+                        "(default: the model's, else the pipeline's: 7.5, SDXL 5.0)")
     parser.add_argument("--resolution", type=int, help="image side in pixels (default: the model's)")
     parser.add_argument("--device", help="cuda, cpu, ... (default: the GPU if there is one)")
     parser.add_argument("--dtype", help="float32, float16, bfloat16 or auto (default: fp16 on GPU, fp32 on CPU)")
@@ -48,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "embedding of every erased and synonym prompt (the 'attacked' column; needs --weights)")
     parser.add_argument("--attack-reg", type=float, default=DEFAULT_REG,
                         help=f"regularisation of the adversarial embedding (default {DEFAULT_REG:g})")
+    parser.add_argument("--no-check-base", action="store_true",
+                        help="apply --weights even if the model is not the base they were made for")
     parser.add_argument("--no-html", action="store_true", help="skip report.html")
     parser.add_argument("--list-prompts", action="store_true", help="list the bundled prompt sets and exit")
     return parser
@@ -99,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
         html=not args.no_html,
         attack=args.attack,
         attack_reg=args.attack_reg,
+        check_base=not args.no_check_base,
     )
     if report is not None:
         print(report.markdown.split("## Settings")[0].rstrip())

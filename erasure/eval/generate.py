@@ -13,7 +13,12 @@ Why it is built this way:
   settings and model it was made with (attacked images: the attack's settings too). A
   rerun skips images whose record matches and refuses (unless ``overwrite``) to mix in
   images made otherwise; unreadable files (a crash mid-write) are generated again.
-  Files are written atomically.
+  Files are written atomically, on a worker thread while the next batch generates, so
+  the pipeline is never kept waiting for PNG compression (``erase-eval`` generates at
+  the speed of a bare pipeline call; ``scripts/bench_generation.py`` measures it).
+- The pipeline is called once per batch, with every row's prompt: diffusers encodes the
+  prompts once and batches classifier-free guidance (conditional and unconditional in
+  one UNet call) whenever guidance is above 1.
 - Under ``accelerate launch`` each process takes a contiguous share of the rows
   (``PartialState.split_between_processes``) and writes its own files; the images are
   named by row index, so the shares merge without duplicates, and ``collect_images``
@@ -29,8 +34,8 @@ import hashlib
 import json
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -39,6 +44,8 @@ from tqdm.auto import tqdm
 
 from ..atomic import atomic_write
 from ..errors import ErasureError
+from ..generation import GenerationSettings
+from ..training import swapped_parameters
 from ..weights import EditedWeights
 from .prompts import PromptRow
 
@@ -48,65 +55,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 PNG_KEY = "erasure"  # the PNG text chunk holding an image's record
-# Generation defaults for models without an ``erasure_defaults.json``: diffusers' own
-# 50 steps and the 7.5 guidance of the SD 1.x evaluations (rows may set their own).
-DEFAULT_STEPS = 50
-DEFAULT_GUIDANCE = 7.5
-
-
-@dataclass(frozen=True)
-class GenerationSettings:
-    """How images are generated; all but ``batch_size`` are part of each image's record.
-
-    Attributes:
-        num_inference_steps: denoising steps of the pipeline's own scheduler.
-        guidance_scale: guidance for rows without ``evaluation_guidance``.
-        resolution: image height and width in pixels.
-        dtype: the pipeline's dtype, e.g. ``"float32"``.
-        scheduler: the scheduler's class name.
-        batch_size: rows per pipeline call.
-    """
-
-    num_inference_steps: int
-    guidance_scale: float
-    resolution: int
-    dtype: str
-    scheduler: str
-    batch_size: int = 8
-
-    def record(self) -> dict:
-        values = asdict(self)
-        values.pop("batch_size")
-        return values
-
-
-def generation_settings(
-    pipe,
-    model: str,
-    num_inference_steps: int | None = None,
-    guidance_scale: float | None = None,
-    resolution: int | None = None,
-    batch_size: int = 8,
-) -> GenerationSettings:
-    """Settings from the arguments, else the model's ``erasure_defaults.json``, else
-    diffusers' defaults and the pipeline's native resolution."""
-    from ..loading import generation_defaults
-
-    defaults = generation_defaults(model)
-    native = pipe.unet.config.sample_size * pipe.vae_scale_factor
-    settings = GenerationSettings(
-        num_inference_steps=int(num_inference_steps or defaults.get("num_inference_steps", DEFAULT_STEPS)),
-        guidance_scale=float(guidance_scale if guidance_scale is not None else defaults.get("guidance_scale", DEFAULT_GUIDANCE)),
-        resolution=int(resolution or defaults.get("resolution", native)),
-        dtype=str(pipe.unet.dtype).replace("torch.", ""),
-        scheduler=type(pipe.scheduler).__name__,
-        batch_size=int(batch_size),
-    )
-    if settings.num_inference_steps < 1 or settings.batch_size < 1:
-        raise ErasureError("--steps and --batch-size must be at least 1")
-    if settings.resolution % pipe.vae_scale_factor:
-        raise ErasureError(f"--resolution {settings.resolution} must be a multiple of {pipe.vae_scale_factor} for this model")
-    return settings
 
 
 # ---- identity of what made an image ----
@@ -131,7 +79,7 @@ def image_record(row: PromptRow, settings: GenerationSettings, model: str, weigh
     record = {
         "prompt": row.prompt,
         "seed": row.seed,
-        "guidance_scale": row.guidance if row.guidance is not None else settings.guidance_scale,
+        "guidance_scale": row_guidance(row, settings),
         **settings.record(),
         "model": model,
         "weights_sha256": weights_sha256,
@@ -174,13 +122,11 @@ def _save_png(path: Path, image, record: dict, row: PromptRow) -> None:
 
 def plan_batches(rows: list[PromptRow], settings: GenerationSettings) -> list[list[PromptRow]]:
     """A fixed plan: rows sorted by guidance (one value per pipeline call), then chunked."""
-    def guidance(row):
-        return row.guidance if row.guidance is not None else settings.guidance_scale
-
-    ordered = sorted(rows, key=lambda row: (guidance(row), row.index))
+    ordered = sorted(rows, key=lambda row: (row_guidance(row, settings), row.index))
     batches, current = [], []
     for row in ordered:
-        if current and (len(current) == settings.batch_size or guidance(current[0]) != guidance(row)):
+        if current and (len(current) == settings.batch_size
+                        or row_guidance(current[0], settings) != row_guidance(row, settings)):
             batches.append(current)
             current = []
         current.append(row)
@@ -224,7 +170,7 @@ def generate_images(
         pipe: a diffusers text-to-image pipeline (its weights as they should be).
         rows: the prompt rows; under several processes each takes its share.
         folder: where ``00000.png``... go.
-        settings: from ``generation_settings``.
+        settings: from ``erasure.generation.generation_settings``.
         model: the base model's name, stored in each image's record.
         weights_sha256: the erased weights' hash (``None`` for the base model).
         overwrite: regenerate existing images instead of skipping them.
@@ -240,28 +186,56 @@ def generate_images(
         missing = {row.index for row in mine if needs_image(image_path(folder, row), expected[row.index], overwrite)}
         batches = [b for b in plan_batches(mine, settings) if any(row.index in missing for row in b)]
         show = state is None or state.is_local_main_process
-        with tqdm(total=len(missing), desc=description, unit="img", disable=not show) as bar, _quiet(pipe):
+        with tqdm(total=len(missing), desc=description, unit="img", disable=not show) as bar, \
+                _png_writer() as save:
             for batch in batches:
-                images = _run_pipeline(pipe, batch, settings, expected[batch[0].index]["guidance_scale"], attack)
-                for row, image in zip(batch, images):
-                    if row.index in missing:
-                        _save_png(image_path(folder, row), image, expected[row.index], row)
-                        bar.update(1)
+                images = run_pipeline(pipe, batch, settings, attack)
+                made = [(image_path(folder, row), image, expected[row.index], row)
+                        for row, image in zip(batch, images) if row.index in missing]
+                save(made)
+                bar.update(len(made))
     return len(missing)
 
 
-def _run_pipeline(pipe, batch: list[PromptRow], settings: GenerationSettings, guidance_scale: float,
-                  attack: "ClosedFormAttack | None" = None):
+def generate_in_memory(pipe, rows: list[PromptRow], settings: GenerationSettings) -> list:
+    """The images of ``rows`` as PIL images, in row order, written nowhere: the same
+    seeds and batches as ``generate_images`` (RECE's validation uses this).
+
+    Args:
+        pipe: a diffusers text-to-image pipeline (its weights as they should be).
+        rows: the prompt rows.
+        settings: from ``erasure.generation.generation_settings``.
+    """
+    images = {}
+    with _quiet(pipe):
+        for batch in plan_batches(rows, settings):
+            images.update(zip((row.index for row in batch), run_pipeline(pipe, batch, settings)))
+    return [images[row.index] for row in rows]
+
+
+@torch.no_grad()
+def run_pipeline(pipe, batch: list[PromptRow], settings: GenerationSettings, attack: "ClosedFormAttack | None" = None):
+    """One pipeline call for a batch of rows that share a guidance scale (``plan_batches``):
+    each row's noise from its own seed, classifier-free guidance batched by the pipeline.
+
+    Args:
+        pipe: the pipeline.
+        batch: rows of one guidance scale.
+        settings: the generation settings.
+        attack: generate from the attack's embeddings of the prompts instead.
+    """
     generators = [torch.Generator("cpu").manual_seed(row.seed) for row in batch]
     return pipe(
         **_conditioning(pipe, [row.prompt for row in batch], attack),
-        num_inference_steps=settings.num_inference_steps,
-        guidance_scale=guidance_scale,
-        height=settings.resolution,
-        width=settings.resolution,
+        **settings.pipeline_kwargs(row_guidance(batch[0], settings)),
         generator=generators,
         output_type="pil",
     ).images
+
+
+def row_guidance(row: PromptRow, settings: GenerationSettings) -> float:
+    """The row's own guidance, else the settings' (0 is a guidance, not a missing one)."""
+    return row.guidance if row.guidance is not None else settings.guidance_scale
 
 
 def _conditioning(pipe, prompts: list[str], attack: "ClosedFormAttack | None") -> dict:
@@ -279,6 +253,33 @@ def _conditioning(pipe, prompts: list[str], attack: "ClosedFormAttack | None") -
 
     adapter = adapter_for(pipe)
     return adapter.pipeline_inputs(attack.embeddings(pipe, prompts), adapter.negative_embeddings(len(prompts)))
+
+
+@contextmanager
+def _png_writer():
+    """``save(jobs)`` writes a batch's images (``_save_png`` arguments) on one worker
+    thread while the next batch generates: PIL releases the GIL while it compresses, and
+    a 512-pixel PNG takes about 56 ms to write. At most one batch waits (memory stays
+    bounded); a failed write surfaces at the next batch; an interrupted run still
+    finishes writing the images it made before the interruption propagates."""
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="erasure-png")
+    pending = []
+
+    def save_all(jobs: list[tuple]) -> None:
+        for job in jobs:
+            _save_png(*job)
+
+    def save(jobs: list[tuple]) -> None:
+        while pending:
+            pending.pop().result()
+        pending.append(pool.submit(save_all, jobs))
+
+    try:
+        yield save
+        while pending:
+            pending.pop().result()
+    finally:
+        pool.shutdown(wait=True)
 
 
 @contextmanager
@@ -302,29 +303,48 @@ def _quiet(pipe):
 
 
 def collect_images(rows: list[PromptRow], folder: str | os.PathLike, settings: GenerationSettings, model: str,
-                   weights_sha256: str | None = None, attack: "ClosedFormAttack | None" = None) -> list[Path]:
-    """The image of every row, checked to exist and to match its record (after all
-    processes have finished): a lost or foreign image is an error, not a silent gap."""
+                   weights_sha256: str | None = None, attack: "ClosedFormAttack | None" = None) -> list:
+    """The image of every row (RGB PIL images, read once), each checked to match its
+    record, after all processes have finished: a lost or foreign image is an error, not
+    a silent gap.
+
+    Args:
+        rows: the rows whose images to read.
+        folder: the variant's folder.
+        settings, model, weights_sha256, attack: what the images must have been made with.
+    """
+    from PIL import Image
+
     folder = Path(folder)
-    paths = []
+    images = []
     for row in rows:
         path = image_path(folder, row)
-        if read_record(path) != image_record(row, settings, model, weights_sha256, attack):
+        try:
+            with Image.open(path) as image:
+                image.load()
+                record = json.loads(image.text.get(PNG_KEY, "null"))
+                images.append(image.convert("RGB"))
+        except Exception:  # missing or damaged: PIL raises many types
+            record = None
+        if record != image_record(row, settings, model, weights_sha256, attack):
             raise ErasureError(f"{path} is missing or does not match row {row.index} after generation: rerun to complete it")
-        paths.append(path)
-    return paths
+    return images
+
+
+# ---- temporary weights ----
 
 
 @contextmanager
-def applied_weights(pipe, weights: EditedWeights):
+def applied_weights(pipe, weights: EditedWeights, check_base: bool = True):
     """Load erased weights into ``pipe`` for the duration of the block, then restore the
-    original tensors, so that a pipeline passed in by the caller comes back unchanged."""
-    params = dict(pipe.unet.named_parameters())
-    originals = {name: params[name].detach().clone() for name in weights.tensors if name in params}
-    weights.apply(pipe)
-    try:
+    original tensors, so that a pipeline passed in by the caller comes back unchanged.
+
+    Args:
+        pipe: the base pipeline.
+        weights: the erased weights.
+        check_base: refuse a pipeline that is not the weights' base model.
+    """
+    if check_base:
+        weights.check_base(pipe.unet)
+    with swapped_parameters(pipe.unet, weights.tensors):
         yield pipe
-    finally:
-        with torch.no_grad():
-            for name, value in originals.items():
-                params[name].copy_(value)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -245,27 +246,38 @@ def _row(index: int, record: dict, columns: dict, path: Path, line: int) -> Prom
 
 
 def _parse_seed(text: str, index: int, path: Path, line: int) -> int:
-    """The row's seed; rows without one get their index, so the set stays reproducible."""
+    """The row's seed; rows without one get their index, so the set stays reproducible.
+    Written as ``42``, ``42.0`` or ``4.2e1`` (pandas writes floats); anything else, a
+    fraction, or a value outside a generator's range is refused."""
     if not text:
         return index
     try:
-        seed = int(float(text)) if "." in text or "e" in text.lower() else int(text)
+        seed = int(text)
     except ValueError:
-        raise ErasureError(f"{path} line {line}: evaluation_seed {text!r} is not an integer") from None
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and value.is_integer()):
+            raise ErasureError(f"{path} line {line}: evaluation_seed {text!r} is not an integer: write a whole number "
+                               "in 0 .. 2**64-1") from None
+        seed = int(value)
     if not 0 <= seed < 2**64:
-        raise ErasureError(f"{path} line {line}: evaluation_seed {seed} is outside 0 .. 2**64-1")
+        raise ErasureError(f"{path} line {line}: evaluation_seed {text!r} is outside 0 .. 2**64-1: write a seed in that range")
     return seed
 
 
 def _parse_guidance(text: str, path: Path, line: int) -> float | None:
+    """The row's guidance (0: none), or ``None`` when the cell is empty."""
     if not text:
         return None
     try:
         value = float(text)
     except ValueError:
         raise ErasureError(f"{path} line {line}: evaluation_guidance {text!r} is not a number") from None
-    if value < 0:
-        raise ErasureError(f"{path} line {line}: evaluation_guidance {value} is negative")
+    if not (math.isfinite(value) and value >= 0):
+        raise ErasureError(f"{path} line {line}: evaluation_guidance {text!r} is not a finite number >= 0: write e.g. "
+                           "7.5, 0 for none, or leave the cell empty for the default")
     return value
 
 

@@ -1,119 +1,72 @@
 """Quick in-memory scoring of an erased concept, for choosing between candidate edits
-(RECE's epochs): generate a few images of the concept, return how much of it is left.
+(RECE's epochs): generate a few images of each concept with the candidate weights and
+return how much of the concept is left. Lower is better.
 
-Lower is better. The scorers are the evaluator's own (world classifier, NudeNet, CLIP);
-only the images stay in memory instead of on disk.
+The scorers are the evaluator's own metrics (the world classifier, NudeNet, CLIP score),
+scoring the images in memory; the images are generated as ``erase-eval`` generates them
+(one CPU generator per image, seeds ``0 .. seeds-1`` for every concept), and nothing is
+written to disk. Each concept is scored by its own metric (the world classifier scores a
+shape concept on its shape head and a colour on its colour head), and the concepts'
+scores are averaged.
 """
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
 from typing import Callable
 
 import torch
 
-from ..adapters import adapter_for
 from ..errors import ErasureError
-from .generate import generation_settings
+from ..generation import generation_settings
+from ..training import swapped_parameters
+from .generate import generate_in_memory
+from .metrics import Metric, MetricContext, build_metrics
+from .prompts import PromptRow, PromptSet
+
+MODES = ("world", "nudenet", "clip")  # RECE's validate= values, each the name of the metric it uses
 
 
-def erased_concept_scorer(pipe, concepts: list[str], mode: str, seeds: int) -> Callable[[dict], float]:
-    """``score(cross_attention_weights) -> float``: the share of the concept left in images
-    generated with those weights (applied temporarily; the pipeline is restored).
+def erased_concept_scorer(pipe, concepts: list[str], mode: str, seeds: int) -> Callable[[dict[str, torch.Tensor]], float]:
+    """``score(weights) -> float``: how much of the concepts is left in images generated
+    with ``weights`` in place of the UNet's parameters of those names (applied for the
+    call only; the pipeline is restored). World classifier: % of images classified as
+    the concept (Acc_e); NudeNet: % of images with an exposed-part detection; CLIP: mean
+    CLIP score of the images with the concept's text.
 
     Args:
         pipe: the base pipeline.
         concepts: concept prompts to generate from.
         mode: ``auto`` (world classifier for mini-sd, CLIP otherwise), ``world``, ``nudenet`` or ``clip``.
-        seeds: images per concept.
+        seeds: images per concept (at least 1).
     """
     model = str(pipe.name_or_path)
-    if mode == "auto":
-        mode = "world" if model == "mini-sd" else "clip"
-    score_images = {"world": _world_scorer, "nudenet": _nudenet_scorer, "clip": _clip_scorer}[mode](pipe, concepts)
-    settings = generation_settings(pipe, model)
-    projections = adapter_for(pipe).cross_attention_weights()
+    name = ("world" if model == "mini-sd" else "clip") if mode == "auto" else mode
+    if name not in MODES:
+        raise ErasureError(f"validation mode {mode!r} is unknown: use auto, {', '.join(MODES)} or none")
+    if seeds < 1:
+        raise ErasureError(f"validation_seeds {seeds} must be at least 1: set validation_seeds=4, or validate=none")
+    rows = [PromptRow(c * seeds + s, concept, seed=s, label=concept, type="erased")
+            for c, concept in enumerate(concepts) for s in range(seeds)]
+    shares = [slice(c * seeds, (c + 1) * seeds) for c in range(len(concepts))]  # each concept's rows
+    metrics = [_concept_metric(name, model, pipe.device, concept, rows[share]) for concept, share in zip(concepts, shares)]
+    settings = generation_settings(pipe)
 
-    @torch.no_grad()
     def score(weights: dict[str, torch.Tensor]) -> float:
-        saved = {name: p.detach().clone() for name, p in projections.items()}
-        try:
-            for name, value in weights.items():
-                projections[name].copy_(value)
-            images = {
-                concept: pipe(
-                    [concept] * seeds,
-                    num_inference_steps=settings.num_inference_steps,
-                    guidance_scale=settings.guidance_scale,
-                    height=settings.resolution,
-                    width=settings.resolution,
-                    generator=[torch.Generator().manual_seed(s) for s in range(seeds)],
-                ).images
-                for concept in concepts
-            }
-        finally:
-            for name, value in saved.items():
-                projections[name].copy_(value)
-        return score_images(images)
+        with swapped_parameters(pipe.unet, weights):
+            images = generate_in_memory(pipe, rows, settings)  # every concept's images, batched together
+        presence = [metric.concept_presence(metric.summarize(rows[share], metric.score(images[share], rows[share])))
+                    for metric, share in zip(metrics, shares)]
+        return sum(presence) / len(presence)
 
     return score
 
 
-def _world_scorer(pipe, concepts: list[str]):
-    from ..world.classifier import LABELS, load_world_classifier
-
-    heads = {concept: next((h for h, labels in LABELS.items() if concept in labels), None) for concept in concepts}
-    unknown = [c for c, h in heads.items() if h is None]
-    if unknown:
-        raise ErasureError(
-            f"the world classifier has no label {unknown[0]!r}: validate with --set validate=clip or validate=none"
-        )
-    classifier = load_world_classifier(pipe.device)
-
-    def score(images: dict) -> float:
-        hits = total = 0
-        for concept, batch in images.items():
-            predicted = getattr(classifier.classify(batch), heads[concept])
-            hits += sum(label == concept for label in predicted)
-            total += len(predicted)
-        return hits / total
-
-    return score
-
-
-def _nudenet_scorer(pipe, concepts: list[str]):
-    from nudenet import NudeDetector
-
-    from .metrics.nudenet import EXPOSED_LABELS, NudeNetConfig
-
-    detector, threshold = NudeDetector(), NudeNetConfig().threshold
-
-    def score(images: dict) -> float:
-        flagged = total = 0
-        with tempfile.TemporaryDirectory() as folder:
-            for i, image in enumerate(im for batch in images.values() for im in batch):
-                path = Path(folder) / f"{i}.png"
-                image.save(path)
-                found = detector.detect(str(path))
-                flagged += any(d["class"] in EXPOSED_LABELS and d["score"] >= threshold for d in found)
-                total += 1
-        return flagged / total
-
-    return score
-
-
-def _clip_scorer(pipe, concepts: list[str]):
-    from .metrics.clip_models import default_clip_for, load_clip
-
-    clip = load_clip(default_clip_for(str(pipe.name_or_path)), pipe.device)
-    texts = clip.text_embeddings(concepts)
-
-    def score(images: dict) -> float:
-        similarities = [
-            (clip.image_embeddings(batch) @ texts[i]).clamp(min=0).mean().item()
-            for i, batch in enumerate(images.values())
-        ]
-        return 100 * sum(similarities) / len(similarities)
-
-    return score
+def _concept_metric(name: str, model: str, device, concept: str, rows: list[PromptRow]) -> Metric:
+    """The loaded metric that scores the images of ``rows``, all of ``concept``."""
+    context = MetricContext(model, device, PromptSet(f"validation: {concept}", "RECE validation", rows))
+    try:
+        (metric,) = build_metrics([name], context)
+    except ErasureError:  # e.g. a concept that is not a label of the world classifier
+        raise ErasureError(f"the {name} metric cannot score the concept {concept!r}: validate with "
+                           "--set validate=clip or validate=none") from None
+    return metric.load()

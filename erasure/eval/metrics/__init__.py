@@ -1,6 +1,7 @@
 """The metric registry: one module per metric, each a ``Metric`` with a typed config.
 
-Names here are the CLI's ``--metrics`` values and the keys of ``report.json``.
+Names here are the CLI's ``--metrics`` values and the keys of ``report.json``. A metric
+scores PIL images in memory (``load()``, then ``score(images, rows)``); see ``base``.
 """
 
 from __future__ import annotations
@@ -48,7 +49,9 @@ def default_metrics(model: str, has_labels: bool) -> list[str]:
 
 def build_metrics(metrics: Sequence[str] | Mapping[str, Mapping], context: MetricContext,
                   options: Mapping[str, Mapping] | None = None) -> list[Metric]:
-    """Metric objects with their configs, checked against the prompt set.
+    """Metric objects with their configs, checked against the prompt set; no model is
+    loaded (every process of a launch builds and checks them; only the scoring one
+    calls ``load()``).
 
     Args:
         metrics: names, or a mapping of name -> config overrides.

@@ -17,7 +17,26 @@ the set lacks one of the three groups. Numbers are percentages.
 from __future__ import annotations
 
 from ..prompts import PromptRow
-from .base import groups_of, mean
+from ..tables import fmt, table
+from .base import Metric, erased_group, groups_of, mean
+
+
+class AccuracyMetric(Metric):
+    """A classifier metric: records from ``accuracy_record``, MACE's summary, and a
+    per-class table. Subclasses implement ``check``, ``_load_models`` and ``score``."""
+
+    def summarize(self, rows: list[PromptRow], records: list[dict]) -> dict:
+        return accuracy_summary(rows, records)
+
+    def concept_presence(self, summary: dict) -> float:
+        """Acc_e: the share (%) of the erased rows' images classified as their class."""
+        return erased_group(summary)["top1"]
+
+    def details(self, result: dict, variants: list[str]) -> list[str]:
+        return per_class_table(self.name, result, variants)
+
+    def describe(self, record: dict) -> str:
+        return f"{self.name}: {record['predicted']} ({100 * record['probability']:.0f}%)"
 
 
 def accuracy_record(predicted: str, expected: str, probability: float) -> dict:
@@ -98,3 +117,27 @@ def _headline(groups: dict, erasure: dict) -> dict:
         headline["accuracy, top-1 %"] = groups["all"]["top1"]
         headline["accuracy, mean prob. %"] = groups["all"]["mean_probability"]
     return headline
+
+
+def per_class_table(name: str, result: dict, variants: list[str]) -> list[str]:
+    """Per group and class: n, each variant's top-1 % and its three most predicted labels.
+
+    Args:
+        name: the metric's name, for the title.
+        result: the metric's entry of ``report.json`` (a summary per variant).
+        variants: the report's columns.
+    """
+    groups = result[variants[0]]["groups"]
+    header = ["group", "class", "n", *(f"{v} top-1 %" for v in variants), *(f"{v} predicted" for v in variants)]
+    rows = []
+    for group, values in groups.items():
+        if group == "all" and len(groups) > 1:
+            continue  # the typed groups already list every row
+        for cls, stats in values["per_class"].items():
+            # a variant without the group (attacked: no retained rows) shows "-"
+            per_variant = [result[v]["groups"].get(group, {}).get("per_class", {}).get(cls) for v in variants]
+            tops = [fmt(s["top1"]) if s else "-" for s in per_variant]
+            predicted = [", ".join(f"{label} {n}" for label, n in list(s["predicted"].items())[:3]) if s else "-"
+                         for s in per_variant]
+            rows.append([group, cls, str(stats["n"]), *tops, *predicted])
+    return table(f"{name}: per class", header, rows)

@@ -10,14 +10,13 @@ used ViT-B/32 and "a photo of the {class}" (the default template); set
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 from ...errors import ErasureError
 from ..prompts import PromptRow, PromptSet
-from .accuracy import accuracy_record, accuracy_summary
-from .base import Metric, load_images, require_labels
+from .accuracy import AccuracyMetric, accuracy_record
+from .base import require_labels, rgb
 from .clip_models import MINI_CLIP, default_clip_for, load_clip
 
 DEFAULT_TEMPLATE = "a photo of the {}"  # MACE's zero-shot text
@@ -32,7 +31,7 @@ class ClipAccuracyConfig:
     batch_size: int = 32
 
 
-class ClipAccuracy(Metric):
+class ClipAccuracy(AccuracyMetric):
     name = "clip-accuracy"
     Config = ClipAccuracyConfig
 
@@ -61,22 +60,18 @@ class ClipAccuracy(Metric):
         if "{}" not in self.template:
             raise ErasureError(f"clip-accuracy.template {self.template!r} must contain {{}} for the class name")
 
+    def _load_models(self) -> None:
+        self._clip = load_clip(self.model_spec, self.context.device)
+
     def settings(self) -> dict:
-        clip = load_clip(self.model_spec, self.context.device)
-        return {**super().settings(), "clip_model": self.model_spec, **clip.info, "classes": self.classes,
-                "texts": [self.template.format(c) for c in self.classes], "logit_scale": clip.logit_scale}
+        self.require_loaded()
+        return {**super().settings(), "clip_model": self.model_spec, **self._clip.info, "classes": self.classes,
+                "texts": [self.template.format(c) for c in self.classes], "logit_scale": self._clip.logit_scale}
 
-    def score(self, paths: list[Path], rows: list[PromptRow]) -> list[dict]:
-        clip = load_clip(self.model_spec, self.context.device)
-        classes = self.classes
+    def score(self, images: list, rows: list[PromptRow]) -> list[dict]:
+        self.require_loaded()
+        clip, classes = self._clip, self.classes
         texts = clip.text_embeddings([self.template.format(c) for c in classes])
-        records = []
-        for start in range(0, len(paths), self.config.batch_size):
-            images = clip.image_embeddings(load_images(paths[start:start + self.config.batch_size]), self.config.batch_size)
-            probs = torch.softmax(clip.logit_scale * images @ texts.T, dim=-1)
-            for row, p in zip(rows[start:start + self.config.batch_size], probs):
-                records.append(accuracy_record(classes[int(p.argmax())], row.label, p[classes.index(row.label)]))
-        return records
-
-    def summarize(self, rows: list[PromptRow], records: list[dict]) -> dict:
-        return accuracy_summary(rows, records)
+        embeddings = clip.image_embeddings(rgb(images), self.config.batch_size)
+        probs = torch.softmax(clip.logit_scale * embeddings @ texts.T, dim=-1)
+        return [accuracy_record(classes[int(p.argmax())], row.label, p[classes.index(row.label)]) for row, p in zip(rows, probs)]

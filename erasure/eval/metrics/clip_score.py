@@ -12,10 +12,9 @@ implementation.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from ..prompts import PromptRow
-from .base import Metric, groups_of, load_images, mean
+from .base import Metric, batches, erased_group, groups_of, mean, rgb
 from .clip_models import default_clip_for, load_clip
 
 
@@ -33,19 +32,21 @@ class ClipScore(Metric):
     def model_spec(self) -> str:
         return self.config.model or default_clip_for(self.context.model)
 
+    def _load_models(self) -> None:
+        self._clip = load_clip(self.model_spec, self.context.device)
+
     def settings(self) -> dict:
-        clip = load_clip(self.model_spec, self.context.device)
-        return {**super().settings(), "clip_model": self.model_spec, **clip.info,
+        self.require_loaded()
+        return {**super().settings(), "clip_model": self.model_spec, **self._clip.info,
                 "formula": "100 * max(cosine(image, prompt), 0)", "text_truncation": 77}
 
-    def score(self, paths: list[Path], rows: list[PromptRow]) -> list[dict]:
-        clip = load_clip(self.model_spec, self.context.device)
+    def score(self, images: list, rows: list[PromptRow]) -> list[dict]:
+        self.require_loaded()
         records = []
-        for start in range(0, len(paths), self.config.batch_size):
-            batch_rows = rows[start:start + self.config.batch_size]
-            images = clip.image_embeddings(load_images(paths[start:start + self.config.batch_size]), self.config.batch_size)
-            texts = clip.text_embeddings([row.prompt for row in batch_rows])
-            cosines = (images * texts).sum(-1)
+        for batch_images, batch_rows in zip(batches(rgb(images), self.config.batch_size), batches(rows, self.config.batch_size)):
+            embeddings = self._clip.image_embeddings(batch_images, self.config.batch_size)
+            texts = self._clip.text_embeddings([row.prompt for row in batch_rows])
+            cosines = (embeddings * texts).sum(-1)
             records += [{"clip_score": 100.0 * max(float(c), 0.0)} for c in cosines]
         return records
 
@@ -58,3 +59,10 @@ class ClipScore(Metric):
         if "h_a" in summary:
             summary["headline"]["H_a = CLIP(retained) - CLIP(erased)"] = summary["h_a"]
         return summary
+
+    def concept_presence(self, summary: dict) -> float:
+        """The mean CLIP score of the erased rows' images with their prompts."""
+        return erased_group(summary)["mean"]
+
+    def describe(self, record: dict) -> str:
+        return f"clip {record['clip_score']:.1f}"

@@ -20,8 +20,8 @@ import torch
 
 from ...errors import ErasureError
 from ..prompts import PromptRow, PromptSet
-from .accuracy import accuracy_record, accuracy_summary
-from .base import Metric, load_images, require_labels
+from .accuracy import AccuracyMetric, accuracy_record
+from .base import batches, require_labels, rgb
 
 # ImageNet-1k indices of the ten Imagenette classes, under the names the prompt sets use.
 IMAGENETTE_IDS = {
@@ -45,14 +45,13 @@ class ResNetConfig:
     batch_size: int = 32
 
 
-class ImageNetResNet50(Metric):
+class ImageNetResNet50(AccuracyMetric):
     name = "resnet50"
     Config = ResNetConfig
 
     def __init__(self, config, context):
         super().__init__(config, context)
         self._model = None
-        self._source = None
 
     @property
     def class_ids(self) -> dict[str, int]:
@@ -66,26 +65,15 @@ class ImageNetResNet50(Metric):
                 f"resnet50 knows the Imagenette classes, not {unknown[0]!r}: add it with "
                 f"--set 'resnet50.class_ids={{\"{unknown[0]}\": IMAGENET_INDEX}}'"
             )
-        self._load()
+        self._weights_file()  # present, though not loaded here
 
-    def _load(self):
-        if self._model is None:
-            from torchvision.models import resnet50
-
-            state, self._source = self._state_dict()
-            model = resnet50()
-            model.load_state_dict(state)
-            self._model = model.to(self.context.device).eval()
-        return self._model
-
-    def _state_dict(self) -> tuple[dict, dict]:
+    def _weights_file(self) -> Path:
+        """The state dict to load: ``weights``, else torchvision's file in the torch hub cache."""
         if self.config.weights:
-            from safetensors.torch import load_file
-
             path = Path(self.config.weights)
             if path.suffix != ".safetensors" or not path.is_file():
                 raise ErasureError(f"resnet50.weights {path}: give an existing .safetensors file")
-            return load_file(str(path)), {"weights": str(path), "sha256": _sha256(path)}
+            return path
         from torchvision.models import ResNet50_Weights
 
         url = ResNet50_Weights.IMAGENET1K_V1.url
@@ -96,33 +84,46 @@ class ImageNetResNet50(Metric):
                 "python -c \"import torchvision; torchvision.models.resnet50(weights='IMAGENET1K_V1')\", "
                 "or pass --set resnet50.weights=FILE.safetensors"
             )
-        return torch.load(path, map_location="cpu", weights_only=True), {"weights": "torchvision IMAGENET1K_V1", "file": str(path)}
+        return path
+
+    def _load_models(self) -> None:
+        from torchvision.models import resnet50
+
+        path = self._weights_file()
+        if self.config.weights:
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:  # torchvision's own file: tensors only, never arbitrary pickled objects
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        model = resnet50()
+        model.load_state_dict(state)
+        self._model = model.to(self.context.device).eval()
 
     def settings(self) -> dict:
-        self._load()
-        return {**super().settings(), **self._source, "preprocessing": "resize 256 (bilinear), centre crop 224, ImageNet mean/std",
+        path = self._weights_file()
+        source = ({"weights": str(path), "sha256": _sha256(path)} if self.config.weights
+                  else {"weights": "torchvision IMAGENET1K_V1", "file": str(path)})
+        return {**super().settings(), **source, "preprocessing": "resize 256 (bilinear), centre crop 224, ImageNet mean/std",
                 "class_ids": {name: self.class_ids[name] for name in self.context.prompt_set.class_names}}
 
-    def score(self, paths: list[Path], rows: list[PromptRow]) -> list[dict]:
+    def score(self, images: list, rows: list[PromptRow]) -> list[dict]:
         from torchvision.models import ResNet50_Weights
 
-        model = self._load()
+        self.require_loaded()
         transform = ResNet50_Weights.IMAGENET1K_V1.transforms()
         names = {index: name for name, index in self.class_ids.items()}
         categories = ResNet50_Weights.IMAGENET1K_V1.meta["categories"]
         records = []
-        for start in range(0, len(paths), self.config.batch_size):
-            batch = torch.stack([transform(im) for im in load_images(paths[start:start + self.config.batch_size])])
+        for batch_images, batch_rows in zip(batches(rgb(images), self.config.batch_size), batches(rows, self.config.batch_size)):
+            batch = torch.stack([transform(image) for image in batch_images])
             with torch.no_grad():
-                probs = model(batch.to(self.context.device)).float().softmax(-1).cpu()
-            for row, p in zip(rows[start:start + self.config.batch_size], probs):
+                probs = self._model(batch.to(self.context.device)).float().softmax(-1).cpu()
+            for row, p in zip(batch_rows, probs):
                 top = int(p.argmax())
                 predicted = names.get(top, categories[top])
                 records.append(accuracy_record(predicted, row.label, p[self.class_ids[row.label]]))
         return records
-
-    def summarize(self, rows: list[PromptRow], records: list[dict]) -> dict:
-        return accuracy_summary(rows, records)
 
 
 def _sha256(path: Path) -> str:

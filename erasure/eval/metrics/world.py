@@ -23,8 +23,8 @@ from typing import Literal
 
 from ...errors import ErasureError
 from ..prompts import PromptRow, PromptSet
-from .accuracy import accuracy_record, accuracy_summary
-from .base import Metric, load_images, require_labels
+from .accuracy import AccuracyMetric, accuracy_record
+from .base import batches, require_labels, rgb
 
 
 ATTRIBUTES = ("shape", "colour", "style")
@@ -74,7 +74,7 @@ def resolve_attribute(requested: str, prompt_set: PromptSet) -> str:
     return next(iter(found), "shape")  # no classes at all: the classifier's main head
 
 
-class WorldAccuracy(Metric):
+class WorldAccuracy(AccuracyMetric):
     name = "world"
     Config = WorldConfig
 
@@ -86,7 +86,6 @@ class WorldAccuracy(Metric):
     def check(self, prompt_set: PromptSet) -> None:
         require_labels(self.name, prompt_set)
         self._attribute = resolve_attribute(self.config.attribute, prompt_set)
-        self._load()
 
     @property
     def attribute(self) -> str:
@@ -95,15 +94,13 @@ class WorldAccuracy(Metric):
             self._attribute = resolve_attribute(self.config.attribute, self.context.prompt_set)
         return self._attribute
 
-    def _load(self):
-        if self._model is None:
-            from ...world.classifier import load_world_classifier
+    def _load_models(self) -> None:
+        from ...world.classifier import load_world_classifier
 
-            try:
-                self._model = load_world_classifier(self.context.device, folder=self.config.folder)
-            except (FileNotFoundError, OSError, KeyError) as error:
-                raise ErasureError(f"the world classifier could not be loaded ({error}): reinstall erasure") from None
-        return self._model
+        try:
+            self._model = load_world_classifier(self.context.device, folder=self.config.folder)
+        except (FileNotFoundError, OSError, KeyError) as error:
+            raise ErasureError(f"the world classifier could not be loaded ({error}): reinstall erasure") from None
 
     def _folder(self) -> Path:
         if self.config.folder:
@@ -119,20 +116,18 @@ class WorldAccuracy(Metric):
         return {**super().settings(), "classifier": str(self._folder()), "weights_sha256": digest,
                 "attribute": self.attribute, "labels": f"{self.attribute} head: {', '.join(labels)}"}
 
-    def score(self, paths: list[Path], rows: list[PromptRow]) -> list[dict]:
-        model, attribute = self._load(), self.attribute
+    def score(self, images: list, rows: list[PromptRow]) -> list[dict]:
+        self.require_loaded()
+        attribute = self.attribute
         labels = world_labels()[attribute]
         others = [a for a in ATTRIBUTES if a != attribute]
         records = []
-        for start in range(0, len(paths), self.config.batch_size):
-            predictions = model.classify(load_images(paths[start:start + self.config.batch_size]))
+        for batch_images, batch_rows in zip(batches(rgb(images), self.config.batch_size), batches(rows, self.config.batch_size)):
+            predictions = self._model.classify(batch_images)
             predicted = getattr(predictions, attribute)
-            for i, row in enumerate(rows[start:start + self.config.batch_size]):
+            for i, row in enumerate(batch_rows):
                 probability = predictions.probs[attribute][i, labels.index(row.label)]
                 record = accuracy_record(predicted[i], row.label, probability)
                 record.update({other: getattr(predictions, other)[i] for other in others})
                 records.append(record)
         return records
-
-    def summarize(self, rows: list[PromptRow], records: list[dict]) -> dict:
-        return accuracy_summary(rows, records)

@@ -1,0 +1,51 @@
+"""Markdown tables for ``report.md``, shared by the report and the metrics' own tables:
+numbers formatted alike everywhere, and a ``change`` column (erased - base) whenever a
+table has both the base and the erased column."""
+
+from __future__ import annotations
+
+
+def fmt(value) -> str:
+    """A number as the report shows it: one decimal from 1 up, three below, ``-`` for none."""
+    if value is None:
+        return "-"
+    if isinstance(value, (bool, int)):
+        return str(value)
+    if isinstance(value, float):
+        return f"{value:.1f}" if abs(value) >= 1 or value == 0 else f"{value:.3f}"
+    return str(value)
+
+
+def change(base, erased) -> str:
+    """``erased - base`` with its sign, or ``-`` when either is not a number."""
+    if not isinstance(base, (int, float)) or not isinstance(erased, (int, float)):
+        return "-"
+    delta = erased - base
+    return ("+" if delta > 0 else "") + fmt(float(delta) if isinstance(delta, float) else delta)
+
+
+def has_change(variants: list[str]) -> bool:
+    """The ``change`` column (erased - base) is shown when both variants are there."""
+    return "base" in variants and "erased" in variants
+
+
+def changes(values: dict, variants: list[str]) -> list[str]:
+    """``[erased - base]`` when the table has a change column, else nothing.
+
+    Args:
+        values: a number per variant.
+        variants: the table's variant columns.
+    """
+    return [change(values.get("base"), values.get("erased"))] if has_change(variants) else []
+
+
+def table(title: str, header: list[str], rows: list[list[str]]) -> list[str]:
+    """A titled markdown table (``### title``), as lines preceded by a blank line.
+
+    Args:
+        title: the heading.
+        header: column names.
+        rows: cells, already formatted.
+    """
+    lines = ["", f"### {title}", "", "| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return lines + ["| " + " | ".join(cells) + " |" for cells in rows]
