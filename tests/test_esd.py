@@ -17,8 +17,6 @@ from erasure.methods.esd import ESDConfig
 # A few iterations over a 2-step DDIM schedule keep each run to about a second.
 FAST = dict(iterations=3, ddim_steps=2, lr=1e-3)
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # tiny UNets run ten times faster on one thread
-
 
 def snapshot(pipe) -> dict[str, torch.Tensor]:
     return {name: value.clone() for name, value in pipe.unet.state_dict().items()}

@@ -16,16 +16,6 @@ from erasure.errors import ErasureError
 from erasure.lora_export import export_lora
 from erasure.methods import mace
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from threads, and on a shared 2-core machine two threads
-    per process can be ten times slower than one (they spin while waiting for a core)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # Enough to exercise every stage in seconds: 1 image, 1 denoising step, 2 LoRA steps.
 FAST = dict(images_per_concept=1, generation_steps=1, train_steps=2, templates=["a photo of a {}", "a {} on the grass"])
 
