@@ -135,7 +135,7 @@ def test_frozen_swaps_in_the_original_values(sd1_pipe):
 
 
 def test_several_concepts_a_mapping_and_erase_from_run():
-    from conftest import build_tiny_pipeline
+    from erasure.tiny import build_tiny_pipeline
 
     pipe = build_tiny_pipeline("sdxl")  # the family with pooled embeddings and added conditioning
     before = snapshot(pipe)
@@ -182,7 +182,7 @@ def interrupt_on_call(monkeypatch, call: int):
 
 
 def test_resume_after_ctrl_c_is_bit_identical(monkeypatch, tmp_path):
-    from conftest import build_tiny_pipeline
+    from erasure.tiny import build_tiny_pipeline
 
     config = dict(variant="esd-u", iterations=6, ddim_steps=3, lr=1e-3, batch_size=2, seed=3)
     reference = esd.erase(build_tiny_pipeline("sd1"), [Concept("circle"), Concept("star")], ESDConfig(**config))
@@ -249,7 +249,7 @@ def test_bad_input_is_refused(sd1_pipe):
 def test_frozen_phases_under_autocast_use_the_original_weights():
     """Autocast caches weight casts per tensor; a swap inside one autocast region would
     reuse the edited weights for the frozen predictions."""
-    from conftest import build_tiny_pipeline
+    from erasure.tiny import build_tiny_pipeline
 
     pipe, reference = build_tiny_pipeline("sd1"), build_tiny_pipeline("sd1")
     adapter = erasure.adapters.adapter_for(pipe)

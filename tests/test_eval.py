@@ -22,8 +22,7 @@ from erasure.eval.cli import main
 from erasure.eval.metrics.accuracy import accuracy_record, accuracy_summary, harmonic_erasure_score
 from erasure.eval.metrics.nudenet import EXPOSED_LABELS
 from erasure.eval.prompts import PromptRow, list_bundled_sets, load_prompt_set, read_prompt_csv
-
-from conftest import build_tiny_pipeline
+from erasure.tiny import build_tiny_pipeline
 
 PUBLIC = Path("/work/shared/data/prompts")
 STEPS = dict(num_inference_steps=2, resolution=32)

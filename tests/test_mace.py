@@ -188,7 +188,7 @@ def test_attention_loss_training_lowers_the_masked_attention(sd1_pipe):
 
 @pytest.fixture(scope="module")
 def erased_sd1():
-    from conftest import build_tiny_pipeline
+    from erasure.tiny import build_tiny_pipeline
 
     pipe = build_tiny_pipeline("sd1")
     before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
@@ -218,7 +218,7 @@ def test_erase_is_deterministic_under_its_seed(erased_sd1):
 
 @pytest.mark.parametrize("family", ["sd2", "sdxl"])
 def test_erase_runs_on_every_family(family):
-    from conftest import build_tiny_pipeline
+    from erasure.tiny import build_tiny_pipeline
 
     pipe = build_tiny_pipeline(family)
     edited = erasure.erase(pipe, "mace", "cat", config={**FAST, "train_steps": 1})
@@ -226,7 +226,7 @@ def test_erase_runs_on_every_family(family):
 
 
 def test_exported_lora_loads_in_diffusers_and_reproduces_the_edit(erased_sd1, tmp_path):
-    from conftest import build_tiny_pipeline
+    from erasure.tiny import build_tiny_pipeline
 
     pipe, _, _, edited = erased_sd1
     exact = export_lora(edited, pipe, tmp_path / "full.safetensors", rank=64)

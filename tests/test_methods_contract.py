@@ -9,9 +9,8 @@ import torch
 
 import erasure
 from erasure.methods import METHODS
+from erasure.tiny import build_tiny_pipeline
 from erasure.weights import EditedWeights
-
-from conftest import build_tiny_pipeline
 
 
 def _fast_settings(method: str, tmp_path) -> dict:
