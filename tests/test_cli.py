@@ -9,9 +9,8 @@ from diffusers import StableDiffusionPipeline
 
 import erasure
 from erasure.cli import main
+from erasure.tiny import build_tiny_pipeline
 from erasure.weights import EditedWeights
-
-from conftest import build_tiny_pipeline
 
 
 def test_erase_writes_weights_that_apply_loads(tiny_pipeline_folder, tmp_path, capsys):

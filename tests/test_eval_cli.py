@@ -12,7 +12,6 @@ from erasure.tiny import build_tiny_pipeline
 
 from eval_fixtures import erased_file, tiny_clip  # noqa: F401  (fixtures)
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("args, message", [

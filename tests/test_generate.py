@@ -19,7 +19,6 @@ from erasure.generation import generation_settings
 
 from eval_fixtures import STEPS, erased_file  # noqa: F401  (a fixture)
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---- generation ----

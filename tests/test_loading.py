@@ -8,8 +8,7 @@ import erasure.assets
 from erasure.adapters import StableDiffusion2Adapter, StableDiffusionXLAdapter, adapter_for
 from erasure.assets import bundled_model_path
 from erasure.loading import resolve_dtype
-
-from conftest import build_tiny_pipeline
+from erasure.tiny import build_tiny_pipeline
 
 
 def test_folder_loads_on_cpu_in_float32_with_its_id(tiny_pipeline_folder):

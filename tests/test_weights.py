@@ -10,9 +10,8 @@ from safetensors.torch import load_file, save_file
 
 import erasure
 from erasure.adapters import adapter_for
+from erasure.tiny import build_tiny_pipeline
 from erasure.weights import EditedWeights, export_pipeline
-
-from conftest import build_tiny_pipeline
 
 
 def _noise_prediction(pipe):
