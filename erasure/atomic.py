@@ -218,10 +218,17 @@ def reported_write_errors(path: str | os.PathLike) -> Iterator[None]:
     Args:
         path: what was being written, for the message.
     """
+    from safetensors import SafetensorError
+
     try:
         yield
-    except OSError as error:
-        reason = error.strerror or str(error)
+    except (OSError, SafetensorError) as error:
+        if isinstance(error, OSError):
+            reason = error.strerror or str(error)
+        elif "I/O error: " in str(error):  # safetensors reports the OS's error inside its own
+            reason = str(error).split("I/O error: ", 1)[1]
+        else:
+            raise
         raise ErasureError(
             f"could not write {path} ({reason}): nothing was written; free space or choose another path"
         ) from None

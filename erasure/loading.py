@@ -121,13 +121,18 @@ def load_pipeline(
         pipe = _from_folder(Path(name), torch_dtype)
     elif os.path.isfile(name):
         pipe = _from_single_file(Path(name), torch_dtype)
-    elif name.endswith((".safetensors", ".ckpt", ".pt", ".bin")) or name.startswith((".", "/", "~")):
+    elif name.endswith((".safetensors", ".ckpt", ".pt", ".bin")) or name.startswith((".", "/", "~")) or _is_path(name):
         raise ErasureError(f"model file or folder {name!r} not found: check the path")
     else:
         pipe = _from_hub(name, torch_dtype)
     pipe.register_to_config(_name_or_path=name)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
+
+
+def _is_path(name: str) -> bool:
+    """A Hub id is ``owner/name``: more slashes, or a backslash, make a path."""
+    return name.count("/") > 1 or "\\" in name
 
 
 def _no_safety_checker(pipeline_class) -> dict:
@@ -150,7 +155,7 @@ def _from_folder(path: Path, torch_dtype: torch.dtype):
     pipeline_class = _pipeline_class(path)
     try:
         pipe = pipeline_class.from_pretrained(
-            str(path), torch_dtype=torch_dtype, local_files_only=True, use_safetensors=True,
+            str(path), dtype=torch_dtype, local_files_only=True, use_safetensors=True,
             **extra, **_no_safety_checker(pipeline_class),
         )
     except Exception as error:  # diffusers and transformers raise many types for a broken folder
@@ -243,7 +248,7 @@ def _from_single_file(path: Path, torch_dtype: torch.dtype):
         )
     pipeline_class = StableDiffusionXLPipeline if is_sdxl else StableDiffusionPipeline
     try:
-        return pipeline_class.from_single_file(str(path), torch_dtype=torch_dtype, **_no_safety_checker(pipeline_class))
+        return pipeline_class.from_single_file(str(path), dtype=torch_dtype, **_no_safety_checker(pipeline_class))
     except Exception as error:  # diffusers' single-file loader raises many types for a foreign file
         raise ErasureError(
             f"could not load single-file checkpoint {path} ({_first_line(error)}); its configs come from "
@@ -256,7 +261,7 @@ def _from_hub(model_id: str, torch_dtype: torch.dtype):
 
     try:
         return DiffusionPipeline.from_pretrained(
-            model_id, torch_dtype=torch_dtype, use_safetensors=True, safety_checker=None, requires_safety_checker=False
+            model_id, dtype=torch_dtype, use_safetensors=True, safety_checker=None, requires_safety_checker=False
         )
     except Exception as error:  # network, authorisation and format errors alike
         raise ErasureError(

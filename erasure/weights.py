@@ -68,14 +68,14 @@ def _suspect_settings(config: dict) -> str:
 
 
 def _versions() -> dict[str, str]:
-    import diffusers
+    from importlib.metadata import version  # not ``import diffusers``: saving needs no seconds of imports
 
     from . import __version__
 
     return {
         "erasure": __version__,
         "torch": torch.__version__,
-        "diffusers": diffusers.__version__,
+        "diffusers": version("diffusers"),
         "python": platform.python_version(),
     }
 
