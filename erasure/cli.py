@@ -95,8 +95,8 @@ def run(args: argparse.Namespace) -> int:
         pipe = load_pipeline(args.model, device=device, dtype=dtype)
         loaded = time.perf_counter()
         _check_space(pipe, output, args.export)
-        texts = [c.text for c in concepts] + [c.target for c in concepts if c.target] + list(getattr(config, "preserve", None) or [])
-        warn_if_truncated(pipe.tokenizer, texts)
+        prompts = list(getattr(config, "preserve", None) or [])
+        warn_if_truncated(pipe.tokenizer, [c.text for c in concepts] + [c.target for c in concepts if c.target] + prompts)
         edited = method.run(pipe, concepts, config)
         edited.save(output, overwrite=args.overwrite)
         exports = [_export(kind, edited, pipe, output, args.overwrite) for kind in args.export]
@@ -168,14 +168,21 @@ def _check_outputs(output: Path, args) -> list[Path]:
     if repeated:
         raise ErasureError(f"--export {repeated[0]} is given twice: give each export once")
     outputs = [output] + [_export_path(kind, output) for kind in args.export]
-    model = Path(args.model)
     for path in outputs:
-        if args.model.strip() and model.exists() and (path.resolve() == model.resolve() or model.resolve() in path.resolve().parents):
-            raise ErasureError(f"{path} is inside the model {model}: write the output outside the model")
+        if _inside(path, args.model):
+            raise ErasureError(f"{path} would be written inside the model folder {args.model}: write it outside the model")
     check_output(output, args.overwrite)
     for kind in args.export:
         check_output(_export_path(kind, output), args.overwrite, folder=kind == "diffusers", flag=f"--export {kind}")
     return outputs
+
+
+def _inside(path: Path, model: str) -> bool:
+    """Whether ``path`` is the local model (a file) or inside it (a folder)."""
+    if not model.strip() or not Path(model).exists():
+        return False
+    model_path = Path(model).resolve()
+    return path.resolve() == model_path or model_path in path.resolve().parents
 
 
 def _check_space(pipe, output: Path, exports: list[str]) -> None:

@@ -54,8 +54,9 @@ def read_text_file(path: str | os.PathLike, what: str) -> str:
 
 
 def _existing_ancestor(path: Path) -> Path:
-    """The nearest ancestor of ``path`` that exists (``path`` itself if it does)."""
-    path = Path(os.path.abspath(path))
+    """The nearest ancestor of ``path`` that exists (``path`` itself if it does), written
+    as the user wrote ``path`` (relative stays relative)."""
+    path = Path(path)
     while not path.exists() and path != path.parent:
         path = path.parent
     return path
@@ -86,22 +87,23 @@ def check_output(path: str | os.PathLike, overwrite: bool, folder: bool = False,
             pass
     except OSError as error:
         raise ErasureError(f"cannot write in {ancestor} ({error.strerror}): choose another {flag}") from None
-    check_free_space(ancestor, MIN_FREE_BYTES, flag)
+    check_free_space(ancestor, MIN_FREE_BYTES, flag, why=f"less than the {_size(MIN_FREE_BYTES)} any model output needs")
 
 
-def check_free_space(where: str | os.PathLike, needed: int, flag: str = "--output") -> None:
+def check_free_space(where: str | os.PathLike, needed: int, flag: str = "--output", why: str | None = None) -> None:
     """Refuse when the file system holding ``where`` has fewer than ``needed`` bytes free.
 
     Args:
         where: a path on that file system (the nearest existing ancestor is used).
         needed: bytes the output will take.
         flag: the option that named the output, for the message.
+        why: what ``needed`` is, for the message (default: the output's expected size).
     """
     ancestor = _existing_ancestor(Path(where))
     free = shutil.disk_usage(ancestor).free
     if free < needed:
         raise ErasureError(
-            f"only {_size(free)} free in {ancestor}, the output needs about {_size(needed)}: "
+            f"only {_size(free)} free in {ancestor}, {why or f'the output needs about {_size(needed)}'}: "
             f"free some space or choose another {flag}"
         )
 
@@ -161,7 +163,9 @@ def _make_parents(folder: Path) -> list[Path]:
         try:
             folder.mkdir()
         except FileExistsError:
-            continue
+            if folder.is_dir():  # made meanwhile by another run
+                continue
+            raise ErasureError(f"{folder} exists and is not a folder: choose another --output") from None
         except OSError as error:
             raise ErasureError(f"cannot create {folder} ({error.strerror}): choose another --output") from None
         made.append(folder)
@@ -170,7 +174,10 @@ def _make_parents(folder: Path) -> list[Path]:
 
 def _lock(lock: Path, path: Path):
     while True:
-        handle = open(lock, "a+")
+        try:
+            handle = open(lock, "a+")
+        except OSError as error:
+            raise ErasureError(f"cannot write in {lock.parent} ({error.strerror}): choose another --output") from None
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -180,27 +180,33 @@ def set_fingerprint(text: str | None):
 
 
 def nan_weights(ws):
+    """nan.safetensors: w.safetensors with one tensor all NaN (as an older erase wrote with lam=.nan)."""
     weights_variant(ws, "nan.safetensors", tensors=lambda t: next(iter(t.values())).fill_(float("nan")),
                     meta=lambda m: m.update(config=json.dumps({"lam": float("nan")})))
 
 
 def empty_fingerprint(ws):
+    """bad.safetensors: w.safetensors with base_fingerprint set to {}."""
     weights_variant(ws, "bad.safetensors", meta=set_fingerprint("{}"))
 
 
 def missing_fingerprint(ws):
+    """bad.safetensors: w.safetensors without the base_fingerprint metadata key."""
     weights_variant(ws, "bad.safetensors", meta=set_fingerprint(None))
 
 
 def string_fingerprint(ws):
+    """bad.safetensors: w.safetensors whose base_fingerprint is a JSON string, not a mapping."""
     weights_variant(ws, "bad.safetensors", meta=set_fingerprint('"not a mapping"'))
 
 
 def unparsable_fingerprint(ws):
+    """bad.safetensors: w.safetensors whose base_fingerprint is not JSON."""
     weights_variant(ws, "bad.safetensors", meta=set_fingerprint("{not json"))
 
 
 def short_fingerprint(ws):
+    """bad.safetensors: w.safetensors whose fingerprints hold 3 numbers instead of 10."""
     def shorten(metadata):
         prints = json.loads(metadata["base_fingerprint"])
         metadata["base_fingerprint"] = json.dumps({name: values[:3] for name, values in prints.items()})
@@ -209,6 +215,7 @@ def short_fingerprint(ws):
 
 
 def foreign_fingerprint_name(ws):
+    """bad.safetensors: w.safetensors with a fingerprint for conv_in.weight, which it does not hold."""
     def add(metadata):
         prints = json.loads(metadata["base_fingerprint"])
         prints["conv_in.weight"] = next(iter(prints.values()))
@@ -218,12 +225,14 @@ def foreign_fingerprint_name(ws):
 
 
 def unfingerprinted_tensor(ws):
+    """bad.safetensors: w.safetensors plus a zeroed conv_in.weight (a real UNet parameter) without a fingerprint."""
     # A real UNet parameter with no fingerprint entry: it would be applied unchecked.
     conv_in = load_file(ws.root / "model/unet/diffusion_pytorch_model.safetensors")["conv_in.weight"]
     weights_variant(ws, "bad.safetensors", tensors=lambda t: t.update({"conv_in.weight": torch.zeros_like(conv_in)}))
 
 
 def other_base_model(ws):
+    """model/ replaced by a tiny pipeline of another seed (python -m erasure.tiny model --seed 7)."""
     shutil.rmtree(ws.root / "model")
     build_tiny_pipeline("sd1", seed=7).save_pretrained(ws.root / "model")
 
@@ -232,6 +241,7 @@ def random_bytes(name):
     def setup(ws):
         ws.write(name, bytes(range(128, 256)) * 4)
 
+    setup.__doc__ = f"{name}: 512 bytes that are not UTF-8 (0x80..0xff, four times)."
     return setup
 
 
@@ -239,24 +249,29 @@ def model_index(content: str):
     def setup(ws):
         ws.write("model/model_index.json", content)
 
+    setup.__doc__ = f"model/model_index.json holds `{content}`."
     return setup
 
 
 def wrong_pipeline_class(ws):
+    """model/model_index.json names FluxPipeline."""
     index = json.loads((ws.root / "model/model_index.json").read_text())
     ws.write("model/model_index.json", json.dumps({**index, "_class_name": "FluxPipeline"}))
 
 
 def unet_replaced_by_weights(ws):
+    """model/unet/diffusion_pytorch_model.safetensors replaced by w.safetensors."""
     shutil.copy(ws.root / "w.safetensors", ws.root / "model/unet/diffusion_pytorch_model.safetensors")
 
 
 def truncated_text_encoder(ws):
+    """model/text_encoder/model.safetensors with its last 1000 bytes cut off."""
     path = ws.root / "model/text_encoder/model.safetensors"
     path.write_bytes(path.read_bytes()[:-1000])
 
 
 def custom_code_scheduler(ws):
+    """model/model_index.json names the scheduler ["evil_module", "EvilScheduler"]; evil_module.py in the folder (importable) would create ./pwned."""
     # A module that leaves a mark if imported; diffusers must refuse to import it.
     ws.write("evil_module.py", "from pathlib import Path\nPath('pwned').write_text('ran')\n")
     index = json.loads((ws.root / "model/model_index.json").read_text())
@@ -272,12 +287,14 @@ class _Payload:
 
 
 def pickled_checkpoint(ws):
+    """model.ckpt: a pickle that runs `touch pwned` when unpickled."""
     import pickle
 
     ws.write("model.ckpt", pickle.dumps(_Payload()))
 
 
 def pickled_unet(ws):
+    """model/unet holds only diffusion_pytorch_model.bin, a pickle that runs `touch pwned`."""
     import pickle
 
     (ws.root / "model/unet/diffusion_pytorch_model.safetensors").unlink()
@@ -292,10 +309,12 @@ def existing(*names):
             else:
                 ws.write(name, f"an earlier result: {name}\n")
 
+    setup.__doc__ = "existing: " + ", ".join(names) + " (a name ending in / is a folder)."
     return setup
 
 
 def read_only_folder(ws):
+    """ro/: a read-only folder (as root: a read-only tmpfs mount)."""
     folder = ws.root / "ro"
     folder.mkdir()
     if os.geteuid() != 0:
@@ -310,11 +329,13 @@ def read_only_folder(ws):
 
 
 def full_disk(ws):
+    """the disk has 1 MiB free (in-process: shutil.disk_usage reports it; by hand: a 1 MiB tmpfs)."""
     usage = namedtuple("usage", "total used free")
     ws.monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(2**30, 2**30 - 2**20, 2**20))
 
 
 def output_held_by_another_run(ws):
+    """another process holds the flock on .out.safetensors.lock (an erase to out.safetensors is running)."""
     import fcntl
 
     handle = open(ws.root / ".out.safetensors.lock", "a+")
@@ -331,26 +352,31 @@ def dead_pid() -> int:
 
 
 def leftovers_of_a_killed_run(ws):
+    """a killed run's leftovers: .out.safetensors.lock and .out.safetensors.<host>-<dead pid>.x1y2.tmp."""
     ws.write(".out.safetensors.lock", "pid 1\n")
     ws.write(f".out.safetensors.{socket.gethostname()}-{dead_pid()}.x1y2.tmp", b"half a file")
 
 
 def control_in_concepts_file(ws):
+    """concepts.txt: a line holding an ANSI escape (ESC [31m)."""
     ws.write("concepts.txt", "airplane\nred \x1b[31mcar\n")
 
 
 def nan_in_yaml(ws):
+    """nan.yaml: `lam: .nan`."""
     ws.write("nan.yaml", "lam: .nan\n")
 
 
 def hostile_yaml(ws):
+    """evil.yaml: `lam: !!python/object/apply:os.system ['touch pwned']`."""
     ws.write("evil.yaml", "lam: !!python/object/apply:os.system ['touch pwned']\n")
 
 
-def csv(rows: str):
+def text_file(name: str, text: str):
     def setup(ws):
-        ws.write("prompts.csv", rows)
+        ws.write(name, text)
 
+    setup.__doc__ = f"{name}: {text!r}"
     return setup
 
 
@@ -363,15 +389,18 @@ def esd_run(output: str, *extra: str) -> list[str]:
 
 
 def earlier_esd_run_with_checkpoint(ws):
+    """an earlier run: erase --method esd --concepts airplane ... --output a.safetensors --set checkpoint_every=2 (ESD_FAST)."""
     assert erase_main(esd_run("a.safetensors", "--set", "checkpoint_every=2")) == 0
 
 
 def interrupted_esd_run(ws):
+    """an interrupted run: the earlier ESD run to a.safetensors with its checkpoint, a.safetensors removed."""
     earlier_esd_run_with_checkpoint(ws)
     (ws.root / "a.safetensors").unlink()  # as if killed after its checkpoint
 
 
 def straight_and_half_esd_runs(ws):
+    """straight.safetensors: ESD 4 iterations; half.safetensors: ESD 2 iterations checkpointed to ck/ (the state an interrupted run leaves)."""
     assert erase_main(esd_run("straight.safetensors", "--set", "iterations=4")) == 0
     # Half the run, checkpointed, as an interrupted run leaves it.
     assert erase_main(esd_run("half.safetensors", "--set", "checkpoint_every=2", "--set", "checkpoint_dir=ck")) == 0
@@ -488,7 +517,7 @@ CASES = [
          "out-lora.safetensors already exists", setup=existing("out-lora.safetensors")),
     Case("d5-export-given-twice", "erase", erase("--export", "diffusers", "--export", "diffusers"), 2, "given twice"),
     Case("d5-output-would-replace-the-models-unet", "erase",
-         erase("--overwrite", output="model/unet/diffusion_pytorch_model.safetensors"), 2, "inside the model"),
+         erase("--overwrite", output="model/unet/diffusion_pytorch_model.safetensors"), 2, "inside the model folder"),
     Case("d5-missing-folders-are-created", "erase", erase(output="new/sub/out.safetensors"), 0,
          creates=("new", "new/sub", "new/sub/out.safetensors")),
     Case("d5-failed-run-removes-the-folders-it-made", "erase", erase(output="new/sub/out.safetensors"), 2,
@@ -504,7 +533,7 @@ CASES = [
     Case("d6-random-bytes-concepts-file", "erase", erase("--concepts-file", "junk.txt"), 2, "not UTF-8 text",
          setup=random_bytes("junk.txt")),
     Case("d6-empty-concepts-file", "erase", erase("--concepts-file", "empty.txt"), 2, "lists no concepts",
-         setup=lambda ws: ws.write("empty.txt", "# only a comment\n\n")),
+         setup=text_file("empty.txt", "# only a comment\n\n")),
     Case("d6-model-index-not-json", "erase", erase(), 2, "model_index.json is not valid JSON",
          setup=model_index("{not json")),
     Case("d6-model-index-random-bytes", "erase", erase(), 2, "model_index.json is not valid JSON",
@@ -525,7 +554,7 @@ CASES = [
     Case("d6-unknown-dtype-is-one-line", "erase", erase("--dtype", "float8"), 2, "invalid choice: 'float8'"),
     Case("d6-esd-lr-nan", "erase", esd_run("out.safetensors", "--set", "lr=.nan"), 2, "lr"),
     Case("d6-eval-csv-seed-1e999", "erase-eval", evaluate(prompts="prompts.csv"), 2, "seed",
-         setup=csv("prompt,evaluation_seed\na circle,1e999\n")),
+         setup=text_file("prompts.csv", "prompt,evaluation_seed\na circle,1e999\n")),
     Case("d6-eval-resolution-negative", "erase-eval", evaluate("--resolution", "-8"), 2, "resolution"),
     Case("d6-eval-device-banana", "erase-eval", evaluate("--device", "banana"), 2, "banana"),
     Case("d6-eval-weights-random-bytes", "erase-eval", evaluate(weights="junk.safetensors"), 2, "not a readable",
@@ -533,7 +562,7 @@ CASES = [
     # 7. erase-eval did not check guidance.
     Case("d7-eval-guidance-nan", "erase-eval", evaluate("--guidance", "nan"), 2, "guidance"),
     Case("d7-eval-csv-guidance-nan", "erase-eval", evaluate(prompts="prompts.csv"), 2, "guidance",
-         setup=csv("prompt,evaluation_guidance\na circle,nan\n")),
+         setup=text_file("prompts.csv", "prompt,evaluation_guidance\na circle,nan\n")),
     Case("d7-eval-guidance-negative", "erase-eval", evaluate("--guidance", "-5"), 2, "guidance"),
     # 8. Concept text was not cleaned.
     Case("d8-ansi-escape", "erase", erase("--concepts", "\x1b[31mred\x1b[0m car"), 2, "U+001B"),
