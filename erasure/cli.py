@@ -135,18 +135,35 @@ def _config(args, method):
 
 
 def quiet_libraries() -> None:
-    """Keep the libraries' own chatter (Hub retries, deprecations) off the user's terminal:
-    our errors say what went wrong in one line."""
+    """Keep the libraries' own chatter (Hub retries, deprecations, progress bars, the errors
+    they log just before raising the exception we report) off the user's terminal: our
+    errors say what went wrong in one line, our warnings come from the ``erasure`` logger."""
     import warnings
 
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    diffusers_logging.set_verbosity_error()
-    transformers_logging.set_verbosity_error()
-    diffusers_logging.disable_progress_bar()  # loading and saving bars; an error stays the one line on stderr
-    transformers_logging.disable_progress_bar()
+    import huggingface_hub
+
+    # Libraries that log through the root logger (open_clip's logging.error before it
+    # raises): nothing reaches it, and its handler keeps logging.error() from calling
+    # basicConfig(), which would then print every propagated library record.
+    root = logging.getLogger()
+    root.setLevel(logging.CRITICAL)
+    if not any(isinstance(h, logging.NullHandler) for h in root.handlers):
+        root.addHandler(logging.NullHandler())
+    ours = logging.getLogger("erasure")
+    ours.setLevel(logging.WARNING)
+    for handler in [h for h in ours.handlers if getattr(h, "erasure_cli", False)]:
+        ours.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)  # the stderr of this call (tests replace it per call)
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    handler.erasure_cli = True
+    ours.addHandler(handler)
+    for library in (diffusers_logging, transformers_logging):
+        library.set_verbosity(library.CRITICAL)
+        library.disable_progress_bar()  # loading and saving bars
+    huggingface_hub.utils.logging.set_verbosity(logging.CRITICAL)  # Hub retries; download bars stay
     warnings.filterwarnings("ignore", category=FutureWarning)
 
 
