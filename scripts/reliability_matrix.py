@@ -95,16 +95,17 @@ def run(case, ws, argv) -> dict:
     changed = sorted(p for p in before if before[p] != after.get(p))
     return {"code": done.returncode, "lines": table.message_lines(done.stderr), "traceback": "Traceback" in done.stderr,
             "bars": len(done.stderr.splitlines()) - len(table.message_lines(done.stderr)), "added": added,
-            "changed": changed, "seconds": seconds, "argv": argv}
+            "changed": changed, "unexpected": table.unexpected_writes(case, before, after), "seconds": seconds,
+            "argv": argv}
 
 
 def verdict(case, result) -> str:
-    one_line = len(result["lines"]) == 1 and not result["traceback"]
+    lines = result["lines"]
     if case.code == 2:
-        held = result["code"] == 2 and one_line and case.message in result["lines"][0] and not (
-            result["added"] or result["changed"])
+        said = len(lines) == 1 and lines[0].startswith(f"{case.command}: error: ") and case.message in lines[0]
     else:
-        held = result["code"] == 0 and not result["traceback"]
+        said = not [line for line in lines if "error" in line.lower()]
+    held = result["code"] == case.code and said and not result["traceback"] and not result["unexpected"]
     if held:
         return "as expected"
     owner = table.OTHER_HELPERS_ROWS.get(case.id)
@@ -120,6 +121,29 @@ def written(result) -> str:
     return "; ".join(parts) or "nothing"
 
 
+def race(scratch: Path, trials: int) -> list[str]:
+    """Two ``erase`` processes started together to one output, ``trials`` times: the lines
+    of a markdown list, one per trial."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    lines = []
+    for trial in range(trials):
+        folder = scratch / "race" / str(trial)
+        folder.mkdir(parents=True)
+        runs = [subprocess.Popen([str(BIN / "erase"), "--method", "uce", "--concepts", concept, "--model",
+                                  str(scratch / "model"), "--device", "cpu", "--output", "out.safetensors"],
+                                 cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                for concept in ("airplane", "car")]
+        results = [run.communicate() for run in runs]
+        from erasure.weights import EditedWeights
+
+        kept = EditedWeights.load(folder / "out.safetensors").concepts if (folder / "out.safetensors").exists() else None
+        said = [" ⏎ ".join(table.message_lines(err)) or "(empty)" for _, err in results]
+        lines.append(f"- trial {trial + 1}: exit {runs[0].returncode} (airplane) and {runs[1].returncode} (car); "
+                     f"out.safetensors holds {kept}; folder: {sorted(p.name for p in folder.iterdir())}; "
+                     f"stderr: {said[0]!r} / {said[1]!r}")
+    return lines
+
+
 def cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
@@ -129,6 +153,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="the markdown file to write")
     parser.add_argument("--jobs", type=int, default=2, help="commands run at once (default 2)")
     parser.add_argument("--only", default="", help="only rows whose id starts with this")
+    parser.add_argument("--races", type=int, default=3, help="two-erase races to run (default 3)")
     args = parser.parse_args()
 
     scratch = Path(tempfile.mkdtemp(prefix="reliability-matrix-"))
@@ -152,8 +177,12 @@ def main() -> None:
         if result["bars"]:
             stderr += f" (+{result['bars']} progress-bar lines)"
         setup = (case.setup.__doc__ or "").strip() if case.setup else ""
+        judged = verdict(case, result)
+        if judged != "as expected" and result["unexpected"]:
+            judged += " (" + ", ".join(result["unexpected"][:3]) + ")"
         rows.append(f"| `{case.id}` | {cell(setup)} | `{cell(' '.join([case.command, *map(shell_word, result['argv'])]))}` "
-                    f"| {result['code']} | {cell(stderr)} | {written(result)} | {verdict(case, result)} |")
+                    f"| {result['code']} | {cell(stderr)} | {written(result)} | {cell(judged)} |")
+    races = race(scratch, args.races)
     summary = {v: sum(1 for c, r in zip(cases, results) if verdict(c, r).startswith(v)) for v in ("as expected", "NOT YET", "**FAILS**")}
     args.out.write_text(
         f"# Issue 14 reliability matrix, run by hand ({len(cases)} rows)\n\n"
@@ -165,7 +194,11 @@ def main() -> None:
         "command runs there as a new process (`PYTHONPATH=<repo>:.`). *Written* compares every file and folder "
         "before and after (hidden ones included).\n\n"
         "| row | setup | command | exit | stderr | written | verdict |\n|---|---|---|---|---|---|---|\n"
-        + "\n".join(rows) + "\n"
+        + "\n".join(rows) + "\n\n"
+        "## Two `erase` processes to one output, started together\n\n"
+        "`(erase --method uce --concepts airplane --model model --device cpu --output out.safetensors & "
+        "erase --method uce --concepts car --model model --device cpu --output out.safetensors & wait)`\n\n"
+        + "\n".join(races) + "\n"
     )
     shutil.rmtree(scratch, ignore_errors=True)
     print(f"wrote {args.out}: {summary}")
