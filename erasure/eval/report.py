@@ -1,5 +1,6 @@
 """The evaluation report: ``report.json`` (every number and setting), ``report.md``
-(the summary table, base vs erased, and attacked when asked for), ``report.html`` (the
+(the summary table, base vs erased, and attacked when asked for, every accuracy with
+its 95% interval), ``report.html`` (the same tables as HTML tables, then each group's
 images side by side, with per-image scores) and ``comparison.png`` (a picture of the
 same: per prompt type, one strip of images per variant).
 
@@ -40,7 +41,9 @@ from typing import TYPE_CHECKING, Mapping
 
 from ..atomic import atomic_write
 from .prompts import PromptSet
-from .tables import changes, fmt, has_change
+from .html import markdown_to_html, page
+from .intervals import DESCRIPTION
+from .tables import changes, has_change, fmt_interval
 
 if TYPE_CHECKING:
     from .metrics import Metric
@@ -138,8 +141,10 @@ def render_markdown(report: dict, metrics: Mapping[str, "Metric"]) -> str:
         labels = list(dict.fromkeys(label for v in variants for label in result[v]["headline"]))
         for label in labels:
             values = {v: result[v]["headline"].get(label) for v in variants}
-            cells = [name, label, *(fmt(values[v]) for v in variants)] + changes(values, variants)
+            intervals = {v: result[v].get("headline_intervals", {}).get(label) for v in variants}
+            cells = [name, label, *(fmt_interval(values[v], intervals[v]) for v in variants)] + changes(values, variants)
             lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", f"{DESCRIPTION}; the change column is erased - base."]
     for name, result in report["metrics"].items():
         lines += metrics[name].details(result, variants)
     lines += ["", "## Settings", ""]
@@ -183,41 +188,51 @@ def _description(report: dict) -> list[str]:
 
 
 def render_html(report: dict, metrics: Mapping[str, "Metric"], per_group: int = HTML_IMAGES_PER_GROUP) -> str:
-    """One table per row group: prompt, then each variant's image and per-image scores.
+    """``report.md``'s summary and tables as HTML tables, then per row group its images
+    (each variant's, with per-image scores), then the settings.
 
     Args:
         report: the content of ``report.json``.
         metrics: the metrics that scored it, by name (each describes its records).
         per_group: rows shown per group.
     """
-    variants = report["variants"]
-    parts = [
-        "<!doctype html><html><head><meta charset='utf-8'><title>erase-eval report</title><style>",
-        "body{font-family:sans-serif;margin:1.5em} table{border-collapse:collapse} td,th{border:1px solid #ccc;"
-        "padding:4px;vertical-align:top;font-size:13px} img{width:160px;height:160px;image-rendering:pixelated;"
-        "object-fit:contain;background:#eee} .s{color:#555;font-size:12px}",
-        "</style></head><body><h1>erase-eval report</h1>",
-        "<pre>" + html.escape(render_markdown(report, metrics).split("## Settings")[0]) + "</pre>",
-    ]
+    markdown = render_markdown(report, metrics).split("\n", 1)[1]  # the page has its own title
+    tables, _, settings = markdown.partition("\n## Settings\n")
+    body = [markdown_to_html(tables), "<h2>Images</h2>"]
     for group, images in _by_group(report).items():
-        shown = images[:per_group]
-        parts.append(f"<h2>{html.escape(group)} ({len(images)} rows{', first ' + str(per_group) if len(images) > per_group else ''})</h2>")
-        parts.append("<table><tr><th>#</th><th>prompt</th>" + "".join(f"<th>{html.escape(v)}</th>" for v in variants) + "</tr>")
-        for image in shown:
-            cells = [f"<td>{image['index']}</td>",
-                     f"<td>{html.escape(image['prompt'])}<div class='s'>class {html.escape(image['class'] or '-')}, "
-                     f"seed {image['seed']}, guidance {image['guidance_scale']}</div></td>"]
-            for v in variants:
-                entry = image.get(v)
-                if entry is None:  # a variant without this row (attacked: retained rows)
-                    cells.append("<td class='s'>not attacked</td>" if v == "attacked" else "<td>-</td>")
-                    continue
-                cells.append(f"<td><img src='{html.escape(entry.get('path', ''))}' loading='lazy'>"
-                             f"<div class='s'>{html.escape(_image_scores(entry, metrics))}</div></td>")
-            parts.append("<tr>" + "".join(cells) + "</tr>")
-        parts.append("</table>")
-    parts.append("</body></html>")
-    return "\n".join(parts) + "\n"
+        body += _image_table(group, images, report["variants"], metrics, per_group)
+    body += [markdown_to_html("## Settings\n" + settings), IMAGE_CHECK]
+    return page("erase-eval report", body)
+
+
+# Marks each image once the page has loaded: data-loaded="true", or "false" with a red
+# frame for a file that is missing or unreadable, so that a broken image is seen.
+IMAGE_CHECK = ("<script>addEventListener('load',()=>{for(const i of document.images){"
+               "const ok=i.complete&&i.naturalWidth>0;i.dataset.loaded=ok;if(!ok)i.style.outline='3px solid red'}})</script>")
+
+
+def _image_table(group: str, images: list[dict], variants: list[str], metrics: Mapping[str, "Metric"],
+                 per_group: int) -> list[str]:
+    """One group's rows: prompt, then each variant's image and per-image scores."""
+    shown = images[:per_group]
+    more = f", first {per_group}" if len(images) > per_group else ""
+    parts = [f"<h3>{html.escape(group)} ({len(images)} rows{more})</h3>", "<div class='scroll'><table class='images'>",
+             "<tr><th>#</th><th>prompt</th>" + "".join(f"<th>{html.escape(v)}</th>" for v in variants) + "</tr>"]
+    for image in shown:
+        cells = [f"<td>{image['index']}</td>",
+                 f"<td class='prompt'>{html.escape(image['prompt'])}<div class='s'>class {html.escape(image['class'] or '-')}, "
+                 f"seed {image['seed']}, guidance {image['guidance_scale']}</div></td>"]
+        for v in variants:
+            entry = image.get(v)
+            if entry is None:  # a variant without this row (attacked: retained rows)
+                cells.append("<td class='s'>not attacked</td>" if v == "attacked" else "<td>-</td>")
+                continue
+            cells.append(f"<td><img src='{html.escape(entry.get('path', ''))}' width='128' height='128' "
+                         f"alt='{html.escape(v)} {image['index']}'><div class='s'>{html.escape(_image_scores(entry, metrics))}"
+                         "</div></td>")
+        parts.append("<tr>" + "".join(cells) + "</tr>")
+    parts.append("</table></div>")
+    return parts
 
 
 def render_grid(report: dict, output_dir: Path, per_group: int = GRID_IMAGES_PER_GROUP, tile: int = 96):
