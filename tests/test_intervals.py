@@ -59,6 +59,7 @@ def test_a_number_is_shown_with_its_interval():
     assert fmt_interval(0.0, [0.0, 4.9992]) == "0.0 [0-5.0]"
     assert fmt_interval(100.0, [94.04, 100.0]) == "100.0 [94-100]"
     assert fmt_interval(12.0, None) == "12.0"
+    assert fmt_interval(-2.0, [-5.04, 0.8]) == "-2.0 [-5.0 to 0.8]"
 
 
 def _rows_and_records(spec):

@@ -44,7 +44,10 @@ def wilson(successes: int, n: int) -> list[float] | None:
     p, z2 = successes / n, Z * Z
     centre = (p + z2 / (2 * n)) / (1 + z2 / n)
     half = Z / (1 + z2 / n) * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
-    return [100.0 * max(0.0, centre - half), 100.0 * min(1.0, centre + half)]
+    # at 0/n and n/n the bound is exactly 0 or 100; rounding would leave 3e-15
+    low = 0.0 if successes == 0 else max(0.0, centre - half)
+    high = 1.0 if successes == n else min(1.0, centre + half)
+    return [100.0 * low, 100.0 * high]
 
 
 def bootstrap(groups: Sequence[Sequence[float]], statistic: Callable[..., float]) -> list[float] | None:

@@ -24,7 +24,8 @@ def bound(value: float) -> str:
 
 
 def fmt_interval(value, interval) -> str:
-    """A number with its 95% interval, ``8.3 [2.3-23]``; the number alone when there is none.
+    """A number with its 95% interval, ``8.3 [2.3-23]`` (``-2.0 [-5.0 to 0.8]`` when the
+    interval starts below 0); the number alone when there is none.
 
     Args:
         value: the estimate.
@@ -32,7 +33,8 @@ def fmt_interval(value, interval) -> str:
     """
     if value is None or not interval:
         return fmt(value)
-    return f"{fmt(value)} [{bound(interval[0])}-{bound(interval[1])}]"
+    between = " to " if interval[0] < 0 else "-"  # "-5.0-0.8" would read as a range of negatives
+    return f"{fmt(value)} [{bound(interval[0])}{between}{bound(interval[1])}]"
 
 
 def change(base, erased) -> str:
