@@ -587,7 +587,7 @@ def _number(value: float) -> str:
 def _lead(best: dict | None) -> str:
     if not best:
         return "-"
-    return f"**{best['best'][0]}**" if best["clear"] else f"tie ({len(best['best'])})"
+    return f"**{', '.join(best['best'])}**" if best["clear"] else f"tie ({len(best['best'])})"
 
 
 def _legend() -> str:
@@ -624,8 +624,8 @@ def render_mass(data: dict, tasks: list[str]) -> list[str]:
     for task in tasks:
         lead = [_lead(data["winners"][task].get(c.key)) for c in table_columns]
         lines.append(f"| lead | {len(data['tasks'][task]['concepts'])} | " + " | ".join(lead) + " |")
-    lines += ["", *retention_lines(data, tasks, names), ""]
-    return lines
+    verdicts = retention_lines(data, tasks, names)
+    return [*lines, "", *verdicts, *([""] if verdicts else [])]
 
 
 def retention(data: dict, tasks: list[str], name: str, key: str) -> str | None:
@@ -767,14 +767,30 @@ def build_parser(tasks: dict[str, Task], variants: dict[str, Variant], suites: d
 
 
 def plan(args, tasks: dict[str, Task], variants: dict[str, Variant], suites: dict[str, Suite]) -> list[dict]:
-    """The runs a command line asks for: per run its suite (or ``None``), tasks, variants and attacks."""
+    """The runs a command line asks for: per run its suite (or ``None``), tasks, variants and attacks.
+
+    With ``--quick`` a suite runs those of its tasks that have ``quick_rows`` (``--tasks`` names others).
+
+    Args:
+        args: the parsed command line (``build_parser``).
+        tasks, variants, suites: what the configs hold.
+
+    Raises:
+        ErasureError: ``--quick`` with a suite none of whose tasks has ``quick_rows``.
+    """
     if args.suite is None and (args.tasks or args.quick):
         chosen = [tasks[name] for name in args.tasks] if args.tasks else [t for t in tasks.values() if t.quick_rows]
         return [{"suite": None, "tasks": chosen, "variants": [variants[n] for n in args.methods or variants],
                  "attacks": ["closed-form"] if args.attacks is None else args.attacks}]
     runs = []
     for suite in suites.values() if args.suite in (None, "all") else [suites[args.suite]]:
-        runs.append({"suite": suite.name, "tasks": [tasks[n] for n in args.tasks or suite.tasks],
+        chosen = [tasks[n] for n in args.tasks or suite.tasks]
+        if args.quick and not args.tasks:  # a task without quick_rows would run its full set
+            chosen = [task for task in chosen if task.quick_rows]
+            if not chosen:
+                raise ErasureError(f"suite {suite.name!r} has no quick task: give one of its tasks quick_rows in "
+                                   f"{benchmark_dir() / 'tasks.yaml'}, or run it without --quick")
+        runs.append({"suite": suite.name, "tasks": chosen,
                      "variants": [variants[n] for n in args.methods or suite.methods or variants],
                      "attacks": list(suite.attacks) if args.attacks is None else args.attacks})
     return runs

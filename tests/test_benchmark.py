@@ -184,6 +184,17 @@ def test_a_suite_chooses_tasks_variants_and_attacks_and_the_command_line_overrid
     assert quick["suite"] is None and {t.name for t in quick["tasks"]} == {"circle", "pairs-6"}
 
 
+def test_a_quick_suite_runs_its_quick_tasks_only_and_one_without_them_is_a_clear_error():
+    parser = benchmark.build_parser(TASKS, VARIANTS, SUITES)
+    (mass,) = benchmark.plan(parser.parse_args(["--suite", "mass", "--quick"]), TASKS, VARIANTS, SUITES)
+    assert [t.name for t in mass["tasks"]] == ["pairs-6"]  # pairs-1, -12 and -24 have no quick rows
+    (named,) = benchmark.plan(parser.parse_args(["--suite", "mass", "--quick", "--tasks", "pairs-1"]), TASKS, VARIANTS,
+                              SUITES)
+    assert [t.name for t in named["tasks"]] == ["pairs-1"]
+    with pytest.raises(ErasureError, match="suite 'attributes' has no quick task: give one of its tasks quick_rows"):
+        benchmark.plan(parser.parse_args(["--suite", "attributes", "--quick"]), TASKS, VARIANTS, SUITES)
+
+
 def test_a_readme_without_the_markers_fails_before_the_run(tmp_path, capsys):
     readme = tmp_path / "README.md"
     readme.write_text("# no markers\n")
@@ -286,3 +297,31 @@ def test_a_rerun_resumes_and_writes_the_readme_block(quick_run, tmp_path):
     text = readme.read_text()
     assert text.startswith("before\n<!-- benchmark:begin -->\n**one shape**") and text.endswith("-->\nafter\n")
     assert "stale table" not in text and "| uce |" in text and "| mace |" not in text
+
+
+@needs_mini_sd
+@pytest.mark.parametrize("suite, task", [("mass", "pairs-6"), ("attacks", "circle")])
+def test_a_suite_in_quick_mode_reuses_the_work_and_writes_its_files_and_readme_block(quick_run, tmp_path, suite, task):
+    data, output = quick_run[0], tmp_path / "benchmark"
+    shutil.copytree(quick_run[1], output)
+    readme = tmp_path / "README.md"
+    readme.write_text("".join(f"<!-- benchmark:{name}:begin -->\nold {name}\n<!-- benchmark:{name}:end -->\n"
+                              for name in SUITES))
+    assert benchmark.main(["--suite", suite, "--quick", "--methods", "uce", "mace", "--output", str(output),
+                           "--readme", str(readme)]) == 0
+    saved = json.loads((output / f"benchmark-{suite}.json").read_text())
+    assert saved["suite"] == suite and saved["resumed"] and list(saved["results"]) == [task]
+    assert list(saved["results"][task]) == ["base", "uce", "mace"]
+    assert saved["attacks"] == list(SUITES[suite].attacks)
+    for name in ("uce", "mace"):  # the quick run's erasures, not new ones
+        assert saved["results"][task][name]["seconds"] == data["results"][task][name]["seconds"]
+    text = readme.read_text()
+    block = text.split(f"<!-- benchmark:{suite}:begin -->\n")[1].split(f"<!-- benchmark:{suite}:end -->")[0]
+    assert block == (output / f"benchmark-{suite}.md").read_text() and f"suite `{suite}`" in block
+    assert all(f"old {name}" in text for name in SUITES if name != suite)
+    if suite == "mass":
+        assert "**mass erasure**" in block and "| uce | 6 |" in block and "| lead | 6 |" in block
+    else:  # the attacks suite: the closed-form column, filled for the erased rows and empty for the base row
+        attacked = benchmark.attacked_key("closed-form")
+        assert "Acc_e closed-form ↓" in block and "| uce |" in block
+        assert saved["results"][task]["uce"][attacked] == data["results"][task]["uce"][attacked]
