@@ -34,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="selects configs/<method>/<type>.yaml (default: object)")
     parser.add_argument("--model", default="CompVis/stable-diffusion-v1-4",
                         help="Hub id, local diffusers folder, single-file .safetensors, or mini-sd (bundled)")
-    parser.add_argument("--config", type=Path, help="YAML of config overrides (applied after the concept-type preset)")
+    parser.add_argument("--config", type=Path, help="YAML of config overrides (applied after the concept-type preset; "
+                        "without it, --model mini-sd uses configs/<method>/mini-sd.yaml where there is one)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one config field, e.g. --set lam=0.1 (repeatable; applied last)")
     parser.add_argument("--preserve", help="comma-separated prompts/concepts to preserve (methods with a preserve set)")
@@ -71,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from . import RunOptions, resolve_config
-    from .config import field_path, parse_override
+    from .config import field_path, model_preset, parse_override
     from .loading import load_pipeline
     from .methods import get_method
     from .training import check_checkpoint_folder
@@ -86,7 +87,10 @@ def run(args: argparse.Namespace) -> int:
         overrides[preserve] = [p.strip() for p in args.preserve.split(",") if p.strip()]
     if args.resume and not method.trains:
         raise ErasureError(f"--resume applies to methods that train and checkpoint; {args.method} does not")
-    config = resolve_config(args.method, args.concept_type, args.config, **overrides)
+    config = resolve_config(args.method, args.concept_type, args.config, model=args.model, **overrides)
+    preset = model_preset(args.method, args.model) if args.config is None else None
+    if preset is not None:
+        print(f"using {preset.parent.name}/{preset.name}, the settings for {args.model} (--config replaces them)")
     output = args.output or Path("outputs") / f"{args.method}-{slug(concepts)}.safetensors"
     _check_outputs(output, args)
     run_options = RunOptions(checkpoint_dir=output.with_suffix(".checkpoint"), checkpoint_every=args.checkpoint_every,

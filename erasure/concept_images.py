@@ -149,18 +149,21 @@ def folder_masks(folder: Path, count: int) -> torch.Tensor:
 
 
 def grounded_sam_masks(
-    images: list, label: str, detector: str, segmenter: str, box_threshold: float, device: torch.device
+    images: list, label: str, detector: str, segmenter: str, box_threshold: float, device: torch.device,
+    every_box: bool = False,
 ) -> torch.Tensor:
-    """GroundingDINO finds ``label``; SAM segments the best-scoring box (as the authors'
-    ``transformers`` variant does). An image where nothing is found keeps every pixel.
+    """GroundingDINO finds ``label``; SAM segments the best-scoring box, or every box above
+    the threshold, their masks united (as MACE's authors do). An image where nothing is
+    found keeps every pixel.
 
     Args:
         images: PIL images.
         label: what to look for (the concept's name, or e.g. "a person" for celebrities).
         detector: GroundingDINO Hub id or folder.
-        segmenter: SAM Hub id or folder.
+        segmenter: SAM Hub id or folder (SAM or SAM-HQ).
         box_threshold: minimum detection score.
         device: where to run both models.
+        every_box: segment every box above ``box_threshold`` instead of the best one.
     """
     from transformers import AutoModelForMaskGeneration, AutoModelForZeroShotObjectDetection, AutoProcessor
 
@@ -178,26 +181,29 @@ def grounded_sam_masks(
     masks = []
     with torch.no_grad():
         for image in images:
-            box = _best_box(detector_processor, detector_model, image, text, box_threshold, device)
-            if box is None:
+            boxes = _boxes(detector_processor, detector_model, image, text, box_threshold, device, every_box)
+            if not boxes:
                 masks.append(torch.ones(1, image.height, image.width))
                 continue
-            inputs = segmenter_processor(images=image, input_boxes=[[box]], return_tensors="pt").to(device)
+            inputs = segmenter_processor(images=image, input_boxes=[boxes], return_tensors="pt").to(device)
             outputs = segmenter_model(**inputs, multimask_output=False)
             mask = segmenter_processor.post_process_masks(
                 outputs.pred_masks.cpu(), inputs["original_sizes"].cpu(), inputs["reshaped_input_sizes"].cpu()
             )[0]
-            masks.append(mask.reshape(-1, image.height, image.width)[:1].float())
+            masks.append(mask.reshape(-1, image.height, image.width).any(0, keepdim=True).float())
     return torch.stack(masks)
 
 
-def _best_box(processor, model, image, text: str, threshold: float, device) -> list[float] | None:
+def _boxes(processor, model, image, text: str, threshold: float, device, every_box: bool) -> list[list[float]]:
+    """The best-scoring box above ``threshold``, or all of them (none: an empty list)."""
     inputs = processor(images=image, text=text, return_tensors="pt").to(device)
     outputs = model(**inputs)
     result = processor.post_process_grounded_object_detection(
         outputs, inputs.input_ids, threshold=threshold, text_threshold=threshold, target_sizes=[(image.height, image.width)]
     )[0]
     if len(result["scores"]) == 0:
-        return None
-    return result["boxes"][int(result["scores"].argmax())].tolist()
+        return []
+    if every_box:
+        return result["boxes"].tolist()
+    return [result["boxes"][int(result["scores"].argmax())].tolist()]
 

@@ -428,3 +428,19 @@ def test_grounded_sam_masks_through_transformers(sd1_pipe, tiny_grounded_sam):
     with pytest.raises(ErasureError, match="could not be loaded"):
         config = mace.MACEConfig(**{**settings, "grounding_model": "/nonexistent/dino"})
         lora.training_data(sd1_pipe, adapter, mace.prompts_for(Concept("cat"), config), config, torch.Generator())
+
+
+def test_every_box_masks_unite_what_the_best_box_masks(sd1_pipe, tiny_grounded_sam):
+    detector, segmenter = tiny_grounded_sam
+    adapter = adapter_for(sd1_pipe)
+    settings = {**FAST, "images_per_concept": 2, "mask_source": "grounded_sam", "grounding_model": detector,
+                "sam_model": segmenter, "box_threshold": 0.0}
+    masks = {}
+    for boxes in ("best", "all"):  # the authors unite the masks of every box above the threshold
+        config = mace.MACEConfig(**settings, mask_boxes=boxes)
+        generator = torch.Generator().manual_seed(0)
+        masks[boxes] = lora.training_data(sd1_pipe, adapter, mace.prompts_for(Concept("cat"), config), config,
+                                          generator).masks
+    assert masks["all"].shape == masks["best"].shape
+    assert bool((masks["all"] >= masks["best"]).all())
+    assert masks["all"].sum() > masks["best"].sum()  # five random queries pass a threshold of 0: more boxes

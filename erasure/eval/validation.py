@@ -23,7 +23,7 @@ from .generate import generate_in_memory
 from .metrics import Metric, MetricContext, build_metrics
 from .prompts import PromptRow, PromptSet
 
-MODES = ("world", "nudenet", "clip")  # RECE's validate= values, each the name of the metric it uses
+MODES = ("world", "nudenet", "resnet50", "clip")  # RECE's validate= values, each the name of the metric it uses
 
 
 def erased_concept_scorer(pipe, concepts: list[str], mode: str, seeds: int) -> Callable[[dict[str, torch.Tensor]], float]:
@@ -36,7 +36,7 @@ def erased_concept_scorer(pipe, concepts: list[str], mode: str, seeds: int) -> C
     Args:
         pipe: the base pipeline.
         concepts: concept prompts to generate from.
-        mode: ``auto`` (world classifier for mini-sd, CLIP otherwise), ``world``, ``nudenet`` or ``clip``.
+        mode: ``auto`` (world classifier for mini-sd, CLIP otherwise), ``world``, ``nudenet``, ``resnet50`` or ``clip``.
         seeds: images per concept (at least 1).
     """
     model = str(pipe.name_or_path)
