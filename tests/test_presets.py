@@ -37,7 +37,7 @@ UCE_2025 = {
 RECE_COMMON = {
     "uce": UCE_2023, "epochs": 1, "reg": 0.001, "embedding": "regzero", "lam": 0.1, "erase_scale": 1.0,
     "preserve_scale": 0.1, "empty_per_concept": False, "validate": "none", "validation_seeds": 4,
-    "epoch_choice": "last", "validation_others": [], "others_tolerance": 10.0,
+    "validation_prompts": None, "epoch_choice": "last", "validation_others": [], "others_tolerance": 10.0,
 }
 IMAGENETTE = ["tench", "English springer", "cassette player", "chain saw", "church", "French horn", "garbage truck",
               "gas pump", "golf ball", "parachute"]
@@ -270,14 +270,14 @@ def _candidates(count: int, computed: list):
 
 
 @pytest.mark.parametrize("scores, chosen", [
-    ({"uce": 0.2, 1: 0.3, 2: 0.5}, 0),          # the UCE start scores best: it is returned
+    ({"uce": 0.0, 1: 0.3, 2: 0.5}, 1),          # the default keeps an adversarial epoch, even below UCE's score
     ({"uce": 0.4, 1: 0.3, 2: 0.3}, 1),          # ties keep the earlier (smaller) edit
     ({"uce": 0.4, 1: 0.3, 2: 0.1}, 2)])
-def test_epoch_choice_best_includes_the_uce_start(scores, chosen):
+def test_epoch_choice_best_picks_among_the_epochs(scores, chosen):
     scorer, _, calls = _scripted(scores)
     (epoch, _), history = choose_epoch(_candidates(2, []), "best", scorer, None, {"which": "sd"}, 10.0)
-    assert epoch == chosen and calls == ["uce", 1, 2]
-    assert [h["model"] for h in history] == ["uce", "epoch 1", "epoch 2"]
+    assert epoch == chosen and calls == [1, 2]
+    assert [h["model"] for h in history] == ["epoch 1", "epoch 2"]
 
 
 @pytest.mark.parametrize("scores, chosen", [

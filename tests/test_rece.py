@@ -116,14 +116,14 @@ def test_epochs_are_chosen_by_the_scorer_passed_in(sd1_pipe):
     epochs = dict(rece_epochs(adapter_for(sd1_pipe), [Concept("airplane")], config))
     scores = []
 
-    def scorer(weights):  # epoch 2 erases best; the UCE start (epoch 0) is scored too
+    def scorer(weights):  # epoch 2 erases best; the default rule does not score the UCE start
         epoch = next(e for e, w in epochs.items() if all(torch.equal(w[n], weights[n]) for n in w))
         scores.append(epoch)
-        return {0: 0.6, 1: 0.5, 2: 0.1, 3: 0.3}[epoch]
+        return {1: 0.5, 2: 0.1, 3: 0.3}[epoch]
 
     edit = rece.erase(sd1_pipe, [Concept("airplane")], config, scorer=scorer)
-    assert scores == [0, 1, 2, 3] and edit.extra["chosen_epoch"] == 2
-    assert [s["score"] for s in edit.extra["scores"]] == [0.6, 0.5, 0.1, 0.3]
+    assert scores == [1, 2, 3] and edit.extra["chosen_epoch"] == 2
+    assert [s["score"] for s in edit.extra["scores"]] == [0.5, 0.1, 0.3]
     assert all(torch.equal(edit.new["unet"][n], epochs[2][n]) for n in epochs[2])
     with pytest.raises(erasure.ErasureError, match="needs a scorer"):
         rece.erase(sd1_pipe, [Concept("airplane")], config)

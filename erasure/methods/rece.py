@@ -8,22 +8,23 @@ Start from UCE, then for a few epochs:
 2. edit again with UCE's formula: ``c'`` (all 77 token vectors) must now produce the
    guide's keys/values under the current weights, anchored at the current weights,
    with the same preserved prompts (paper Eq. 7; ``lam`` 0.1, ``s_p`` 0.1);
-3. validate: score the UCE start and every epoch on generated images and keep one
-   (``epoch_choice``); the UCE start is a candidate, as in the authors' scripts.
+3. validate: score every epoch on generated images and keep one (``epoch_choice``); with
+   the authors' rules the UCE start is scored and can be kept too.
 
 Defaults: the paper's (Sec. 4, the "easy objects" row); ``configs/rece/<type>.yaml``
 hold its per-task settings and ``configs/rece/authors-*.yaml`` the authors' scripts'
 (``train.py``, ``train_object.py``, ``train_artists.py``; see ``docs/equivalence.md``).
 
-Deviations: validation generates a few images of the concept's own name (``validate``:
-the world classifier for mini-sd, NudeNet, ImageNet ResNet-50 or CLIP) where the
-authors generate their validation CSVs' prompts (NudeNet at 0.6, Q16 for unsafe
-content, ResNet-50); there is no Q16 scorer. The scorer is passed in (``erasure.methods``
+Deviations: by default validation generates a few images of the concept's own name
+(``validate``: the world classifier for mini-sd, NudeNet, ImageNet ResNet-50 or CLIP);
+the authors generate their validation CSVs' prompts, which ``validation_prompts`` reads
+(NudeNet at 0.6 and ResNet-50 as theirs; there is no Q16 scorer for unsafe content). The scorer is passed in (``erasure.methods``
 builds it from the evaluator), so this module does not depend on the evaluator.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Iterator, Literal
@@ -85,10 +86,18 @@ class RECEConfig(MethodConfig):
             the world classifier for the bundled mini-sd, CLIP otherwise; ``nudenet``,
             ``resnet50`` (ImageNet classes), ``world``, ``clip``; ``none`` scores
             nothing and keeps the last epoch.
-        validation_seeds: images per concept when validating.
-        epoch_choice: which scored model is returned:
-            ``best``: the lowest score among the UCE start and the epochs (ties: the
-            earlier, the smaller edit);
+        validation_seeds: images per concept when validating (without ``validation_prompts``).
+        validation_prompts: a prompt set to validate on instead of the concept's name:
+            a CSV with ``prompt``, ``evaluation_seed`` and ``class`` columns, one image
+            per row, e.g. the authors' ``dataset/validation_inappropriate.csv`` (every
+            row scored: no row is of class "nudity") or
+            ``dataset/validation_imagenet_prompts.csv`` (each concept on the rows of
+            its class, the others on theirs).
+        epoch_choice: which model is returned:
+            ``best`` (default): the epoch that scores lowest (ties: the earlier, the
+            smaller edit). The UCE start is not a candidate: RECE's gain is robustness
+            to adversarial prompts, which a score on plain prompts cannot see, so a tie
+            or noise of a few images must not discard it;
             ``last``: the last epoch, unscored;
             ``beats_sd_and_uce`` (``train.py``): an epoch only if it scores lower than the
             original model, the UCE start and every earlier epoch; else the UCE start;
@@ -112,6 +121,7 @@ class RECEConfig(MethodConfig):
     empty_per_concept: bool = False
     validate: Literal["auto", "none", "world", "nudenet", "resnet50", "clip"] = "auto"
     validation_seeds: int = setting(4, min=1)
+    validation_prompts: str | None = None
     epoch_choice: EpochChoice = "best"
     validation_others: list[str] = field(default_factory=list)
     others_tolerance: float = setting(10.0, min=0)
@@ -202,11 +212,13 @@ def choose_epoch(
         history.append(entry)
         return entry
 
-    chosen, to_beat, start = None, None, None
+    chosen, to_beat, start = None, math.inf, None
     for epoch, weights in epochs:
         if rule == "last":
             chosen = (epoch, weights)
             continue
+        if rule == "best" and epoch == 0:
+            continue  # returns an adversarial epoch (see RECEConfig.epoch_choice)
         entry = scored("uce" if epoch == 0 else f"epoch {epoch}", weights)
         if epoch == 0:
             chosen, start = (0, weights), entry
