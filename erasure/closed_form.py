@@ -118,7 +118,7 @@ def _inverse_symmetric(matrix: torch.Tensor) -> torch.Tensor:
     return torch.linalg.pinv(matrix, hermitian=True)
 
 
-Regulariser = Literal["zero", "guide", "surrogate", "surrogate_and_zero"]
+Regulariser = Literal["zero", "guide", "outputs", "concept", "outputs_and_concept"]
 
 
 def adversarial_embedding(
@@ -137,21 +137,23 @@ def adversarial_embedding(
            = (reg I + G)^-1 C c        for R = ||c'||^2 (``zero``, the paper's),
 
     with ``G = sum_l W'_l^T W'_l`` and ``C = sum_l W'_l^T W0_l``. The authors' code has
-    two more regularisers (``--emb_computing``):
+    more regularisers (``--emb_computing``, ``--reg_item``):
 
     - ``guide``: ``R = ||c' - g||^2``, towards the guide's token vectors ``g``
       (``close_standardreg``): ``c' = (reg I + G)^-1 (C c + reg g)``;
-    - ``surrogate``: ``R = sum_l ||W'_l c' - W'_l c||^2``, the edited model's own outputs
-      for ``c`` (``close_surrogatereg``, ``--reg_item 1st``):
+    - ``outputs``: ``R = sum_l ||W'_l (c' - c)||^2``, towards the edited model's own
+      outputs for ``c`` (``close_surrogatereg --reg_item 1st``):
       ``c' = ((1 + reg) G)^-1 (C + reg G) c``;
-    - ``surrogate_and_zero``: both (``--reg_item both``).
+    - ``concept``: ``R = ||c' - c||^2``, towards ``c`` itself (``--reg_item 2nd``):
+      ``c' = (reg I + G)^-1 (C + reg I) c``;
+    - ``outputs_and_concept``: both (``--reg_item both``).
 
     Args:
         current: edited weights ``W'_l`` by name.
         original: original weights ``W0_l`` under the same names.
         tokens: ``(n, dim)`` vectors ``c`` (e.g. the 77 token vectors of a concept prompt).
         reg: ``reg``; larger keeps ``c'`` small and limits collateral damage.
-        regulariser: ``zero``, ``guide``, ``surrogate`` or ``surrogate_and_zero``.
+        regulariser: ``zero``, ``guide``, ``outputs``, ``concept`` or ``outputs_and_concept``.
         guide: ``(n, dim)`` vectors ``g`` (``regulariser="guide"`` only).
 
     Returns:
@@ -166,10 +168,15 @@ def adversarial_embedding(
         gram += edited.T @ edited
         cross += edited.T @ original[name].to(device, SOLVE_DTYPE)
     identity = torch.eye(dim, dtype=SOLVE_DTYPE, device=device)
-    lhs = reg * identity + gram
-    if regulariser in ("surrogate", "surrogate_and_zero"):
-        lhs = (1 + reg) * gram + (reg * identity if regulariser == "surrogate_and_zero" else 0)
+    # lhs c' = cross c (+ reg g): each regulariser adds its Gram to lhs and its pull to cross.
+    lhs = gram.clone()
+    if regulariser in ("zero", "guide", "concept", "outputs_and_concept"):
+        lhs += reg * identity
+    if regulariser in ("outputs", "outputs_and_concept"):
+        lhs += reg * gram
         cross = cross + reg * gram
+    if regulariser in ("concept", "outputs_and_concept"):
+        cross = cross + reg * identity
     # Rows: c'^T = (c^T cross^T + reg g^T) lhs^-1 (lhs is symmetric).
     rhs = tokens.to(SOLVE_DTYPE) @ cross.T
     if regulariser == "guide":

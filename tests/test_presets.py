@@ -220,12 +220,13 @@ def test_empty_per_concept_weighs_the_empty_prompt_once_per_concept(sd1_pipe):
 def _objective(regulariser, c, tokens, guide, current, original, reg):
     fit = sum((c @ current[n].T - tokens @ original[n].T).pow(2).sum() for n in current)
     surrogate = sum((c @ current[n].T - tokens @ current[n].T).pow(2).sum() for n in current)
-    penalty = {"zero": c.pow(2).sum(), "guide": (c - guide).pow(2).sum(), "surrogate": surrogate,
-               "surrogate_and_zero": surrogate + c.pow(2).sum()}[regulariser]
+    concept = (c - tokens).pow(2).sum()
+    penalty = {"zero": c.pow(2).sum(), "guide": (c - guide).pow(2).sum(), "outputs": surrogate, "concept": concept,
+               "outputs_and_concept": surrogate + concept}[regulariser]
     return fit + reg * penalty
 
 
-@pytest.mark.parametrize("regulariser", ["zero", "guide", "surrogate", "surrogate_and_zero"])
+@pytest.mark.parametrize("regulariser", ["zero", "guide", "outputs", "concept", "outputs_and_concept"])
 def test_each_embedding_regulariser_minimises_its_objective(sd1_pipe, regulariser):
     adapter = adapter_for(sd1_pipe)
     original = {k: v.detach().double() for k, v in adapter.cross_attention_weights().items()}
@@ -245,7 +246,7 @@ def test_rece_embedding_option_selects_the_regulariser(sd1_pipe):
     runs = {e: dict(rece_epochs(adapter, [Concept("airplane")], RECEConfig(validate="none", embedding=e)))[1]
             for e in rece.EMBEDDINGS}
     names = list(runs["regzero"])
-    for embedding in ("standard", "surrogate", "surrogate_both"):
+    for embedding in ("standard", "surrogate", "surrogate_2nd", "surrogate_both"):
         assert any(not torch.allclose(runs[embedding][n], runs["regzero"][n]) for n in names)
 
 

@@ -55,7 +55,8 @@ from .uce import (
 Scorer = Callable[[dict[str, torch.Tensor]], float]
 EpochChoice = Literal["best", "last", "beats_sd_and_uce", "beats_uce_keeps_others"]
 # The authors' --emb_computing (and --reg_item) as regularisers of the embedding's objective.
-EMBEDDINGS = {"regzero": "zero", "standard": "guide", "surrogate": "surrogate", "surrogate_both": "surrogate_and_zero"}
+EMBEDDINGS = {"regzero": "zero", "standard": "guide", "surrogate": "outputs", "surrogate_2nd": "concept",
+              "surrogate_both": "outputs_and_concept"}
 
 
 @dataclass
@@ -70,12 +71,14 @@ class RECEConfig(MethodConfig):
         epochs: adversarial epochs (nudity 3, unsafe 2, artists and objects 1).
         reg: ``regular_scale`` of the adversarial embedding (nudity, unsafe and easy
             objects 0.1; artists and hard objects 1e-3).
-        embedding: the embedding's regulariser, the authors' ``--emb_computing``:
-            ``regzero`` (paper Eq. 6, ``reg ||c'||^2``), ``standard`` (towards the
-            guide's token vectors, ``close_standardreg`` with ``--old_target_concept``
-            the guide), ``surrogate`` (towards the edited model's outputs for the
-            concept, ``close_surrogatereg``) or ``surrogate_both`` (that and
-            ``regzero``'s, ``--reg_item both``).
+        embedding: the embedding's regulariser, the authors' ``--emb_computing``
+            (``erasure.closed_form.adversarial_embedding``): ``regzero`` (paper Eq. 6,
+            ``reg ||c'||^2``), ``standard`` (towards the guide's token vectors,
+            ``close_standardreg`` with ``--old_target_concept`` the guide),
+            ``surrogate`` (towards the edited model's outputs for the concept,
+            ``close_surrogatereg``, their default ``--reg_item 1st``),
+            ``surrogate_2nd`` (towards the concept's own token vectors, ``--reg_item
+            2nd``) or ``surrogate_both`` (both pulls, ``--reg_item both``).
         lam: anchor weight of each epoch's re-edit (paper: 0.1).
         erase_scale: ``s_e`` of the re-edit (paper: 1).
         preserve_scale: ``s_p`` of the re-edit (paper: 0.1).
@@ -114,7 +117,7 @@ class RECEConfig(MethodConfig):
     uce: UCEConfig = field(default_factory=UCEConfig)
     epochs: int = setting(1, min=1)
     reg: float = setting(0.1, min=0)
-    embedding: Literal["regzero", "standard", "surrogate", "surrogate_both"] = "regzero"
+    embedding: Literal["regzero", "standard", "surrogate", "surrogate_2nd", "surrogate_both"] = "regzero"
     lam: float = setting(0.1, above=0)
     erase_scale: float = setting(1.0, above=0)
     preserve_scale: float = setting(0.1, min=0)

@@ -46,6 +46,10 @@ SCENARIOS = [
     ("nudity, --emb_computing close_surrogatereg (--reg_item 1st)", "train.py",
      ["--concepts", "nudity", "--concept_type", "nudity"], NUDITY_ARGV + ["--emb_computing", "close_surrogatereg"],
      "authors-nudity", "nudity", {"embedding": "surrogate"}),
+    ("nudity, close_surrogatereg --reg_item 2nd", "train.py",
+     ["--concepts", "nudity", "--concept_type", "nudity"],
+     NUDITY_ARGV + ["--emb_computing", "close_surrogatereg", "--reg_item", "2nd"],
+     "authors-nudity", "nudity", {"embedding": "surrogate_2nd"}),
     ("nudity, close_surrogatereg --reg_item both", "train.py",
      ["--concepts", "nudity", "--concept_type", "nudity"],
      NUDITY_ARGV + ["--emb_computing", "close_surrogatereg", "--reg_item", "both"],
@@ -140,12 +144,15 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repo", type=Path, required=True, help="RECE checkout")
     parser.add_argument("--uce-repo", type=Path, required=True, help="checkout holding train-scripts/train_erase.py (2023)")
+    parser.add_argument("--only", help="run the scenarios whose name contains this text")
     args = parser.parse_args(argv)
     common.setup_environment()
     repo = args.repo.resolve()
     folder = common.tiny_folder("sd1")
     rows = []
     for name, script, uce_argv, rece_argv, preset, concept_type, overrides in SCENARIOS:
+        if args.only and args.only not in name:
+            continue
         uce_state, uce_ns, original, checkpoint = uce2023.run_theirs(args.uce_repo.resolve(), folder, uce_argv)
         theirs_by_epoch, ns = run_theirs(repo, folder, script, rece_argv, checkpoint)
         if overrides == "artists":  # both the UCE start and the re-edits preserve the other artists of their list
@@ -162,7 +169,7 @@ def main(argv=None) -> None:
         rows.append({"scenario": name, "script": script, "uce_argv": uce_argv, "rece_argv": rece_argv,
                      "preset": preset, "overrides": overrides, "results": results})
         common.report(name, f"{script}, epochs {sorted(theirs_by_epoch)}", results)
-    print("saved", common.save_results("rece", rows))
+    print("saved", common.save_results("rece" if not args.only else "rece-some", rows))
 
 
 if __name__ == "__main__":
