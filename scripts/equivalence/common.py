@@ -251,22 +251,6 @@ def scratch(prefix: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=prefix, dir=WORK))
 
 
-class TorchWithDraws(types.ModuleType):
-    """``torch`` for one module's namespace, with its random draws replaced: ``randint`` and
-    ``randn`` call the given functions (with the call's arguments); the rest is torch."""
-
-    def __init__(self, randint, randn):
-        super().__init__("torch")
-        self._randint, self._randn = randint, randn
-
-    def __getattr__(self, name):
-        if name == "randint":
-            return self._randint
-        if name == "randn":
-            return self._randn
-        return getattr(torch, name)
-
-
 @contextlib.contextmanager
 def patches(*items):
     """``patches((obj, "attr", value), ...)``: all applied, all undone."""
