@@ -89,6 +89,9 @@ MODEL_CAPTIONS = "general_captions.txt"  # in a model's folder: captions of what
 class MACEConfig(MethodConfig):
     """MACE settings. Defaults: the authors' object erasure (``configs/object/*.yaml``
     of the official code, paper Sec. 4.1); ``configs/mace/<type>.yaml`` override them.
+    Where the paper and the authors' code differ, the defaults follow the paper (its
+    equations, as published; see the module docstring), and
+    ``configs/mace/authors-*.yaml`` hold the code's choices.
 
     Attributes:
         templates: prompt templates (``{}`` = the concept): a set of
