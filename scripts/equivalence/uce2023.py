@@ -36,7 +36,7 @@ SCENARIOS = [
     ("object, --add_prompts", ["--concepts", "garbage truck", "--concept_type", "object", "--add_prompts", "True"],
      "object"),
     ("unsafe, 3 concepts", ["--concepts", "violence, nudity, harm", "--concept_type", "unsafe"], "nudity"),
-    ("artist, README command (1,733 artists preserved)",
+    ("artist, README command (1,734 artists preserved)",
      ["--concepts", "Van Gogh", "--guided_concepts", "art", "--concept_type", "art"], "style"),
     ("artist, --preserve_number 5",
      ["--concepts", "Van Gogh", "--guided_concepts", "art", "--concept_type", "art", "--preserve_number", "5"], "style"),
