@@ -11,6 +11,7 @@ import torch
 
 import erasure
 from erasure.errors import ErasureError
+from erasure.eval.prompts import load_prompt_set
 from erasure.eval.validation import erased_concept_scorer
 from erasure.generation import generation_settings
 
@@ -72,9 +73,12 @@ def test_unusable_validation_settings_name_the_fix(pipe, concepts, mode, seeds, 
 
 
 def test_a_validation_prompt_set_scores_each_concept_on_the_rows_of_its_class(pipe, tmp_path):
-    # RECE's authors validate on a CSV of prompts, seeds and classes (their class names in lower case).
+    # RECE's authors validate on a CSV of prompts, seeds and classes, written by pandas with
+    # its unnamed index column first, which must not be read as a guidance column.
     table = tmp_path / "validation.csv"
-    table.write_text("prompt,evaluation_seed,class\ncircle,0,Circle\nsquare,5,square\ncircle,1,circle\n")
+    table.write_text(",case_number,prompt,evaluation_seed,class\n"
+                     "0,0,circle,0,Circle\n1,1,square,5,square\n2,2,circle,1,circle\n")
+    assert [row.guidance for row in load_prompt_set(table).rows] == [None, None, None]  # the model's default
     from_set = erased_concept_scorer(pipe, ["circle"], "world", 99, prompts=str(table))
     by_name = erased_concept_scorer(pipe, ["circle"], "world", 2)  # the same two images: "circle", seeds 0 and 1
     assert from_set({}) == by_name({})
