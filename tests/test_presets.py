@@ -50,7 +50,7 @@ MACE_COMMON = {
     "generation_scheduler": "dpm_solver", "data_dir": None, "mask_source": "grounded_sam", "mask_threshold": 0.4,
     "mask_timesteps": [200, 400, 600], "grounding_model": "IDEA-Research/grounding-dino-tiny",
     "sam_model": "syscv-community/sam-hq-vit-huge", "grounding_label": None, "box_threshold": 0.3,
-    "mask_boxes": "all", "seed": 2024,
+    "text_threshold": 0.25, "mask_boxes": "all", "seed": 2024,
 }
 
 PINS = {

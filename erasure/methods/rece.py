@@ -63,6 +63,12 @@ EMBEDDINGS = {"regzero": "zero", "standard": "guide", "surrogate": "outputs", "s
 class RECEConfig(MethodConfig):
     """RECE settings; defaults from the paper (Sec. 4, "easy objects" row of its settings).
 
+    Why the paper's and not one script's: the authors' three scripts disagree with each
+    other (epochs, ``reg``, which prompts the re-edits preserve, how an epoch is chosen),
+    while the paper states one setting per task (``configs/rece/<type>.yaml``); each
+    script is a preset (``configs/rece/authors-*.yaml``). The default ``epoch_choice``
+    departs from all of them for the reason given below.
+
     Attributes:
         uce: the initial UCE edit (paper: lam 0.5, scales 1). Its ``guide``, preserved
             prompts (``preserve``, ``preserve_file``, ``preserve_empty``,

@@ -68,7 +68,7 @@ import torch
 
 from ...adapters import StableDiffusionAdapter, adapter_for
 from ...closed_form import GramAccumulator, MappingTerm, solve_projections
-from ...concept_images import MaskSource
+from ...concept_images import MaskSource, require_grounded_sam
 from ...concepts import Concept, slug
 from ...config import SEED_BOUNDS, MethodConfig, setting
 from ...edit import Edit
@@ -91,7 +91,10 @@ class MACEConfig(MethodConfig):
     of the official code, paper Sec. 4.1); ``configs/mace/<type>.yaml`` override them.
     Where the paper and the authors' code differ, the defaults follow the paper (its
     equations, as published; see the module docstring), and
-    ``configs/mace/authors-*.yaml`` hold the code's choices.
+    ``configs/mace/authors-*.yaml`` hold the code's choices. Why: the paper's equations
+    are the method its readers know, and the defaults then run anywhere, offline, with
+    no extra models (GroundingDINO, SAM-HQ) and no text under the authors'
+    non-commercial licence (their templates).
 
     Attributes:
         templates: prompt templates (``{}`` = the concept): a set of
@@ -143,11 +146,16 @@ class MACEConfig(MethodConfig):
         mask_source: ``attention``, ``folder``, ``grounded_sam`` or ``whole_image``.
         mask_threshold: share of the attention map's peak that counts as the concept.
         mask_timesteps: noise levels whose attention maps are averaged for a mask.
-        grounding_model, sam_model, grounding_label, box_threshold: GroundingDINO + SAM
-            settings (label ``None``: the concept's name). The authors' models are
-            GroundingDINO Swin-T OGC (``IDEA-Research/grounding-dino-tiny``) and SAM-HQ
-            ViT-H (``syscv-community/sam-hq-vit-huge``), box threshold 0.3; their text
-            threshold (0.25) only names the boxes, so it does not change a mask.
+        grounding_model, sam_model, grounding_label, box_threshold, text_threshold:
+            GroundingDINO + SAM settings (label ``None``: the concept's name). The
+            authors' models are GroundingDINO Swin-T OGC
+            (``IDEA-Research/grounding-dino-tiny``) and SAM-HQ ViT-H
+            (``syscv-community/sam-hq-vit-huge``), box threshold 0.3, text threshold
+            0.25. Boxes are kept by the box threshold; the text threshold only decides
+            which words name a box, so it does not change a mask (as in their code).
+            The weights are not part of this package and are never downloaded by it:
+            without them in the Hugging Face cache (or as local folders) erasing stops
+            with an error naming both.
         mask_boxes: SAM segments the ``best`` box, or ``all`` boxes above the threshold,
             united (the authors').
         seed: seed of generation, timesteps, noise and LoRA initialisation.
@@ -187,6 +195,7 @@ class MACEConfig(MethodConfig):
     sam_model: str = "facebook/sam-vit-huge"
     grounding_label: str | None = None
     box_threshold: float = setting(0.3, min=0, max=1)
+    text_threshold: float = setting(0.25, min=0, max=1)
     mask_boxes: Literal["best", "all"] = "best"
     seed: int = setting(2024, **SEED_BOUNDS)
 
@@ -225,6 +234,8 @@ def erase(pipe, concepts: list[Concept], config: MACEConfig, run: RunOptions = R
     """
     adapter = adapter_for(pipe)
     refuse_loaded_adapters(adapter.unet)
+    if config.mask_source == "grounded_sam" and config.train_steps > 0:
+        require_grounded_sam(config.grounding_model, config.sam_model)
     original = {name: w.detach().clone() for name, w in adapter.cross_attention_weights().items()}
     identity = {"method": "mace", "concepts": [str(c) for c in concepts], **dataclasses.asdict(config)}
     checkpoint = Checkpoint.open(run, identity, original, "MACE", f"mace-{slug(concepts)}")

@@ -244,7 +244,8 @@ def concept_masks(pipe, adapter, item: ConceptPrompts, config: "MACEConfig", lat
         images = images if images is not None else decode_latents(pipe, latents)
         label = config.grounding_label or concept
         return grounded_sam_masks(images, label, config.grounding_model, config.sam_model, config.box_threshold,
-                                  adapter.device, every_box=config.mask_boxes == "all")
+                                  adapter.device, every_box=config.mask_boxes == "all",
+                                  text_threshold=config.text_threshold)
     prompt = config.image_prompt.format(concept)
     cond = adapter.encode([prompt])
     positions = concept_positions(adapter, prompt, concept, "none", cond.hidden.shape[1])[None].to(adapter.device)
