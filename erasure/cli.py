@@ -35,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="selects configs/<method>/<type>.yaml (default: object)")
     parser.add_argument("--model", default="CompVis/stable-diffusion-v1-4",
                         help="Hub id, local diffusers folder, single-file .safetensors, or mini-sd (bundled)")
-    parser.add_argument("--config", type=Path, help="YAML of config overrides (applied after the concept-type preset)")
+    parser.add_argument("--config", type=Path, help="YAML of config overrides (applied after the concept-type preset; "
+                        "without it, --model mini-sd uses configs/<method>/mini-sd.yaml where there is one)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one config field, e.g. --set lam=0.1 (repeatable; applied last)")
     parser.add_argument("--preserve", help="comma-separated prompts/concepts to preserve (methods with a preserve set)")
@@ -128,9 +129,10 @@ def _short(text: str, limit: int = 40) -> str:
 
 
 def _config(args, method):
-    """The resolved method config: presets < --config < --preserve < --set."""
+    """The resolved method config: presets (the concept type's, then mini-sd's own when
+    --model mini-sd has no --config) < --config < --preserve < --set."""
     from . import resolve_config
-    from .config import field_path, parse_override
+    from .config import field_path, model_preset, parse_override
     from .paths import read_text_file
 
     overrides = dict(parse_override(item) for item in args.overrides)
@@ -141,7 +143,10 @@ def _config(args, method):
         overrides[preserve] = [check_text(p.strip(), "--preserve prompt") for p in args.preserve.split(",") if p.strip()]
     if args.config is not None:
         read_text_file(args.config, "config file")  # a folder or binary file: one line, not a traceback
-    return resolve_config(args.method, args.concept_type, args.config, **overrides)
+    preset = model_preset(args.method, args.model) if args.config is None else None
+    if preset is not None:
+        print(f"using {preset.parent.name}/{preset.name}, the settings for {args.model} (--config replaces them)")
+    return resolve_config(args.method, args.concept_type, args.config, model=args.model, **overrides)
 
 
 def quiet_libraries() -> None:
