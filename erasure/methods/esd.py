@@ -48,6 +48,32 @@ Deviations from the authors' code, none in the objective:
   of the subset, and the pipeline's own tensors are never written to.
 - Several concepts in one run are drawn at random per batch element, as in the 2023
   code's ``--seperator`` option.
+
+The trajectory bank (``refresh_every`` K > 1; not in the authors' code). Sampling
+``x_t`` is most of an iteration's cost: ``k`` guided DDIM steps, on average half the
+schedule, against one prediction with gradient for the update. With K > 1 the run
+samples ``bank_size`` whole trajectories in one batch every K iterations, keeps every
+intermediate latent (``erasure.trajectories.TrajectoryBank``), and each iteration draws
+``batch_size`` trajectories (with replacement) and one step ``k`` (uniform, as the
+paper's) from the bank; the latent is still scored at the timestep it was sampled to.
+With ``sample_from="frozen"`` the bank also keeps the target at every latent: the
+frozen predictions that take a trajectory one step further are the ones the target
+needs (one batched call gives both), so an iteration is one prediction with gradient.
+What changes statistically:
+- ``sample_from="frozen"``: nothing in the distribution of ``(x_t, t)`` or of the
+  target, since the frozen model never changes; but iterations are no longer
+  independent: about ``K * batch_size / bank_size`` iterations share each trajectory,
+  and latents of one trajectory at different steps are correlated. The run sees
+  ``bank_size * ceil(iterations / K)`` trajectories instead of ``iterations *
+  batch_size`` independent ones.
+- ``sample_from="edited"`` (the paper's): the same correlation, plus staleness: ``x_t``
+  comes from the edited model as it was when the bank was sampled, up to K - 1 Adam
+  steps before the iteration that uses it. The target is computed at each draw as
+  without the bank.
+- K = 1 (the default) samples a fresh ``x_t`` per iteration, only as far as its step,
+  exactly as before the bank existed (bit for bit, same seed).
+A resumed run continues with the bank it was using: the bank is part of the checkpoint.
+The edited prediction cannot join the frozen ones in a batch: its weights differ.
 """
 
 from __future__ import annotations
@@ -65,6 +91,7 @@ from ..concepts import Concept, slug
 from ..config import SEED_BOUNDS, MethodConfig, setting
 from ..edit import Edit
 from ..errors import ErasureError
+from ..trajectories import TrajectoryBank, sample_until, widened
 from ..training import (
     Checkpoint,
     RunOptions,
@@ -86,6 +113,7 @@ EMBEDDING_MODULES = ("time_embedding", "add_embedding", "class_embedding")
 OUTPUT_MODULES = ("conv_norm_out", "conv_out")
 # The layer types the 2025 code trains (norms never).
 TRAINED_LAYER_TYPES = (torch.nn.Linear, torch.nn.Conv2d)
+BANK = "bank"  # the trajectory bank's names in the checkpoint
 
 
 @dataclass
@@ -121,6 +149,11 @@ class ESDConfig(MethodConfig):
         mixed_precision: ``"no"``, or ``"bf16"``/``"fp16"`` autocast around the UNet
             (weights and Adam state stay float32; fp16 adds loss scaling). A config
             setting, not a run option: it changes the trained weights.
+        refresh_every: ``K``. 1 (paper): every iteration samples its own ``x_t``.
+            Above 1: iterations draw ``x_t`` from a bank of whole trajectories that is
+            sampled anew every ``K`` iterations (see "The trajectory bank" above).
+        bank_size: trajectories per bank, sampled together in one batch (only with
+            ``refresh_every`` above 1).
     """
 
     variant: Variant = "esd-x"
@@ -137,6 +170,8 @@ class ESDConfig(MethodConfig):
     latent_size: int | None = setting(None, min=1)
     seed: int = setting(0, **SEED_BOUNDS)
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    refresh_every: int = setting(1, min=1)
+    bank_size: int = setting(8, min=1)
 
     def check(self) -> None:
         if self.erase_from is not None and not self.erase_from.strip():
@@ -172,7 +207,7 @@ def erase(pipe, concepts: list[Concept], config: ESDConfig, run: RunOptions = Ru
         prompts = Prompts.encode(adapter, concepts, config.erase_from)
         scheduler = adapter.ddim_scheduler(config.ddim_steps)
         state = TrainingState(
-            tensors=trained,
+            tensors=dict(trained),  # and the trajectory bank, once there is one
             optimizer=torch.optim.Adam(list(subset.values()), lr=config.lr),
             generator=torch.Generator().manual_seed(config.seed),
             scaler=torch.amp.GradScaler(adapter.device.type, enabled=config.mixed_precision == "fp16"),
@@ -268,19 +303,24 @@ def check_float32(original: dict[str, torch.Tensor]) -> None:
 class Prompts:
     """Encoded conditionings, one row per concept: the concept, its neutral anchor
     (``""`` or the concept's target), the prompt that is trained and sampled (the concept
-    itself unless ``erase_from`` is set), and the empty prompt for guidance."""
+    itself unless ``erase_from`` is set), and the empty prompt for guidance.
+    ``anchors_empty``: no concept has a target, so every anchor is ``""``."""
 
     concept: PromptEmbeddings
     anchor: PromptEmbeddings
     trained: PromptEmbeddings
     empty: PromptEmbeddings
+    anchors_empty: bool
 
     @classmethod
     def encode(cls, adapter: StableDiffusionAdapter, concepts: list[Concept], erase_from: str | None) -> "Prompts":
         texts = [c.text for c in concepts]
         anchors = ["" if c.target is None else c.target for c in concepts]
         trained = texts if erase_from is None else [erase_from] * len(concepts)
-        return cls(adapter.encode(texts), adapter.encode(anchors), adapter.encode(trained), adapter.encode([""]))
+        return cls(
+            adapter.encode(texts), adapter.encode(anchors), adapter.encode(trained), adapter.encode([""]),
+            anchors_empty=not any(anchors),
+        )
 
 
 @contextmanager
@@ -311,28 +351,25 @@ def training_step(
     config: ESDConfig,
     state: TrainingState,
 ) -> float:
-    """One ESD iteration: sample ``x_t``, build the negatively guided target with the
-    frozen model, and take one optimiser step towards it. Returns the loss; raises
-    ``NonFiniteError``, before any step, on a NaN or infinite loss or gradient."""
-    generator = state.generator
-    rows = torch.randint(len(prompts.concept), (config.batch_size,), generator=generator)
-    step = int(torch.randint(config.ddim_steps, (1,), generator=generator))
-    channels, height, width = adapter.latent_shape
-    if config.latent_size is not None:
-        height = width = config.latent_size
-    noise = torch.randn((config.batch_size, channels, height, width), generator=generator).to(adapter.device)
-    trained_prompt = prompts.trained.select(rows)
+    """One ESD iteration: get ``x_t`` (sampled, or drawn from the bank), build the
+    negatively guided target with the frozen model (unless the bank holds it), and take
+    one optimiser step towards it. Returns the loss; raises ``NonFiniteError``, before
+    any step, on a NaN or infinite loss or gradient."""
+    if config.refresh_every == 1:
+        rows, step, x_t = fresh_latents(adapter, original, prompts, scheduler, config, state.generator)
+        target = None
+    else:
+        draw = current_bank(adapter, original, prompts, scheduler, config, state).draw(state.generator, config.batch_size)
+        rows, step, x_t, target = draw.rows, draw.step, draw.latents, draw.values
     timestep = scheduler.timesteps[step]
-
-    with torch.no_grad():
-        with model_phase(adapter, config, original if config.sample_from == "frozen" else None):
-            x_t = sample_until(adapter, scheduler, noise, step, trained_prompt, prompts.empty, config.start_guidance)
-        with model_phase(adapter, config, original):
+    if target is None:
+        with torch.no_grad(), model_phase(adapter, config, original):
             target = negative_guidance_target(adapter, x_t, timestep, prompts, rows, config)
 
     state.optimizer.zero_grad(set_to_none=True)
+    # The edited prediction cannot share a batch with the frozen ones: the weights differ.
     with model_phase(adapter, config, None):
-        prediction = adapter.predict_noise(x_t, timestep, trained_prompt)
+        prediction = adapter.predict_noise(x_t, timestep, prompts.trained.select(rows))
     loss = esd_loss(prediction, target)
     value = finite_value(loss, lambda: non_finite_cause(prediction, target, config))
     state.scaler.scale(loss).backward()
@@ -343,6 +380,100 @@ def training_step(
     state.scaler.step(state.optimizer)
     state.scaler.update()
     return value
+
+
+def starting_noise(adapter: StableDiffusionAdapter, config: ESDConfig, count: int, generator: torch.Generator) -> torch.Tensor:
+    """``count`` latents of Gaussian noise at the training resolution, drawn on the CPU
+    in float32 (float64 for a float64 model)."""
+    channels, height, width = adapter.latent_shape
+    if config.latent_size is not None:
+        height = width = config.latent_size
+    noise = torch.randn((count, channels, height, width), generator=generator)
+    return noise.to(adapter.device, torch.promote_types(adapter.unet.dtype, torch.float32))
+
+
+def fresh_latents(
+    adapter: StableDiffusionAdapter,
+    original: dict[str, torch.Tensor],
+    prompts: Prompts,
+    scheduler,
+    config: ESDConfig,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, int, torch.Tensor]:
+    """The paper's ``x_t``: a concept row per batch element, one DDIM step ``k`` for
+    the batch, and ``k`` guided steps from new noise. Returns ``(rows, k, x_t)``."""
+    rows = torch.randint(len(prompts.concept), (config.batch_size,), generator=generator)
+    step = int(torch.randint(config.ddim_steps, (1,), generator=generator))
+    noise = starting_noise(adapter, config, config.batch_size, generator)
+    with torch.no_grad(), model_phase(adapter, config, original if config.sample_from == "frozen" else None):
+        x_t = sample_until(adapter, scheduler, noise, step, prompts.trained.select(rows), prompts.empty, config.start_guidance)
+    return rows, step, x_t
+
+
+def current_bank(
+    adapter: StableDiffusionAdapter,
+    original: dict[str, torch.Tensor],
+    prompts: Prompts,
+    scheduler,
+    config: ESDConfig,
+    state: TrainingState,
+) -> TrajectoryBank:
+    """The trajectory bank this iteration draws from: sampled anew every
+    ``refresh_every`` iterations, otherwise the one in ``state.tensors`` (which a
+    resumed run restored from its checkpoint)."""
+    if state.step % config.refresh_every == 0:
+        state.tensors.update(sample_bank(adapter, original, prompts, scheduler, config, state.generator).state(BANK))
+    bank = TrajectoryBank.from_state(state.tensors, BANK, adapter.device)
+    if bank is None:
+        raise ErasureError("the checkpoint holds no trajectory bank to continue from: it is damaged; --overwrite starts again")
+    state.tensors.update(bank.state(BANK))  # on the device from now on
+    return bank
+
+
+def sample_bank(
+    adapter: StableDiffusionAdapter,
+    original: dict[str, torch.Tensor],
+    prompts: Prompts,
+    scheduler,
+    config: ESDConfig,
+    generator: torch.Generator,
+) -> TrajectoryBank:
+    """``bank_size`` whole trajectories in one batch, each with its own concept row and
+    noise, from the model ``sample_from`` names. Sampled from the frozen model, the bank
+    also keeps the target at every latent: the predictions that continue the trajectory
+    are the ones the target needs (one batched call gives both)."""
+    rows = torch.randint(len(prompts.concept), (config.bank_size,), generator=generator)
+    noise = starting_noise(adapter, config, config.bank_size, generator)
+    frozen = config.sample_from == "frozen"
+    with model_phase(adapter, config, original if frozen else None):
+        if frozen:
+            predict = frozen_predictions(adapter, prompts, rows, config)
+        else:
+            cond, uncond = prompts.trained.select(rows), prompts.empty.repeat(len(rows))
+            predict = lambda x, t: (adapter.predict_noise(x, t, cond, uncond, config.start_guidance), None)  # noqa: E731
+        return TrajectoryBank.sample(scheduler, noise, rows, predict, with_values=frozen)
+
+
+def frozen_predictions(adapter: StableDiffusionAdapter, prompts: Prompts, rows: torch.Tensor, config: ESDConfig):
+    """For a frozen-model bank: at each latent, one batched call of the frozen model on
+    every conditioning the guided sampling step and the target need (anchor and
+    concept, plus the trained prompt with ``erase_from`` and the empty prompt when an
+    anchor is not ``""``). Returns ``predict(x, t) -> (guided prediction, target)``."""
+    parts = {"anchor": prompts.anchor.select(rows), "concept": prompts.concept.select(rows)}
+    if config.erase_from is not None:
+        parts["trained"] = prompts.trained.select(rows)
+    if not prompts.anchors_empty:
+        parts["empty"] = prompts.empty.repeat(len(rows))
+    conds = PromptEmbeddings.cat(list(parts.values()))
+
+    def predict(latents: torch.Tensor, timestep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = torch.cat([latents] * len(parts))
+        out = dict(zip(parts, widened(adapter.predict_noise(batch, timestep, conds)).chunk(len(parts))))
+        uncond, cond = out.get("empty", out["anchor"]), out.get("trained", out["concept"])
+        guided = uncond + config.start_guidance * (cond - uncond)
+        return guided, esd_target(out["anchor"], out["concept"], out.get("trained"), config)
+
+    return predict
 
 
 def non_finite_cause(prediction: torch.Tensor, target: torch.Tensor, config: ESDConfig) -> str:
@@ -364,27 +495,7 @@ def non_finite_cause(prediction: torch.Tensor, target: torch.Tensor, config: ESD
 
 
 def esd_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return F.mse_loss(prediction.float(), target.float())
-
-
-def sample_until(
-    adapter: StableDiffusionAdapter,
-    scheduler,
-    noise: torch.Tensor,
-    steps: int,
-    cond: PromptEmbeddings,
-    empty: PromptEmbeddings,
-    guidance: float,
-) -> torch.Tensor:
-    """``steps`` DDIM steps (eta 0) from ``noise`` with classifier-free guidance: the
-    latent at noise level ``scheduler.timesteps[steps]``."""
-    latents = noise * scheduler.init_noise_sigma
-    uncond = empty.repeat(len(cond))
-    for timestep in scheduler.timesteps[:steps]:
-        model_input = scheduler.scale_model_input(latents, timestep)
-        prediction = adapter.predict_noise(model_input, timestep, cond, uncond, guidance)
-        latents = scheduler.step(prediction.float(), timestep, latents, eta=0.0).prev_sample
-    return latents
+    return F.mse_loss(widened(prediction), widened(target))
 
 
 def negative_guidance_target(
@@ -395,20 +506,31 @@ def negative_guidance_target(
     rows: torch.Tensor,
     config: ESDConfig,
 ) -> torch.Tensor:
-    """``base - eta (eps*(c) - eps*(anchor))`` from the frozen model, in one batched call.
-
-    ``base`` is ``eps*(anchor)`` (paper), or the trained prompt's own prediction
-    (2025 code, and always with ``erase_from``).
-    """
+    """The target at ``x_t`` from the frozen model's predictions, in one batched call
+    (see ``esd_target``)."""
     conds = [prompts.anchor.select(rows), prompts.concept.select(rows)]
-    separate_base = config.erase_from is not None
-    if separate_base:
+    if config.erase_from is not None:
         conds.append(prompts.trained.select(rows))
     both = PromptEmbeddings.cat(conds)
-    predictions = adapter.predict_noise(torch.cat([x_t] * len(conds)), timestep, both).float().chunk(len(conds))
-    anchor, concept = predictions[0], predictions[1]
-    if separate_base:
-        base = predictions[2]
+    predictions = widened(adapter.predict_noise(torch.cat([x_t] * len(conds)), timestep, both)).chunk(len(conds))
+    return esd_target(predictions[0], predictions[1], predictions[2] if len(conds) == 3 else None, config)
+
+
+def esd_target(
+    anchor: torch.Tensor, concept: torch.Tensor, trained: torch.Tensor | None, config: ESDConfig
+) -> torch.Tensor:
+    """``base - eta (eps*(c) - eps*(anchor))``, where ``base`` is ``eps*(anchor)``
+    (paper), or the trained prompt's own prediction (2025 code, and always with
+    ``erase_from``).
+
+    Args:
+        anchor: the frozen prediction for the anchor (``""`` or the concept's target).
+        concept: the frozen prediction for the concept.
+        trained: the frozen prediction for ``erase_from``'s prompt, or ``None`` without it.
+        config: gives ``target_base`` and ``negative_guidance``.
+    """
+    if trained is not None:
+        base = trained
     else:
         base = concept if config.target_base == "prompt" else anchor
     return base - config.negative_guidance * (concept - anchor)
