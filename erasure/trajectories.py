@@ -57,9 +57,10 @@ def sample_until(
     cond: PromptEmbeddings,
     empty: PromptEmbeddings,
     guidance: float,
+    start: int = 0,
 ) -> torch.Tensor:
     """``steps`` DDIM steps (eta 0) from ``noise`` with classifier-free guidance: the
-    latent at noise level ``scheduler.timesteps[steps]``.
+    latent at noise level ``scheduler.timesteps[start + steps]``.
 
     Args:
         adapter: the model's adapter (whatever weights its UNet holds now).
@@ -69,10 +70,12 @@ def sample_until(
         cond: one conditioning per batch element.
         empty: the empty prompt's conditioning (one row).
         guidance: classifier-free guidance scale.
+        start: the schedule index the noise is taken to be at (1 for the 2023 CompVis
+            sampler, which drops the first timestep).
     """
     latents = noise * scheduler.init_noise_sigma
     uncond = empty.repeat(len(cond))
-    for timestep in scheduler.timesteps[:steps]:
+    for timestep in scheduler.timesteps[start : start + steps]:
         model_input = scheduler.scale_model_input(latents, timestep)
         prediction = adapter.predict_noise(model_input, timestep, cond, uncond, guidance)
         latents = ddim_step(scheduler, prediction, timestep, latents)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import signal
 
@@ -313,7 +314,10 @@ def test_frozen_phases_under_autocast_use_the_original_weights():
 
 def papers_loop(pipe, concept: str, config: ESDConfig) -> dict[str, torch.Tensor]:
     """The paper's ESD written out with plain diffusers calls: two UNets, fresh x_t every
-    iteration, the same random draws (concept row, DDIM step, noise) from one generator."""
+    iteration, the same random draws (concept row, DDIM step, noise) from one generator.
+    With ``timestep_scheme="compvis-2023"``, the 2023 code's sampler and scoring: the
+    first DDIM timestep skipped, ``min(n - t_enc, n - 1)`` steps, scored at a DDPM step
+    drawn from the ``t_enc``-th of ``n`` buckets."""
     from diffusers import DDIMScheduler
 
     frozen, edited = copy.deepcopy(pipe.unet), copy.deepcopy(pipe.unet)
@@ -333,12 +337,18 @@ def papers_loop(pipe, concept: str, config: ESDConfig) -> dict[str, torch.Tensor
     for _ in range(config.iterations):
         torch.randint(1, (1,), generator=generator)  # the concept row: one concept
         step = int(torch.randint(config.ddim_steps, (1,), generator=generator))
+        n = config.ddim_steps
+        if config.timestep_scheme == "compvis-2023":
+            scored = torch.randint(round(step * 1000 / n), round((step + 1) * 1000 / n), (1,), generator=generator)[0]
+            walked = scheduler.timesteps[1 : 1 + min(n - step, n - 1)]
+        else:
+            scored, walked = scheduler.timesteps[step], scheduler.timesteps[:step]
         x = torch.randn((1, 4, size, size), generator=generator) * scheduler.init_noise_sigma
         with torch.no_grad():
-            for t in scheduler.timesteps[:step]:
+            for t in walked:
                 uncond, text = edited(torch.cat([x, x]), t, encoder_hidden_states=both).sample.chunk(2)
                 x = scheduler.step(uncond + config.start_guidance * (text - uncond), t, x, eta=0.0).prev_sample
-            t = scheduler.timesteps[step]
+            t = scored
             e0, ep = frozen(torch.cat([x, x]), t, encoder_hidden_states=both).sample.chunk(2)
             target = e0 - config.negative_guidance * (ep - e0)
         optimizer.zero_grad()
@@ -358,15 +368,60 @@ def test_without_a_bank_esd_is_the_papers_loop_bit_for_bit(sd1_pipe):
     assert all(not torch.equal(expected[n], base[n]) for n in expected)  # it trained
 
 
-@pytest.mark.parametrize("concepts, erase_from", [(["circle", "star"], None), (["circle", "star->square"], "a drawing")])
-def test_a_frozen_bank_holds_the_fresh_latents_and_targets(concepts, erase_from):
+def test_the_compvis_2023_scheme_is_the_2023_codes_loop_bit_for_bit(sd1_pipe):
+    config = ESDConfig(variant="esd-x", iterations=4, ddim_steps=5, lr=1e-3, seed=3, timestep_scheme="compvis-2023")
+    expected = papers_loop(sd1_pipe, "a red circle", config)
+    edited = run_esd(sd1_pipe, ["a red circle"], config)
+    assert all(torch.equal(edited.tensors[n], expected[n]) for n in expected)
+    aligned = run_esd(sd1_pipe, ["a red circle"], dataclasses.replace(config, timestep_scheme="aligned"))
+    assert not any(torch.equal(aligned.tensors[n], expected[n]) for n in expected)
+
+
+def test_the_compvis_2023_latent_is_39_to_58_steps_below_where_it_is_scored(sd1_pipe):
+    """On SD's 50-step schedule (981, 961, ..., 1) the 2023 code's x_t for t_enc >= 2 is at
+    level 20 t_enc - 39 and is scored in [20 t_enc, 20 t_enc + 19]."""
+    adapter = erasure.adapters.adapter_for(sd1_pipe)
+    scheduler = adapter.ddim_scheduler(50)
+    assert scheduler.timesteps[0] == 981 and scheduler.timesteps[-1] == 1
+    generator = torch.Generator().manual_seed(0)
+    for t_enc in range(2, 50):
+        start, steps, scored = esd.compvis_2023_schedule(scheduler, t_enc, 50, generator)
+        level = scheduler.timesteps[start + steps] if start + steps < 50 else 0
+        assert level == 20 * t_enc - 39 and 20 * t_enc <= scored <= 20 * t_enc + 19
+    assert esd.compvis_2023_schedule(scheduler, 0, 50, generator)[:2] == (1, 49)  # all the way to x_0
+    with pytest.raises(ErasureError, match="refresh_every=1"):
+        ESDConfig(timestep_scheme="compvis-2023", refresh_every=10)
+
+
+def test_pure_bf16_keeps_weights_in_bf16_where_autocast_moves_every_weight(sd1_pipe):
+    """The 2025 code's precision: an Adam update below a weight's bfloat16 spacing is lost."""
+    before = snapshot(sd1_pipe)
+    config = dict(variant="esd-x", parameter_rules="2025", iterations=10, ddim_steps=4, lr=5e-5)
+    pure = run_esd(sd1_pipe, ["circle"], ESDConfig(**config, mixed_precision="bf16-pure")).tensors
+    autocast = run_esd(sd1_pipe, ["circle"], ESDConfig(**config, mixed_precision="bf16")).tensors
+    assert_unchanged(sd1_pipe, before)
+
+    def moved(tensors, reference):
+        changed = sum(int((tensors[n].float() != reference[n].float()).sum()) for n in tensors)
+        return changed / sum(t.numel() for t in tensors.values())
+
+    assert all(torch.equal(t.float(), t.to(torch.bfloat16).float()) for t in pure.values())
+    assert moved(autocast, before) > 0.99
+    assert 0 < moved(pure, {n: before[n].to(torch.bfloat16) for n in pure}) < 0.5
+
+
+@pytest.mark.parametrize(
+    "concepts, erase_from, sample_from",
+    [(["circle", "star"], None, "frozen"), (["circle", "star->square"], "a drawing", "frozen"), (["circle"], None, "edited")],
+)
+def test_a_bank_holds_the_fresh_latents_and_targets(concepts, erase_from, sample_from):
     """Every latent of the bank is what sampling that far from the same noise gives, and
-    the target kept with it is the one computed there afresh (float64: exact to rounding)."""
+    a frozen bank's target there is the one computed afresh (float64: exact to rounding)."""
     from conftest import build_tiny_pipeline
 
     pipe = build_tiny_pipeline("sd1").to(torch.float64)
     adapter = erasure.adapters.adapter_for(pipe)
-    config = ESDConfig(ddim_steps=6, sample_from="frozen", erase_from=erase_from, bank_size=3, negative_guidance=2.0)
+    config = ESDConfig(ddim_steps=6, sample_from=sample_from, erase_from=erase_from, bank_size=3, negative_guidance=2.0)
     prompts = esd.Prompts.encode(adapter, [Concept(*c.split("->")) for c in concepts], erase_from)
     scheduler = adapter.ddim_scheduler(config.ddim_steps)
     generator = torch.Generator().manual_seed(5)
@@ -377,9 +432,11 @@ def test_a_frozen_bank_holds_the_fresh_latents_and_targets(concepts, erase_from)
     with torch.no_grad():
         for step in range(6):
             x_t = sample_until(adapter, scheduler, noise, step, prompts.trained.select(rows), prompts.empty, config.start_guidance)
-            target = esd.negative_guidance_target(adapter, x_t, scheduler.timesteps[step], prompts, rows, config)
             assert torch.allclose(bank.latents[step], x_t, rtol=0, atol=1e-10)
-            assert torch.allclose(bank.values[step], target, rtol=0, atol=1e-10)
+            if sample_from == "frozen":
+                target = esd.negative_guidance_target(adapter, x_t, scheduler.timesteps[step], prompts, rows, config)
+                assert torch.allclose(bank.values[step], target, rtol=0, atol=1e-10)
+    assert (bank.values is None) == (sample_from == "edited")
 
 
 def count_unet_calls(monkeypatch) -> dict:

@@ -29,7 +29,9 @@ Options from the authors' later (2025, diffusers) code:
 - ``target_base="prompt"``: the target starts from the prompt's own frozen prediction,
   ``eps*(c) - eta (eps*(c) - eps*(""))``. This equals the paper's target with
   ``eta - 1``: the 2025 default eta 2 is the paper's eta 1. ``configs/esd/fast.yaml``
-  holds those settings (200 iterations, lr 5e-5, eta 2, bf16 autocast);
+  holds that objective at 200 iterations, lr 5e-5, eta 2, with bf16 autocast and the
+  model's native resolution (the 2025 code uses 1024 px for SD 1.4, latents 128 x 128:
+  ``configs/esd/authors-2025.yaml``);
 - ``erase_from``: erase ``c`` from another prompt ``a`` (e.g. a style from "a
   painting"): ``x_t`` is sampled from ``a`` and ``eps_edited(a) -> eps*(a) - eta
   (eps*(c) - eps*(""))``.
@@ -38,10 +40,28 @@ Extension: a concept written ``"A->B"`` uses ``B`` instead of the empty prompt a
 neutral prediction, ``eps*(B) - eta (eps*(A) - eps*(B))``: prompts of ``A`` are guided
 towards ``B``.
 
-Deviations from the authors' code, none in the objective:
-- ``x_t`` is scored at the DDIM timestep it was sampled to (as the 2025 code does);
-  the 2023 code scored it at a random DDPM step of the 1/50 bucket its loop counter
-  pointed to, two to three DDIM steps (40 to 60 DDPM steps) noisier than the latent.
+Deviations from the authors' code, none in the objective (each has an option that
+reproduces the authors' behaviour; ``configs/esd/authors-2023.yaml`` and
+``authors-2025.yaml`` set them):
+- ``x_t`` is scored at the DDIM timestep it was sampled to (as the 2025 code does).
+  The 2023 code (``train-scripts/train-esd.py`` with its CompVis ``DDIMSampler``) differs
+  twice (``timestep_scheme="compvis-2023"``): its sampler drops the first of the
+  ``n`` DDIM timesteps (``t_start=-1``), so the starting noise is taken as the latent at
+  the second one (961 of 50 steps); and with ``t_enc ~ U{0..n-1}`` it runs
+  ``min(n - t_enc, n - 1)`` steps, ending at the level ``20 t_enc - 39`` (for n = 50), then
+  scores that latent at ``t_enc_ddpm ~ U[round(1000 t_enc / n), round(1000 (t_enc + 1) / n))``,
+  39 to 58 DDPM steps noisier than it is.
+- Weights and Adam state stay float32 under ``mixed_precision="bf16"`` autocast; the
+  2025 code holds both UNets, the text encoder and Adam's state in bfloat16, so an
+  update smaller than a weight's bf16 spacing is lost (10.7% of esd-u's weights moved
+  after 10 iterations on a tiny model, against 100% in float32).
+  ``mixed_precision="bf16-pure"`` trains a bfloat16 copy of the subset (Adam state in
+  bfloat16 too) under bf16 autocast; the frozen weights are rounded to bf16 by autocast
+  where theirs are stored so. Their latents and scheduler steps are bf16 as well, ours
+  float32: the same rounding regime, not the same bits.
+- The 2025 code samples ``x_t`` with the pipeline's own scheduler (PNDM for
+  ``CompVis/stable-diffusion-v1-4``); this module always samples with DDIM (eta 0), as
+  the paper and the 2023 code do. On a pipeline whose scheduler is DDIM both agree.
 - One UNet in memory instead of two: the subset trains on a copy of its values swapped
   into the UNet, and the frozen predictions swap the original values back in (pointer
   swaps, ``erasure.training.swapped_parameters``), so memory is one UNet plus one copy
@@ -147,8 +167,15 @@ class ESDConfig(MethodConfig):
         latent_size: side of the training latents; ``None``: the model's native size.
         seed: seeds the one random stream (concepts, steps, noise) a run draws from.
         mixed_precision: ``"no"``, or ``"bf16"``/``"fp16"`` autocast around the UNet
-            (weights and Adam state stay float32; fp16 adds loss scaling). A config
-            setting, not a run option: it changes the trained weights.
+            (weights and Adam state stay float32; fp16 adds loss scaling), or
+            ``"bf16-pure"`` (2025 code): bf16 autocast with the trained weights and
+            Adam state in bfloat16. A config setting, not a run option: it changes the
+            trained weights.
+        timestep_scheme: ``"aligned"`` (2025 code): ``x_t`` is scored at the timestep
+            it was sampled to; ``"compvis-2023"`` (2023 code, behind the paper's
+            figures): the first DDIM timestep is skipped and ``x_t`` is scored at a
+            random DDPM step of a later bucket (see "Deviations" above). Needs
+            ``refresh_every`` 1.
         refresh_every: ``K``. 1 (paper): every iteration samples its own ``x_t``.
             Above 1: iterations draw ``x_t`` from a bank of whole trajectories that is
             sampled anew every ``K`` iterations (see "The trajectory bank" above).
@@ -169,13 +196,19 @@ class ESDConfig(MethodConfig):
     batch_size: int = setting(1, min=1)
     latent_size: int | None = setting(None, min=1)
     seed: int = setting(0, **SEED_BOUNDS)
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    mixed_precision: Literal["no", "bf16", "fp16", "bf16-pure"] = "no"
+    timestep_scheme: Literal["aligned", "compvis-2023"] = "aligned"
     refresh_every: int = setting(1, min=1)
     bank_size: int = setting(8, min=1)
 
     def check(self) -> None:
         if self.erase_from is not None and not self.erase_from.strip():
             raise ErasureError("ESDConfig.erase_from is empty: give a prompt (e.g. 'a painting') or null")
+        if self.timestep_scheme == "compvis-2023" and self.refresh_every != 1:
+            raise ErasureError(
+                "ESD timestep_scheme=compvis-2023 samples a fresh x_t per iteration, as the 2023 code does: "
+                "set refresh_every=1 (or timestep_scheme=aligned)"
+            )
 
 
 # ---- the entry point -------------------------------------------------------------
@@ -201,9 +234,9 @@ def erase(pipe, concepts: list[Concept], config: ESDConfig, run: RunOptions = Ru
     check_float32(original)
     checkpoint = Checkpoint.open(run, run_identity(concepts, config), original, "ESD", f"esd-{slug(concepts)}")
     # The subset trains on a copy swapped into the UNet; the frozen model swaps the originals back.
-    trained = {name: value.clone() for name, value in original.items()}
+    trained = {name: value.to(trained_dtype(config), copy=True) for name, value in original.items()}
     training = trainable_parameters(adapter.unet, names, run.gradient_checkpointing)
-    with swapped_parameters(adapter.unet, trained), training as subset:
+    with trained_values_in(adapter.unet, trained), training as subset:
         prompts = Prompts.encode(adapter, concepts, config.erase_from)
         scheduler = adapter.ddim_scheduler(config.ddim_steps)
         state = TrainingState(
@@ -218,6 +251,18 @@ def erase(pipe, concepts: list[Concept], config: ESDConfig, run: RunOptions = Ru
         )
     extra = {"parameters": names, "final_loss": losses[-1], "losses": losses}
     return Edit.of_unet(original, trained, extra)
+
+
+@contextmanager
+def trained_values_in(unet: torch.nn.Module, trained: dict[str, torch.Tensor]):
+    """``swapped_parameters`` with the trained values themselves in the parameters, in
+    their own dtype (bfloat16 under ``bf16-pure``), so that the optimiser steps them in
+    place; the UNet's own tensors come back on exit."""
+    with swapped_parameters(unet, trained):
+        params = dict(unet.named_parameters())
+        for name, value in trained.items():
+            params[name].data = value
+        yield
 
 
 def run_identity(concepts: list[Concept], config: ESDConfig) -> dict:
@@ -286,6 +331,12 @@ def _cross_attention_block(name: str, cross_attention: set[str]) -> str | None:
     return None
 
 
+def trained_dtype(config: ESDConfig) -> torch.dtype:
+    """float32, or bfloat16 for ``mixed_precision="bf16-pure"`` (the 2025 code's
+    training precision; Adam's state follows the weights)."""
+    return torch.bfloat16 if config.mixed_precision == "bf16-pure" else torch.float32
+
+
 def check_float32(original: dict[str, torch.Tensor]) -> None:
     """Adam's updates (lr 1e-5) vanish in half precision: training needs float32 weights."""
     dtype = next(iter(original.values())).dtype
@@ -339,7 +390,7 @@ def model_phase(adapter: StableDiffusionAdapter, config: ESDConfig, original: di
 def autocast(adapter: StableDiffusionAdapter, config: ESDConfig):
     if config.mixed_precision == "no":
         return nullcontext()
-    dtype = torch.bfloat16 if config.mixed_precision == "bf16" else torch.float16
+    dtype = torch.float16 if config.mixed_precision == "fp16" else torch.bfloat16
     return torch.autocast(adapter.device.type, dtype=dtype)
 
 
@@ -356,12 +407,11 @@ def training_step(
     one optimiser step towards it. Returns the loss; raises ``NonFiniteError``, before
     any step, on a NaN or infinite loss or gradient."""
     if config.refresh_every == 1:
-        rows, step, x_t = fresh_latents(adapter, original, prompts, scheduler, config, state.generator)
+        rows, timestep, x_t = fresh_latents(adapter, original, prompts, scheduler, config, state.generator)
         target = None
     else:
         draw = current_bank(adapter, original, prompts, scheduler, config, state).draw(state.generator, config.batch_size)
-        rows, step, x_t, target = draw.rows, draw.step, draw.latents, draw.values
-    timestep = scheduler.timesteps[step]
+        rows, timestep, x_t, target = draw.rows, scheduler.timesteps[draw.step], draw.latents, draw.values
     if target is None:
         with torch.no_grad(), model_phase(adapter, config, original):
             target = negative_guidance_target(adapter, x_t, timestep, prompts, rows, config)
@@ -399,15 +449,42 @@ def fresh_latents(
     scheduler,
     config: ESDConfig,
     generator: torch.Generator,
-) -> tuple[torch.Tensor, int, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The paper's ``x_t``: a concept row per batch element, one DDIM step ``k`` for
-    the batch, and ``k`` guided steps from new noise. Returns ``(rows, k, x_t)``."""
+    the batch, and ``k`` guided steps from new noise, to be scored at timestep
+    ``timesteps[k]`` (or as ``timestep_scheme="compvis-2023"`` has it). Returns
+    ``(rows, timestep, x_t)``."""
     rows = torch.randint(len(prompts.concept), (config.batch_size,), generator=generator)
     step = int(torch.randint(config.ddim_steps, (1,), generator=generator))
+    if config.timestep_scheme == "compvis-2023":
+        start, steps, timestep = compvis_2023_schedule(scheduler, step, config.ddim_steps, generator)
+    else:
+        start, steps, timestep = 0, step, scheduler.timesteps[step]
     noise = starting_noise(adapter, config, config.batch_size, generator)
     with torch.no_grad(), model_phase(adapter, config, original if config.sample_from == "frozen" else None):
-        x_t = sample_until(adapter, scheduler, noise, step, prompts.trained.select(rows), prompts.empty, config.start_guidance)
-    return rows, step, x_t
+        x_t = sample_until(
+            adapter, scheduler, noise, steps, prompts.trained.select(rows), prompts.empty, config.start_guidance, start
+        )
+    return rows, timestep, x_t
+
+
+def compvis_2023_schedule(scheduler, t_enc: int, ddim_steps: int, generator: torch.Generator):
+    """How the 2023 code samples and scores for its draw ``t_enc``: its DDIM sampler
+    starts at the second timestep (``t_start=-1`` drops the first) and stops after step
+    index ``t_enc - 1`` counted from the end, so it runs ``min(n - t_enc, n - 1)`` steps;
+    the latent is then scored at ``t_enc_ddpm``, uniform in the ``t_enc``-th of ``n``
+    equal buckets of the training timesteps. Returns ``(start, steps, t_enc_ddpm)``.
+
+    Args:
+        scheduler: the DDIM scheduler with ``ddim_steps`` timesteps set.
+        t_enc: the drawn DDIM index, ``0 <= t_enc < ddim_steps``.
+        ddim_steps: ``n``.
+        generator: draws ``t_enc_ddpm``.
+    """
+    train_steps = scheduler.config.num_train_timesteps
+    low, high = round(t_enc / ddim_steps * train_steps), round((t_enc + 1) / ddim_steps * train_steps)
+    t_enc_ddpm = torch.randint(low, high, (1,), generator=generator)[0]
+    return 1, min(ddim_steps - t_enc, ddim_steps - 1), t_enc_ddpm.to(scheduler.timesteps.device)
 
 
 def current_bank(
