@@ -138,7 +138,10 @@ BANK = "bank"  # the trajectory bank's names in the checkpoint
 
 @dataclass
 class ESDConfig(MethodConfig):
-    """ESD settings; defaults are the paper's (and its 2023 code, ``train-esd.py``).
+    """ESD settings; defaults are the paper's (and its 2023 code, ``train-esd.py``),
+    but for one deliberate choice: ``timestep_scheme="aligned"`` scores ``x_t`` at the
+    noise level it has, as the paper's method describes and the 2025 code does; the 2023
+    code's mismatch is kept as an option and in ``configs/esd/authors-2023.yaml``.
     How a run is carried out (checkpoints, resume, gradient checkpointing) is not here
     but in ``erasure.training.RunOptions``: it does not change the result.
 
@@ -164,7 +167,8 @@ class ESDConfig(MethodConfig):
             ``--erase_from``); ``None`` erases them from their own prompts.
         batch_size: images per iteration, each with its own concept and noise, sharing
             the DDIM step (paper: 1).
-        latent_size: side of the training latents; ``None``: the model's native size.
+        latent_size: side of the training latents; ``None``: the model's native size
+            (2023 code: 512 px, SD 1.4's native 64; 2025 code: 1024 px, i.e. 128).
         seed: seeds the one random stream (concepts, steps, noise) a run draws from.
         mixed_precision: ``"no"``, or ``"bf16"``/``"fp16"`` autocast around the UNet
             (weights and Adam state stay float32; fp16 adds loss scaling), or
@@ -234,7 +238,7 @@ def erase(pipe, concepts: list[Concept], config: ESDConfig, run: RunOptions = Ru
     check_float32(original)
     checkpoint = Checkpoint.open(run, run_identity(concepts, config), original, "ESD", f"esd-{slug(concepts)}")
     # The subset trains on a copy swapped into the UNet; the frozen model swaps the originals back.
-    trained = {name: value.to(trained_dtype(config), copy=True) for name, value in original.items()}
+    trained = {name: value.to(trained_dtype(config, value.dtype), copy=True) for name, value in original.items()}
     training = trainable_parameters(adapter.unet, names, run.gradient_checkpointing)
     with trained_values_in(adapter.unet, trained), training as subset:
         prompts = Prompts.encode(adapter, concepts, config.erase_from)
@@ -331,10 +335,10 @@ def _cross_attention_block(name: str, cross_attention: set[str]) -> str | None:
     return None
 
 
-def trained_dtype(config: ESDConfig) -> torch.dtype:
-    """float32, or bfloat16 for ``mixed_precision="bf16-pure"`` (the 2025 code's
-    training precision; Adam's state follows the weights)."""
-    return torch.bfloat16 if config.mixed_precision == "bf16-pure" else torch.float32
+def trained_dtype(config: ESDConfig, dtype: torch.dtype) -> torch.dtype:
+    """The weights' own ``dtype``, or bfloat16 for ``mixed_precision="bf16-pure"`` (the
+    2025 code's training precision; Adam's state follows the weights)."""
+    return torch.bfloat16 if config.mixed_precision == "bf16-pure" else dtype
 
 
 def check_float32(original: dict[str, torch.Tensor]) -> None:
