@@ -40,7 +40,7 @@ from ..generation import GenerationSettings, check_generation_values, generation
 from ..weights import EditedWeights
 from .attack import ATTACKS, ClosedFormAttack, attack_summary, check_attack
 from .attack import VARIANT as ATTACKED
-from .generate import applied_weights, collect_images, generate_images, image_path, weights_record
+from .generate import collect_images, generate_images, image_path, weights_record
 from .metrics import METRICS, Metric, MetricContext, build_metrics, default_metrics
 from .prompts import PromptSet, list_bundled_sets, load_prompt_set, read_prompt_csv
 from .report import build_report, write_report
@@ -167,7 +167,7 @@ def evaluate(
         variants.append(_Variant(ATTACKED, attack_rows, weights_info["sha256"], attacker))
     throughput = {variants[0].name: _generate(pipe, variants[0], output_dir, settings, model_id, overwrite, state)}
     if weights is not None:
-        with applied_weights(pipe, weights, check_base=check_base):
+        with weights.applied(pipe, check_base=check_base):
             for variant in variants[1:]:
                 throughput[variant.name] = _generate(pipe, variant, output_dir, settings, model_id, overwrite, state)
     if owned:
@@ -305,7 +305,9 @@ def _device(base, device, state) -> torch.device:
         return base.device
     if state.num_processes > 1 or device is None:
         return state.device
-    return torch.device(device)
+    from ..loading import resolve_device
+
+    return resolve_device(device)
 
 
 def _pipeline(base, device: torch.device, dtype):
