@@ -417,7 +417,7 @@ def test_pure_bf16_keeps_weights_in_bf16_where_autocast_moves_every_weight(sd1_p
 def test_a_bank_holds_the_fresh_latents_and_targets(concepts, erase_from, sample_from):
     """Every latent of the bank is what sampling that far from the same noise gives, and
     a frozen bank's target there is the one computed afresh (float64: exact to rounding)."""
-    from conftest import build_tiny_pipeline
+    from erasure.tiny import build_tiny_pipeline
 
     pipe = build_tiny_pipeline("sd1").to(torch.float64)
     adapter = erasure.adapters.adapter_for(pipe)
@@ -469,7 +469,7 @@ def test_the_bank_is_sampled_every_k_iterations_and_then_drawn_from(sd1_pipe, mo
 @pytest.mark.parametrize("sample_from, interrupted_at", [("edited", 5), ("frozen", 4)])
 def test_resume_with_a_bank_is_bit_identical(monkeypatch, tmp_path, sample_from, interrupted_at):
     """Interrupted between refreshes, the run continues with the bank it was drawing from."""
-    from conftest import build_tiny_pipeline
+    from erasure.tiny import build_tiny_pipeline
 
     config = ESDConfig(variant="esd-u", iterations=8, ddim_steps=4, lr=1e-3, batch_size=2, seed=3,
                        sample_from=sample_from, refresh_every=3, bank_size=3)
