@@ -261,7 +261,12 @@ def erase(pipe, concepts: list[Concept], config: ESDConfig, run: RunOptions = Ru
 def trained_values_in(unet: torch.nn.Module, trained: dict[str, torch.Tensor]):
     """``swapped_parameters`` with the trained values themselves in the parameters, in
     their own dtype (bfloat16 under ``bf16-pure``), so that the optimiser steps them in
-    place; the UNet's own tensors come back on exit."""
+    place; the UNet's own tensors come back on exit.
+
+    Args:
+        unet: the pipeline's UNet.
+        trained: the trained copy of the subset, by parameter name.
+    """
     with swapped_parameters(unet, trained):
         params = dict(unet.named_parameters())
         for name, value in trained.items():
@@ -337,7 +342,12 @@ def _cross_attention_block(name: str, cross_attention: set[str]) -> str | None:
 
 def trained_dtype(config: ESDConfig, dtype: torch.dtype) -> torch.dtype:
     """The weights' own ``dtype``, or bfloat16 for ``mixed_precision="bf16-pure"`` (the
-    2025 code's training precision; Adam's state follows the weights)."""
+    2025 code's training precision; Adam's state follows the weights).
+
+    Args:
+        config: gives ``mixed_precision``.
+        dtype: the UNet weights' dtype.
+    """
     return torch.bfloat16 if config.mixed_precision == "bf16-pure" else dtype
 
 
