@@ -172,7 +172,7 @@ class StableDiffusionAdapter:
         the empty prompt's embedding, ``count`` times."""
         return self.encode([""] * count)
 
-    def _added_conditioning(self, embeddings: PromptEmbeddings, latents: torch.Tensor) -> dict | None:
+    def _added_conditioning(self, embeddings: PromptEmbeddings, latents: torch.Tensor, dtype: torch.dtype) -> dict | None:
         return None
 
     def predict_noise(
@@ -196,11 +196,11 @@ class StableDiffusionAdapter:
     def _unet(self, latents: torch.Tensor, timestep, embeddings: PromptEmbeddings) -> torch.Tensor:
         if len(embeddings) != latents.shape[0]:
             embeddings = embeddings.repeat(latents.shape[0] // len(embeddings))
-        hidden = embeddings.hidden.to(self.unet.dtype)
-        added = self._added_conditioning(embeddings, latents)
-        return self.unet(
-            latents.to(self.unet.dtype), timestep, encoder_hidden_states=hidden, added_cond_kwargs=added
-        ).sample
+        # diffusers' ``unet.dtype`` walks every submodule (1.9 ms on mini-sd, 7% of a forward pass): read it once.
+        dtype = self.unet.dtype
+        hidden = embeddings.hidden.to(dtype)
+        added = self._added_conditioning(embeddings, latents, dtype)
+        return self.unet(latents.to(dtype), timestep, encoder_hidden_states=hidden, added_cond_kwargs=added).sample
 
 
 class StableDiffusion2Adapter(StableDiffusionAdapter):
@@ -243,13 +243,13 @@ class StableDiffusionXLAdapter(StableDiffusionAdapter):
             return empty
         return PromptEmbeddings(torch.zeros_like(empty.hidden), empty.token_counts, torch.zeros_like(empty.pooled))
 
-    def _added_conditioning(self, embeddings: PromptEmbeddings, latents: torch.Tensor) -> dict:
+    def _added_conditioning(self, embeddings: PromptEmbeddings, latents: torch.Tensor, dtype: torch.dtype) -> dict:
         # Original size, crop offset, target size: the full image, uncropped.
         height, width = (s * self.pipe.vae_scale_factor for s in latents.shape[-2:])
         time_ids = torch.tensor([height, width, 0, 0, height, width], dtype=latents.dtype, device=latents.device)
         return {
-            "text_embeds": embeddings.pooled.to(self.unet.dtype),
-            "time_ids": time_ids.expand(latents.shape[0], -1).to(self.unet.dtype),
+            "text_embeds": embeddings.pooled.to(dtype),
+            "time_ids": time_ids.expand(latents.shape[0], -1).to(dtype),
         }
 
 
