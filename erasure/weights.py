@@ -287,6 +287,20 @@ class EditedWeights:
             targets[component] = (modules[component], names)
         return targets
 
+    def parameters_in(self, pipe) -> dict[str, dict[str, torch.nn.Parameter]]:
+        """The parameters of ``pipe`` these weights replace, per component, under the
+        component's own names (``text_model.`` added or removed as the installed
+        transformers names it): what an attack reads as the base values before applying.
+
+        Args:
+            pipe: a pipeline of the weights' family (another family is refused).
+        """
+        parameters = {}
+        for component, (module, names) in self._targets(pipe).items():
+            params = dict(module.named_parameters())
+            parameters[component] = {found: params[found] for found in names.values()}
+        return parameters
+
     def _differing(self, targets) -> list[str]:
         """The names whose current value is not the base value the fingerprint recorded."""
         differing = []

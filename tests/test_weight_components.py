@@ -8,9 +8,11 @@ import re
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
@@ -18,11 +20,14 @@ import erasure
 from erasure.adapters import adapter_for
 from erasure.concepts import parse_concepts
 from erasure.edit import Edit
+from erasure.eval import evaluate
 from erasure.eval.generate import weights_record
 from erasure.lora_export import export_lora
 from erasure.methods import Method
 from erasure.tiny import _text_encoder, build_tiny_pipeline
 from erasure.weights import BaseMismatchWarning, EditedWeights, export_pipeline
+
+from eval_fixtures import STEPS, tiny_clip  # noqa: F401  (fixture)
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 PROMPT = "a red circle on grass"
@@ -155,6 +160,8 @@ def test_transformers_4_key_layout_is_normalised_and_plain_loading_shows_the_mis
         assert json.loads(handle.metadata()["key_layout"]) == {"text_encoder": "text_model."}
     expected = _outputs(edited.apply(build_tiny_pipeline("sd1")))
     assert _same(_outputs(erasure.apply(build_tiny_pipeline("sd1"), path)), expected)
+    names = EditedWeights.load(path).parameters_in(build_tiny_pipeline("sd1"))["text_encoder"]
+    assert sorted(names) == sorted(EDITED["sd1"]["text_encoder"])  # the installed layout's names
     # What strict=False does with the other layout: nothing loaded, reported only in unexpected_keys.
     plain = build_tiny_pipeline("sd1")
     part = {k.split(".", 1)[1]: v for k, v in load_file(path).items() if k.startswith("text_encoder.")}
@@ -272,3 +279,16 @@ def test_the_weights_hash_covers_the_text_encoder(edited):
     name = next(n for n in edited.tensors if n.startswith("text_encoder"))
     moved = dataclasses.replace(edited, tensors={**edited.tensors, name: edited.tensors[name] + 1e-3})
     assert weights_record(moved)["sha256"] != weights_record(edited)["sha256"]
+
+
+def test_evaluation_applies_a_text_encoder_edit_and_restores_the_pipeline(tiny_clip, tmp_path):
+    pipe = build_tiny_pipeline("sd1")
+    text_only = SHIFT.run(pipe, parse_concepts("circle"), _Config()).only(["text_encoder"])
+    path = text_only.save(tmp_path / "w.safetensors")
+    before = {n: v.clone() for n, v in pipe.text_encoder.state_dict().items()}
+    evaluate(pipe, path, "shapes/circle", {"clip": {"model": str(tiny_clip)}}, tmp_path / "eval", limit=2, **STEPS)
+    assert all(torch.equal(before[n], v) for n, v in pipe.text_encoder.state_dict().items())
+    images = {variant: sorted((tmp_path / "eval" / variant).glob("*.png")) for variant in ("base", "erased")}
+    assert len(images["base"]) == len(images["erased"]) == 2
+    for base, erased in zip(images["base"], images["erased"]):
+        assert not np.array_equal(np.asarray(Image.open(base)), np.asarray(Image.open(erased)))

@@ -213,3 +213,16 @@ def test_saving_into_a_folder_or_exporting_over_a_file_is_refused(sd1_pipe, tmp_
     with pytest.raises(erasure.ErasureError, match="already exists"):
         export_pipeline(edited, sd1_pipe, tmp_path / "pipe")
     assert (tmp_path / "pipe").read_text() == "not a folder"
+
+
+def test_erase_export_lora_writes_a_lora_of_the_edit(tiny_pipeline_folder, tmp_path, capsys):
+    from erasure.cli import main
+
+    output = tmp_path / "w.safetensors"
+    assert main(["--method", "mace", "--concepts", "cat", "--model", str(tiny_pipeline_folder), "--output", str(output),
+                 "--set", "images_per_concept=1", "--set", "generation_steps=1", "--set", "train_steps=1",
+                 "--export", "lora"]) == 0
+    assert f"LoRA {tmp_path / 'w-lora.safetensors'} (rank " in capsys.readouterr().out
+    edited = EditedWeights.load(output)
+    lora = load_file(tmp_path / "w-lora.safetensors")
+    assert {key.rsplit(".lora_", 1)[0] for key in lora} == {f"unet.{n.removesuffix('.weight')}" for n in edited.tensors}
