@@ -23,7 +23,10 @@ tensor the file replaces, in every component, compared with a tolerance rather t
 loaded in float16 or bfloat16 is the same base model, another checkpoint is not. It
 must cover exactly the tensors the file holds: a tensor without one would be applied
 unchecked, so a missing, empty or malformed fingerprint is refused unless the caller
-asks for no check (``check_base=False``, ``erase-eval --no-check-base``).
+asks for no check (``check_base=False``, ``erase-eval --no-check-base``). Unchecked, a
+base that differs (or cannot be checked) is applied with a ``BaseMismatchWarning``:
+that is how a text encoder is transferred to another model of its family. Shapes are
+checked either way: another family is refused.
 
 NaN or infinite values are never saved, loaded or applied: a diverged edit is an error
 naming the settings that produced it, not a model that scores as a perfect erasure.

@@ -145,29 +145,38 @@ def test_a_format_1_file_still_loads(tmp_path):
     assert weights_record(old)["sha256"] == weights_record(unet_only)["sha256"]
 
 
-def test_transformers_4_key_layout_is_normalised_and_plain_loading_shows_the_mismatch(tmp_path):
-    pipe = build_tiny_pipeline("sd1")
-    edited = SHIFT.run(pipe, parse_concepts("circle"), _Config())
-    # As transformers 4.x names CLIPTextModel's parameters (text_model. inside the component).
-    old_layout = dataclasses.replace(
-        edited,
-        tensors={(n.replace("text_encoder.", "text_encoder.text_model.", 1)): v for n, v in edited.tensors.items()},
-        base_fingerprint={n.replace("text_encoder.", "text_encoder.text_model.", 1): v
-                          for n, v in edited.base_fingerprint.items()},
-    )
-    path = old_layout.save(tmp_path / "w.safetensors")
+@pytest.mark.parametrize("family, component, written, installed",
+                         [("sd1", "text_encoder", "text_model.", ""), ("sdxl", "text_encoder_2", "", "text_model.")],
+                         ids=["prefix-removed", "prefix-added"])
+def test_another_key_layout_is_normalised_and_plain_loading_shows_the_mismatch(family, component, written, installed,
+                                                                               tmp_path):
+    edited = SHIFT.run(build_tiny_pipeline(family), parse_concepts("circle"), _Config())
+
+    def relaid(name):  # as another transformers names the parameters (text_model. inside the component)
+        owner, rest = name.split(".", 1) if name.startswith(component + ".") else (None, name)
+        return name if owner is None or rest.startswith("text_projection") else \
+            f"{owner}.{written}{rest.removeprefix(installed)}"
+
+    other_layout = dataclasses.replace(edited, tensors={relaid(n): v for n, v in edited.tensors.items()},
+                                       base_fingerprint={relaid(n): v for n, v in edited.base_fingerprint.items()})
+    assert other_layout.tensors.keys() != edited.tensors.keys()
+    path = other_layout.save(tmp_path / "w.safetensors")
     with safe_open(str(path), framework="pt") as handle:
-        assert json.loads(handle.metadata()["key_layout"]) == {"text_encoder": "text_model."}
-    expected = _outputs(edited.apply(build_tiny_pipeline("sd1")))
-    assert _same(_outputs(erasure.apply(build_tiny_pipeline("sd1"), path)), expected)
-    names = EditedWeights.load(path).parameters_in(build_tiny_pipeline("sd1"))["text_encoder"]
-    assert sorted(names) == sorted(EDITED["sd1"]["text_encoder"])  # the installed layout's names
+        assert json.loads(handle.metadata()["key_layout"])[component] == written
+    expected = _outputs(edited.apply(build_tiny_pipeline(family)))
+    assert _same(_outputs(erasure.apply(build_tiny_pipeline(family), path)), expected)
+    names = EditedWeights.load(path).parameters_in(build_tiny_pipeline(family))[component]
+    assert sorted(names) == sorted(EDITED[family][component])  # the installed layout's names
     # What strict=False does with the other layout: nothing loaded, reported only in unexpected_keys.
-    plain = build_tiny_pipeline("sd1")
-    part = {k.split(".", 1)[1]: v for k, v in load_file(path).items() if k.startswith("text_encoder.")}
-    assert plain.text_encoder.load_state_dict(part, strict=False).unexpected_keys
+    plain = build_tiny_pipeline(family)
+    part = {k.split(".", 1)[1]: v for k, v in load_file(path).items() if k.startswith(component + ".")}
+    before = {n: v.clone() for n, v in getattr(plain, component).state_dict().items()}
+    result = getattr(plain, component).load_state_dict(part, strict=False)
+    assert result.unexpected_keys
+    changed = [n for n, v in getattr(plain, component).state_dict().items() if not torch.equal(before[n], v)]
+    assert all(n.startswith("text_projection") for n in changed)  # nothing else loaded
     with pytest.raises(AssertionError):
-        _readme_plain_loader()(build_tiny_pipeline("sd1"), path)
+        _readme_plain_loader()(build_tiny_pipeline(family), path)
 
 
 def test_a_name_no_parameter_matches_is_refused_checked_or_not(edited, family):
