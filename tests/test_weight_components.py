@@ -25,7 +25,7 @@ from erasure.eval.generate import weights_record
 from erasure.lora_export import export_lora
 from erasure.methods import Method
 from erasure.tiny import _text_encoder, build_tiny_pipeline
-from erasure.weights import BaseMismatchWarning, EditedWeights, export_pipeline
+from erasure.weights import BaseMismatchWarning, EditedWeights, export_pipeline, joined_name
 
 from eval_fixtures import STEPS, tiny_clip  # noqa: F401  (fixture)
 
@@ -106,7 +106,7 @@ def test_an_edit_round_trips_through_save_apply_and_plain_diffusers(edited, fami
     with safe_open(str(path), framework="pt") as handle:
         meta, keys = handle.metadata(), set(handle.keys())
     assert meta["format_version"] == "2" and json.loads(meta["components"]) == list(EDITED[family])
-    assert keys == {f"{c}.{n}" for c, names in EDITED[family].items() for n in names}
+    assert keys == {joined_name(c, n) for c, names in EDITED[family].items() for n in names}  # UNet names bare
     assert set(json.loads(meta["base_fingerprint"])) == keys
     layout = json.loads(meta["key_layout"])
     assert layout.get("text_encoder") == "" and layout.get("text_encoder_2", "text_model.") == "text_model."
@@ -251,9 +251,13 @@ def test_non_finite_or_unprefixed_text_encoder_tensors_are_refused(edited, tmp_p
     tensors = load_file(path)
     tensors["encoder.layers.0.mlp.fc1.weight"] = tensors.pop(f"{name.split('.', 1)[0]}.{name.split('.', 1)[1]}")
     save_file(tensors, str(tmp_path / "bare.safetensors"), metadata=meta)
-    with pytest.raises(erasure.ErasureError, match=r"holds 'encoder.layers.0.mlp.fc1.weight', whose name lacks a "
-                                                   r"component prefix"):
-        EditedWeights.load(tmp_path / "bare.safetensors")
+    # An unprefixed name reads as a UNet name: refused, checked (no fingerprint for it) or not (no such parameter).
+    with pytest.raises(erasure.ErasureError, match="no base fingerprint for encoder.layers.0.mlp.fc1.weight"):
+        erasure.apply(build_tiny_pipeline(edited.base_model.split("-")[1]), tmp_path / "bare.safetensors")
+    with pytest.raises(erasure.ErasureError, match=r"edit 'encoder.layers.0.mlp.fc1.weight', which this pipeline's "
+                                                   r"unet .* does not have"):
+        erasure.apply(build_tiny_pipeline(edited.base_model.split("-")[1]), tmp_path / "bare.safetensors",
+                      check_base=False)
     nan_file = {k: torch.full_like(v, float("inf")) if k.startswith("text_encoder") else v for k, v in load_file(path).items()}
     save_file(nan_file, str(tmp_path / "inf.safetensors"), metadata=meta)
     with pytest.raises(erasure.ErasureError, match="inf.safetensors is unusable"):
