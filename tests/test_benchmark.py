@@ -51,12 +51,17 @@ def test_every_method_erases_and_keeps_the_rest(quick_run):
             assert rows[method]["acc_s"] >= RETAINED_SHARE[method] * rows["base"]["acc_s"], (task, method, rows)
 
 
-def test_the_closed_form_attack_recovers_what_uce_erased(quick_run):
-    # The attack column is live: an embedding found in closed form against UCE's edited
-    # projections draws the circle again (measured: 17% -> 83% in quick mode).
-    rows = quick_run[0]["results"]["circle"]
-    assert rows["uce"]["acc_e_attacked"] >= rows["uce"]["acc_e"] + 30, rows["uce"]
-    assert rows["base"]["acc_e_attacked"] is None
+def test_the_attack_columns_are_live(quick_run):
+    # An embedding found in closed form against UCE's edited projections draws the circle
+    # again (measured: 17% -> 83% in quick mode), on every task; UnlearnDiffAtk runs on
+    # UCE's circle (quick mode's input-space attack) and on the base model, and a row it
+    # does not break keeps its erased image, so its ASR is at least Acc_e on those rows.
+    results = quick_run[0]["results"]
+    rows = results["circle"]
+    assert rows["uce"]["asr_closed-form"] >= rows["uce"]["acc_e"] + 30, rows["uce"]
+    assert all(r[m]["asr_closed-form"] is not None for r in results.values() for m in r)
+    assert rows["uce"]["asr_unlearndiffatk"] >= rows["uce"]["acc_e"], rows["uce"]
+    assert rows["base"]["asr_unlearndiffatk"] >= 80 and rows["mace"]["asr_unlearndiffatk"] is None
 
 
 def test_table_and_json_hold_every_number_from_the_reports(quick_run):
