@@ -149,7 +149,7 @@ class AttackTarget:
                                "pipeline and the erased weights (erase-eval --model BASE --weights FILE)")
         return self.base
 
-    def render(self, rows: list, conditioning: Conditioning | None = None) -> list:
+    def render(self, rows: list[Row], conditioning: Conditioning | None = None) -> list:
         """The images of ``rows`` by the model as it is, as ``erase-eval`` generates them.
 
         Args:
@@ -158,14 +158,14 @@ class AttackTarget:
         """
         return generate_in_memory(self.pipe, rows, self.settings, conditioning)
 
-    def base_images(self, rows: list) -> list:
+    def base_images(self, rows: list[Row]) -> list:
         """The base model's images of the rows' prompts, same seeds and settings."""
         if self.reference_images is not None:
             return self.reference_images(rows)
         with self.require_base("this attack").original():
             return self.render(rows)
 
-    def attacked_images(self, rows: list) -> list:
+    def attacked_images(self, rows: list[Row]) -> list:
         """The attacked model's images of the rows' own prompts."""
         return self.own_images(rows) if self.own_images is not None else self.render(rows)
 
@@ -183,7 +183,7 @@ class AttackTarget:
             for param, flag in flags:
                 param.requires_grad_(flag)
 
-    def succeeded(self, images: list, rows: list) -> list[bool] | None:
+    def succeeded(self, images: list, rows: list[Row]) -> list[bool] | None:
         """The judge's verdict per image, or ``None`` without a judge."""
         return None if self.judge is None else [bool(v) for v in self.judge(images, rows)]
 
@@ -253,7 +253,7 @@ class Attack:
         self.config = config
         self.notes: dict = {}  # what a run decided, for the record (e.g. the vocabulary used)
 
-    def run(self, target: AttackTarget, rows: list) -> list[AttackResult]:
+    def run(self, target: AttackTarget, rows: list[Row]) -> list[AttackResult]:
         """Attack ``rows`` of ``target``; one result per row, in row order.
 
         Args:

@@ -30,7 +30,7 @@ from ..adapters import PromptEmbeddings, adapter_for
 from ..closed_form import adversarial_embedding
 from ..config import setting
 from ..errors import ErasureError
-from .base import Attack, AttackConfig, AttackResult, AttackTarget
+from .base import Attack, AttackConfig, AttackResult, AttackTarget, Row
 
 DEFAULT_REG = 1e-3
 
@@ -54,7 +54,7 @@ class ClosedFormAttack(Attack):
     output = "embedding"
     cached = False
 
-    def run(self, target: AttackTarget, rows: list) -> list[AttackResult]:
+    def run(self, target: AttackTarget, rows: list[Row]) -> list[AttackResult]:
         base = target.require_base(self.name)
         started = time.perf_counter()
         prompts = [row.prompt for row in rows]

@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 from ..adapters import PromptEmbeddings
 from ..config import setting
 from ..errors import ErasureError
-from .base import Attack, AttackConfig, AttackResult, AttackTarget, concept_words, unit_generator, unit_seed
+from .base import Attack, AttackConfig, AttackResult, AttackTarget, Row, concept_words, unit_generator, unit_seed
 from .tokens import compose_ids, injected_tokens
 
 TEMPLATES = {
@@ -104,7 +104,7 @@ class ConceptInversion(Attack):
     output = "token"
     budget_field = "steps"
 
-    def run(self, target: AttackTarget, rows: list) -> list[AttackResult]:
+    def run(self, target: AttackTarget, rows: list[Row]) -> list[AttackResult]:
         target.require_base(self.name)
         by_concept: dict[str, list] = {}
         for row in rows:
@@ -128,7 +128,7 @@ class ConceptInversion(Attack):
         named = concept_words(row.prompt, concepts)
         return named[0] if named else concepts[0]
 
-    def invert(self, target: AttackTarget, concept: str, rows: list) -> tuple[dict[str, torch.Tensor], list[float]]:
+    def invert(self, target: AttackTarget, concept: str, rows: list[Row]) -> tuple[dict[str, torch.Tensor], list[float]]:
         """Train the token of ``concept`` on the attacked model; its vector per text encoder and the losses."""
         config, adapter = self.config, target.adapter
         generator = unit_generator(config.seed, "concept", concept)
@@ -166,7 +166,7 @@ class ConceptInversion(Attack):
         names = list(adapter.text_encoders())
         return {name: v.detach().cpu() for name, v in zip(names, vectors)}, losses
 
-    def _training_latents(self, target: AttackTarget, concept: str, rows: list) -> tuple[torch.Tensor, torch.Tensor, list]:
+    def _training_latents(self, target: AttackTarget, concept: str, rows: list[Row]) -> tuple[torch.Tensor, torch.Tensor, list]:
         """The VAE posterior (mean, std) of the base model's images of the concept, and of
         their mirror images when ``flip`` (drawn from at random each step), with the
         prompt each image was made from."""

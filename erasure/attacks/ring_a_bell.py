@@ -52,7 +52,7 @@ from tqdm.auto import tqdm
 from ..adapters import PromptEmbeddings
 from ..config import setting
 from ..errors import ErasureError
-from .base import Attack, AttackConfig, AttackResult, AttackTarget, concept_words, unit_seed
+from .base import Attack, AttackConfig, AttackResult, AttackTarget, Row, concept_words, unit_seed
 from .tokens import candidate_ids, compose_ids, words_of
 
 
@@ -91,7 +91,7 @@ class RingABell(Attack):
     budget_field = "generations"
     reads_attacked_model = False
 
-    def run(self, target: AttackTarget, rows: list) -> list[AttackResult]:
+    def run(self, target: AttackTarget, rows: list[Row]) -> list[AttackResult]:
         base = target.require_base(self.name)
         candidates, self.notes["vocabulary"] = candidate_ids(target.adapter, self.config.vocabulary, target.model_folder)
         prompts = list(dict.fromkeys(row.prompt for row in rows))
@@ -109,7 +109,7 @@ class RingABell(Attack):
                              seconds=found[row.prompt][2] / sharing[row.prompt], losses=found[row.prompt][1])
                 for row in rows]
 
-    def pairs(self, rows: list, concepts: list[str]) -> list[tuple[str, str]]:
+    def pairs(self, rows: list[Row], concepts: list[str]) -> list[tuple[str, str]]:
         """The (with, without) prompt pairs of the concept vector (see the module docstring).
 
         Args:

@@ -55,7 +55,7 @@ from tqdm.auto import tqdm
 
 from ..concept_images import encode_images
 from ..config import setting
-from .base import Attack, AttackConfig, AttackResult, AttackTarget, row_unit, unit_generator
+from .base import Attack, AttackConfig, AttackResult, AttackTarget, Row, row_unit, unit_generator
 from .tokens import adversarial_prompt, candidate_ids, compose_ids, injected_tokens, words_of
 
 
@@ -93,7 +93,7 @@ class UnlearnDiffAtk(Attack):
     output = "prompt"
     budget_field = "timesteps"
 
-    def run(self, target: AttackTarget, rows: list) -> list[AttackResult]:
+    def run(self, target: AttackTarget, rows: list[Row]) -> list[AttackResult]:
         target.require_base(self.name)
         candidates, self.notes["vocabulary"] = candidate_ids(target.adapter, self.config.vocabulary, target.model_folder)
         results = {}
@@ -111,7 +111,7 @@ class UnlearnDiffAtk(Attack):
         stride = total // self.config.timesteps
         return [stride // 2 + stride * i for i in range(self.config.timesteps)]
 
-    def _attack_batch(self, target: AttackTarget, rows: list, candidates: torch.Tensor) -> dict[int, AttackResult]:
+    def _attack_batch(self, target: AttackTarget, rows: list[Row], candidates: torch.Tensor) -> dict[int, AttackResult]:
         started = time.perf_counter()
         results: dict[int, AttackResult] = {}
         active = list(rows)
@@ -130,7 +130,7 @@ class UnlearnDiffAtk(Attack):
             result.seconds = elapsed / len(rows)
         return results
 
-    def _optimise(self, target: AttackTarget, rows: list, candidates: torch.Tensor) -> dict[int, AttackResult]:
+    def _optimise(self, target: AttackTarget, rows: list[Row], candidates: torch.Tensor) -> dict[int, AttackResult]:
         adapter, config = target.adapter, self.config
         generators = {row.index: unit_generator(config.seed, *row_unit(row)) for row in rows}
         latents = encode_images(target.pipe, target.base_images(rows), target.settings.resolution).float()

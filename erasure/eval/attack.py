@@ -57,10 +57,9 @@ from typing import Mapping, Sequence
 import torch
 
 from ..atomic import atomic_write
-from ..attacks import Attack, AttackResult, AttackTarget, BaseView, build_attack, check_budget, parse_attack_names
+from ..attacks import Attack, AttackResult, AttackTarget, build_attack, check_budget, parse_attack_names
 from ..attacks.concept_inversion import PLACEHOLDER_SLOT, encode_with_token
 from ..errors import ErasureError
-from ..generation import GenerationSettings
 from .prompts import PromptRow
 
 ATTACKED_TYPES = ("erased", "synonym")  # the rows whose concept was erased
