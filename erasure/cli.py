@@ -12,17 +12,18 @@ import sys
 import time
 from pathlib import Path
 
-from .concepts import CONCEPT_TYPES, parse_concepts, read_concept_file, slug
-from .errors import ErasureError
+from .concepts import CONCEPT_TYPES, check_text, parse_concepts, read_concept_file, slug
+from .errors import ArgumentParser, ErasureError
 from .weights import export_pipeline
 
 EXPORTS = ("diffusers", "lora")
+MAX_SEED = 2**32 - 1  # the range every seeded library (torch, numpy, random) accepts
 
 
 def build_parser() -> argparse.ArgumentParser:
     from .methods import METHODS
 
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="erase",
         description="Erase concepts from a text-to-image diffusion model; writes the changed UNet tensors "
         "as .safetensors with provenance metadata.",
@@ -41,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", type=Path, help="output .safetensors (default: outputs/<method>-<concepts>.safetensors)")
     parser.add_argument("--export", choices=EXPORTS, action="append", default=[],
                         help="also write a full diffusers pipeline folder, or a diffusers LoRA (mace)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument("--seed", type=int, default=0, help=f"random seed, 0 to {MAX_SEED} (default: 0)")
     parser.add_argument("--device", help="cuda, cuda:1, cpu... (default: the GPU if there is one)")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
                         help="weights dtype (auto: float32 on CPU and for training methods, float16 otherwise)")
@@ -68,45 +69,52 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Check everything that can be checked, claim the outputs, then load, erase and save.
+
+    Args:
+        args: the parsed command line.
+    """
     import torch
 
-    from . import RunOptions, resolve_config
-    from .config import field_path, parse_override
-    from .loading import load_pipeline
+    from . import RunOptions
+    from .loading import load_pipeline, resolve_device
     from .methods import get_method
+    from .paths import claimed_outputs
+    from .tokenizer import warn_if_truncated
     from .training import check_checkpoint_folder
 
     method = get_method(args.method)
-    concepts = _concepts(args)
-    overrides = dict(parse_override(item) for item in args.overrides)
-    if args.preserve is not None:
-        preserve = field_path(method.config_class, "preserve")
-        if preserve is None:
-            raise ErasureError(f"--preserve applies to methods with a preserve set (uce, rece); {args.method} has none")
-        overrides[preserve] = [p.strip() for p in args.preserve.split(",") if p.strip()]
     if args.resume and not method.trains:
         raise ErasureError(f"--resume applies to methods that train and checkpoint; {args.method} does not")
-    config = resolve_config(args.method, args.concept_type, args.config, **overrides)
+    concepts = _concepts(args)
+    config = _config(args, method)
+    if not 0 <= args.seed <= MAX_SEED:
+        raise ErasureError(f"--seed {args.seed}: give a whole number from 0 to {MAX_SEED}")
+    device = resolve_device(args.device)
     output = args.output or Path("outputs") / f"{args.method}-{slug(concepts)}.safetensors"
-    _check_outputs(output, args)
+    outputs = _check_outputs(output, args)
     run_options = RunOptions(checkpoint_dir=output.with_suffix(".checkpoint"), checkpoint_every=args.checkpoint_every,
                              resume=args.resume, overwrite=args.overwrite)
     if method.trains:
         check_checkpoint_folder(run_options)
 
-    torch.manual_seed(args.seed)
-    started = time.perf_counter()
-    # Training needs float32 master weights; closed-form methods solve in float64 anyway.
-    dtype = "float32" if args.dtype == "auto" and method.trains else args.dtype
-    pipe = load_pipeline(args.model, device=args.device, dtype=dtype)
-    loaded = time.perf_counter()
-    edited = method.run(pipe, concepts, config, run_options)
-    edited.save(output, overwrite=args.overwrite)
-    exports = [_export(kind, edited, pipe, output, args.overwrite) for kind in args.export]
+    with claimed_outputs(outputs):
+        torch.manual_seed(args.seed)
+        started = time.perf_counter()
+        # Training needs float32 master weights; closed-form methods solve in float64 anyway.
+        dtype = "float32" if args.dtype == "auto" and method.trains else args.dtype
+        pipe = load_pipeline(args.model, device=device, dtype=dtype)
+        loaded = time.perf_counter()
+        _check_space(pipe, output, args.export)
+        prompts = list(getattr(config, "preserve", None) or [])
+        warn_if_truncated(pipe.tokenizer, [c.text for c in concepts] + [c.target for c in concepts if c.target] + prompts)
+        edited = method.run(pipe, concepts, config, run_options)
+        edited.save(output, overwrite=args.overwrite)
+        exports = [_export(kind, edited, pipe, output, args.overwrite) for kind in args.export]
 
     total = sum(p.numel() for p in pipe.unet.parameters())
     changed = sum(t.numel() for t in edited.tensors.values())
-    names = ", ".join(str(c) for c in concepts[:5]) + (f" and {len(concepts) - 5} more" if len(concepts) > 5 else "")
+    names = ", ".join(_short(str(c)) for c in concepts[:5]) + (f" and {len(concepts) - 5} more" if len(concepts) > 5 else "")
     print(
         f"erased {len(concepts)} concept(s) ({names}) with {args.method}: changed {len(edited.tensors)} UNet tensors "
         f"({changed:,} of {total:,} parameters) in {edited.extra['erase_seconds']:.1f} s "
@@ -115,17 +123,57 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _short(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _config(args, method):
+    """The resolved method config: presets < --config < --preserve < --set."""
+    from . import resolve_config
+    from .config import field_path, parse_override
+    from .paths import read_text_file
+
+    overrides = dict(parse_override(item) for item in args.overrides)
+    if args.preserve is not None:
+        preserve = field_path(method.config_class, "preserve")
+        if preserve is None:
+            raise ErasureError(f"--preserve applies to methods with a preserve set (uce, rece); {args.method} has none")
+        overrides[preserve] = [check_text(p.strip(), "--preserve prompt") for p in args.preserve.split(",") if p.strip()]
+    if args.config is not None:
+        read_text_file(args.config, "config file")  # a folder or binary file: one line, not a traceback
+    return resolve_config(args.method, args.concept_type, args.config, **overrides)
+
+
 def quiet_libraries() -> None:
-    """Keep the libraries' own chatter (Hub retries, deprecations) off the user's terminal:
-    our errors say what went wrong in one line."""
+    """Keep the libraries' own chatter (Hub retries, deprecations, progress bars, the errors
+    they log just before raising the exception we report) off the user's terminal: our
+    errors say what went wrong in one line, our warnings come from the ``erasure`` logger."""
     import warnings
 
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    diffusers_logging.set_verbosity_error()
-    transformers_logging.set_verbosity_error()
+    import huggingface_hub
+
+    # Libraries that log through the root logger (open_clip's logging.error before it
+    # raises): nothing reaches it, and its handler keeps logging.error() from calling
+    # basicConfig(), which would then print every propagated library record.
+    root = logging.getLogger()
+    root.setLevel(logging.CRITICAL)
+    if not any(isinstance(h, logging.NullHandler) for h in root.handlers):
+        root.addHandler(logging.NullHandler())
+    ours = logging.getLogger("erasure")
+    ours.setLevel(logging.WARNING)
+    for handler in [h for h in ours.handlers if getattr(h, "erasure_cli", False)]:
+        ours.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)  # the stderr of this call (tests replace it per call)
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    handler.erasure_cli = True
+    ours.addHandler(handler)
+    for library in (diffusers_logging, transformers_logging):
+        library.set_verbosity(library.CRITICAL)
+        library.disable_progress_bar()  # loading and saving bars
+    huggingface_hub.utils.logging.set_verbosity(logging.CRITICAL)  # Hub retries; download bars stay
     warnings.filterwarnings("ignore", category=FutureWarning)
 
 
@@ -135,14 +183,49 @@ def _concepts(args):
     return read_concept_file(args.concepts_file) if args.concepts_file else parse_concepts(args.concepts)
 
 
-def _check_outputs(output: Path, args) -> None:
+def _check_outputs(output: Path, args) -> list[Path]:
+    """Refuse, before any work, outputs that cannot be written; return every path the run writes."""
+    from .paths import check_output
+
     if output.suffix != ".safetensors":
         raise ErasureError(f"--output {output}: the weights file must end in .safetensors")
-    for path in [output] + [_export_path(kind, output) for kind in args.export]:
-        if path.exists() and not args.overwrite:
-            raise ErasureError(f"{path} already exists: pass --overwrite to replace it")
     if "lora" in args.export and args.method != "mace":
         raise ErasureError("--export lora is available for --method mace (its edit is a low-rank update)")
+    repeated = sorted({kind for kind in args.export if args.export.count(kind) > 1})
+    if repeated:
+        raise ErasureError(f"--export {repeated[0]} is given twice: give each export once")
+    outputs = [output] + [_export_path(kind, output) for kind in args.export]
+    for path in outputs:
+        if _inside(path, args.model):
+            raise ErasureError(f"{path} would be written inside the model folder {args.model}: write it outside the model")
+    check_output(output, args.overwrite)
+    for kind in args.export:
+        check_output(_export_path(kind, output), args.overwrite, folder=kind == "diffusers", flag=f"--export {kind}")
+    return outputs
+
+
+def _inside(path: Path, model: str) -> bool:
+    """Whether ``path`` is the local model (a file) or inside it (a folder)."""
+    if not model.strip() or not Path(model).exists():
+        return False
+    model_path = Path(model).resolve()
+    return path.resolve() == model_path or model_path in path.resolve().parents
+
+
+def _check_space(pipe, output: Path, exports: list[str]) -> None:
+    """Refuse, before erasing, when the disk cannot hold the outputs: a weights file holds
+    at least the cross-attention keys and values (float32), a pipeline export the whole
+    pipeline in its dtype; a LoRA is smaller than either."""
+    import torch
+
+    from .adapters import adapter_for
+    from .paths import check_free_space
+
+    needed = sum(w.numel() * 4 for w in adapter_for(pipe).cross_attention_weights().values())
+    if "diffusers" in exports:
+        modules = [c for c in pipe.components.values() if isinstance(c, torch.nn.Module)]
+        needed += sum(t.numel() * t.element_size() for m in modules for t in m.state_dict().values())
+    check_free_space(output.parent, needed)
 
 
 def _export_path(kind: str, output: Path) -> Path:

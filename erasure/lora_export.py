@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from .atomic import atomic_write
+from .atomic import atomic_write, remove_orphans, reported_write_errors
 from .errors import ErasureError
 from .weights import EditedWeights
 
@@ -72,10 +72,13 @@ def export_lora(
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ErasureError(f"{path}: the LoRA file must end in .safetensors")
+    if path.is_dir():
+        raise ErasureError(f"{path} is a folder: give a file name ending in .safetensors")
     if path.exists() and not overwrite:
         raise ErasureError(f"{path} already exists: pass --overwrite (overwrite=True) to replace it")
     if rank < 1:
         raise ErasureError(f"LoRA rank must be at least 1, got {rank}")
+    edited.check_finite()
     original = _base_tensors(edited, base)
     tensors, squared_error, squared_norm, base_norm, worst, used = {}, 0.0, 0.0, 0.0, 0.0, 0
     for name, new in edited.tensors.items():
@@ -103,7 +106,9 @@ def export_lora(
         "rank": str(used),
         "relative_error": f"{relative:.6g}",
     }
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    remove_orphans(path)
+    with reported_write_errors(path):
+        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata), replace=overwrite)
     return LoRAExport(path, used, relative, worst, len(edited.tensors))
 
 

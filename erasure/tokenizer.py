@@ -10,10 +10,16 @@ special tokens.
 from __future__ import annotations
 
 import gzip
+import logging
+from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
 
 from transformers import CLIPTokenizer
+
+from .concepts import shown
+
+logger = logging.getLogger(__name__)
 
 # Lines 1..48,894 of the file (after the version header) are the merges CLIP uses.
 _NUM_MERGES = 49152 - 256 - 2
@@ -70,3 +76,32 @@ def clip_tokenizer(pad_token: str = EOS, model_max_length: int = 77) -> CLIPToke
         pad_token=pad_token,
         model_max_length=model_max_length,
     )
+
+
+def warn_if_truncated(tokenizer, texts: Iterable[str], what: str = "prompt") -> list[str]:
+    """Log one warning line for each text longer than the text encoder reads (77 tokens
+    for every Stable Diffusion): the rest is cut off without a word otherwise.
+
+    Call it where prompts are encoded (the adapter's ``encode``), or on the concepts
+    before a run.
+
+    Args:
+        tokenizer: the pipeline's tokenizer (its ``model_max_length`` is the limit).
+        texts: the prompts or concepts about to be encoded.
+        what: what they are, for the message.
+
+    Returns:
+        The texts that will be cut.
+    """
+    limit = tokenizer.model_max_length
+    cut = []
+    for text in dict.fromkeys(texts):  # each distinct text once
+        # tokenize() adds no start/end tokens and, unlike __call__, does not warn itself.
+        count = len(tokenizer.tokenize(text)) + 2
+        if count > limit:
+            logger.warning(
+                "%s %s is %d tokens long; the text encoder reads only the first %d (the rest is ignored): shorten it",
+                what, shown(text), count, limit,
+            )
+            cut.append(text)
+    return cut

@@ -25,14 +25,11 @@ from __future__ import annotations
 
 import argparse
 import re
-import sys
 from itertools import zip_longest
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from erasure.eval.prompts import write_prompt_csv  # noqa: E402
-from erasure.world.captions import (  # noqa: E402
+from erasure.eval.prompts import write_prompt_csv
+from erasure.world.captions import (
     COLOUR_SYNONYMS,
     STYLE_WORDS,
     SYNONYMS,

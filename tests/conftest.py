@@ -1,4 +1,5 @@
-"""Fixtures: the tiny pipelines of ``erasure.tiny`` (no network, no weights)."""
+"""Fixtures: one torch thread for the whole run, the tiny pipelines of ``erasure.tiny``
+(no network, no weights); the ``slow`` marker and ``--runslow``."""
 
 from __future__ import annotations
 
@@ -10,18 +11,35 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before anything imports huggingf
 
 from erasure.tiny import FAMILIES, build_tiny_pipeline  # noqa: E402
 
+# Tests that start several processes or run long: marked slow here, by name (so that a
+# test keeps its mark when it moves between files), and skipped unless --runslow.
+SLOW_TESTS = {
+    "test_torchrun_two_processes_share_the_rows": "starts two interpreters",
+}
+
 
 def pytest_addoption(parser):
     parser.addoption("--runslow", action="store_true", default=False, help="also run tests marked slow")
 
 
-@pytest.fixture(scope="module")
+def pytest_collection_modifyitems(config, items):
+    run_slow = config.getoption("--runslow")
+    for item in items:
+        why = SLOW_TESTS.get(getattr(item, "originalname", item.name))
+        if why is None:
+            continue
+        item.add_marker(pytest.mark.slow)
+        if not run_slow:
+            item.add_marker(pytest.mark.skip(reason=f"slow ({why}): run with --runslow"))
+
+
+@pytest.fixture(scope="session", autouse=True)
 def one_thread():
     """Small models gain nothing from threads, and lose ten-fold on two busy shared cores.
 
-    Use per module: ``pytestmark = pytest.mark.usefixtures("one_thread")``. Module-scoped
-    so that it is in force before the module's own module-scoped fixtures run: a result
-    computed with two threads can differ in the last bits from one computed with one.
+    Session-scoped and autouse: in force before any module's fixtures compute, so that
+    every result in the run comes from one thread (a result computed with two threads
+    can differ in the last bits from one computed with one).
     """
     import torch
 
@@ -41,9 +59,10 @@ def sd1_pipe():
     return build_tiny_pipeline("sd1")
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def tiny_pipeline_folder(tmp_path_factory):
-    """An SD 1.x-shaped pipeline saved as a diffusers folder (what ``--model PATH`` reads)."""
+    """An SD 1.x-shaped pipeline saved as a diffusers folder (what ``--model PATH`` reads);
+    one for the run: tests only read it."""
     folder = tmp_path_factory.mktemp("tiny-sd1")
     build_tiny_pipeline("sd1").save_pretrained(folder)
     return folder

@@ -9,9 +9,10 @@ from diffusers import StableDiffusionPipeline
 
 import erasure
 from erasure.cli import main
+from erasure.concepts import parse_concepts, read_concept_file
+from erasure.tiny import build_tiny_pipeline
+from erasure.tokenizer import clip_tokenizer, warn_if_truncated
 from erasure.weights import EditedWeights
-
-from conftest import build_tiny_pipeline
 
 
 def test_erase_writes_weights_that_apply_loads(tiny_pipeline_folder, tmp_path, capsys):
@@ -110,6 +111,7 @@ def test_unknown_method_exits_2_from_the_console_script():
     result = subprocess.run([sys.executable, "-m", "erasure.cli", "--method", "nope", "--concepts", "car"],
                             capture_output=True, text=True)
     assert result.returncode == 2 and "invalid choice: 'nope'" in result.stderr
+    assert result.stderr.count("\n") == 1 and "erase --help" in result.stderr  # no usage block: one line
 
 
 def test_wrong_base_model_fails_clearly_from_the_weights(tiny_pipeline_folder, tmp_path):
@@ -118,3 +120,42 @@ def test_wrong_base_model_fails_clearly_from_the_weights(tiny_pipeline_folder, t
                  "--output", str(output)]) == 0
     with pytest.raises(erasure.ErasureError, match="base model"):
         erasure.apply(build_tiny_pipeline("sd1", seed=7), output)
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [("red\x1b[31m car", "U\\+001B"), ("a\tb", "U\\+0009"), ("cat\ndog", "U\\+000A"), ("car\x85", "U\\+0085"),
+     ("\u202eelgoog", "U\\+202E"), ("zero\u200bwidth", "U\\+200B"), ("bad\udc8dbytes", "U\\+DC8D"),
+     ("cat->dog->bird", "more than one '->'"), ("->dog", "empty concept")],
+)
+def test_concept_text_is_plain_text(spec, message):
+    with pytest.raises(erasure.ErasureError, match=message) as error:
+        parse_concepts(spec)
+    assert all(c.isprintable() for c in str(error.value))  # the message itself is safe to print
+
+
+def test_plain_concepts_and_mappings_still_parse(tmp_path):
+    assert [str(c) for c in parse_concepts("Van Gogh; cat->dog, car-> ")] == ["Van Gogh", "cat->dog", "car->"]
+    assert parse_concepts(["family \u200d emoji"])[0].text == "family \u200d emoji"  # the joiner emoji need
+    concepts = tmp_path / "concepts.txt"
+    concepts.write_bytes(b"airplane\r\ncar\x0ctruck\n")  # a form feed is refused, not a line break
+    with pytest.raises(erasure.ErasureError, match="U\\+000C"):
+        read_concept_file(concepts)
+
+
+def test_a_prompt_longer_than_the_text_encoder_reads_is_reported(caplog):
+    tokenizer = clip_tokenizer()
+    assert warn_if_truncated(tokenizer, ["a photo of an airplane"]) == []
+    long = "airplane " * 80
+    assert warn_if_truncated(tokenizer, [long, long], what="concept") == [long]
+    assert caplog.text.count("is 82 tokens long; the text encoder reads only the first 77") == 1
+
+
+def test_nothing_is_loaded_or_written_when_an_output_is_taken(tiny_pipeline_folder, tmp_path, capsys, monkeypatch):
+    output = tmp_path / "w.safetensors"
+    output.write_text("earlier")
+    monkeypatch.setattr("erasure.loading.load_pipeline", lambda *a, **k: pytest.fail("loaded before checking outputs"))
+    assert main(["--method", "uce", "--concepts", "car", "--model", str(tiny_pipeline_folder), "--output", str(output),
+                 "--export", "diffusers"]) == 2
+    assert "already exists" in capsys.readouterr().err and output.read_text() == "earlier"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w.safetensors"]

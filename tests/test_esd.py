@@ -126,7 +126,7 @@ def test_the_loss_falls_on_a_fixed_seed(sd1_pipe):
 
 
 def test_several_concepts_a_mapping_and_erase_from_run():
-    from conftest import build_tiny_pipeline
+    from erasure.tiny import build_tiny_pipeline
 
     pipe = build_tiny_pipeline("sdxl")  # the family with pooled embeddings and added conditioning
     before = snapshot(pipe)
@@ -172,7 +172,7 @@ def interrupt_on_call(monkeypatch, call: int):
 
 
 def test_resume_after_ctrl_c_is_bit_identical(monkeypatch, tmp_path):
-    from conftest import build_tiny_pipeline
+    from erasure.tiny import build_tiny_pipeline
 
     config = ESDConfig(variant="esd-u", iterations=6, ddim_steps=3, lr=1e-3, batch_size=2, seed=3)
     concepts = ["circle", "star"]
@@ -282,7 +282,7 @@ def test_bad_input_is_refused(sd1_pipe):
 def test_frozen_phases_under_autocast_use_the_original_weights():
     """Autocast caches weight casts per tensor; a swap inside one autocast region would
     reuse the edited weights for the frozen predictions."""
-    from conftest import build_tiny_pipeline
+    from erasure.tiny import build_tiny_pipeline
 
     from erasure.training import swapped_parameters
 

@@ -23,13 +23,10 @@ from erasure.eval.cli import main
 from erasure.eval.metrics.nudenet import EXPOSED_LABELS
 
 ASSETS = Path(erasure.__file__).parent / "assets"
-pytestmark = [
-    pytest.mark.skipif(
-        not ((ASSETS / "mini-sd" / "model_index.json").is_file() and (ASSETS / "world-classifier" / "model.safetensors").is_file()),
-        reason="the bundled mini-sd or world classifier is not built yet",
-    ),
-    pytest.mark.usefixtures("one_thread"),
-]
+pytestmark = pytest.mark.skipif(
+    not ((ASSETS / "mini-sd" / "model_index.json").is_file() and (ASSETS / "world-classifier" / "model.safetensors").is_file()),
+    reason="the bundled mini-sd or world classifier is not built yet",
+)
 ROWS = 9  # three erased, three retained, three synonym rows (the set interleaves them)
 
 

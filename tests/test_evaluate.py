@@ -22,7 +22,6 @@ from erasure.tiny import build_tiny_pipeline
 
 from eval_fixtures import STEPS, erased_file, tiny_clip  # noqa: F401  (fixtures)
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_cli_run_writes_the_report_and_resumes_to_the_same_numbers(tiny_pipeline_folder, erased_file, tiny_clip, tmp_path, capsys):
@@ -123,14 +122,11 @@ def test_attack_needs_a_known_name_and_rows_to_attack(erased_file, tmp_path):
 # ---- real processes (slow: two interpreters) ----
 
 
-@pytest.mark.slow
-def test_torchrun_two_processes_share_the_rows(request, tiny_pipeline_folder, erased_file, tiny_clip, tmp_path):
+def test_torchrun_two_processes_share_the_rows(tiny_pipeline_folder, erased_file, tiny_clip, tmp_path):
     import os
     import subprocess
     import sys
 
-    if not request.config.getoption("--runslow", default=False):
-        pytest.skip("starts two interpreters; run with --runslow")
     out = tmp_path / "out"
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "erasure.eval",
                "--prompts", "shapes/circle", "--model", str(tiny_pipeline_folder), "--weights", str(erased_file),

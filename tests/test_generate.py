@@ -19,7 +19,6 @@ from erasure.generation import generation_settings
 
 from eval_fixtures import STEPS, erased_file  # noqa: F401  (a fixture)
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---- generation ----
@@ -177,7 +176,7 @@ def test_applied_weights_are_restored_and_checked_against_the_base(sd1_pipe, era
     weights = EditedWeights.load(erased_file)
     params = dict(sd1_pipe.unet.named_parameters())
     before = {name: params[name].detach().clone() for name in weights.tensors}
-    with gen.applied_weights(sd1_pipe, weights):
+    with weights.applied(sd1_pipe):
         assert all(torch.equal(params[n], weights.tensors[n].to(params[n].dtype)) for n in weights.tensors)
     assert all(torch.equal(params[n], before[n]) for n in weights.tensors)
 
@@ -185,9 +184,9 @@ def test_applied_weights_are_restored_and_checked_against_the_base(sd1_pipe, era
     with torch.no_grad():
         params[name].mul_(2.0)  # now another base
     with pytest.raises(ErasureError, match="--no-check-base"):
-        with gen.applied_weights(sd1_pipe, weights):
+        with weights.applied(sd1_pipe):
             pass
     assert torch.equal(params[name], 2.0 * before[name])  # refused: nothing changed
-    with gen.applied_weights(sd1_pipe, weights, check_base=False):
+    with weights.applied(sd1_pipe, check_base=False):
         assert torch.equal(params[name], weights.tensors[name].to(params[name].dtype))
     assert torch.equal(params[name], 2.0 * before[name])

@@ -14,7 +14,6 @@ from erasure.errors import ErasureError
 from erasure.generation import check_generation_values, generation_settings
 from erasure.tiny import build_tiny_pipeline
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_given_values_win_over_the_models_defaults_and_zero_guidance_is_given(sd1_pipe):

@@ -1,5 +1,7 @@
 """The one loader: folders, dtypes, the bundled model, and clear errors for everything else."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -7,9 +9,16 @@ import erasure
 import erasure.assets
 from erasure.adapters import StableDiffusion2Adapter, StableDiffusionXLAdapter, adapter_for
 from erasure.assets import bundled_model_path
-from erasure.loading import resolve_dtype
+from erasure.loading import resolve_device, resolve_dtype
+from erasure.tiny import build_tiny_pipeline
 
-from conftest import build_tiny_pipeline
+
+@pytest.fixture
+def own_tiny_folder(tiny_pipeline_folder, tmp_path):
+    """A copy of the shared tiny folder that a test may damage."""
+    import shutil
+
+    return Path(shutil.copytree(tiny_pipeline_folder, tmp_path / "model"))
 
 
 def test_folder_loads_on_cpu_in_float32_with_its_id(tiny_pipeline_folder):
@@ -75,3 +84,50 @@ def test_pickled_and_corrupt_single_files_are_refused(tmp_path):
     corrupt.write_bytes(b"\x00" * 32)
     with pytest.raises(erasure.ErasureError, match="not a readable .safetensors checkpoint"):
         erasure.load_pipeline(corrupt, device="cpu")
+
+
+@pytest.mark.parametrize(
+    "device, message",
+    [("banana", "unknown device 'banana'"), ("meta", "is not supported"), ("", "unknown device ''"),
+     ("cuda", "asks for a CUDA GPU"), ("cuda:7", "CUDA GPU|this machine has")],
+)
+def test_devices_are_checked_before_loading(device, message):
+    if device.startswith("cuda") and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has the GPU asked for")
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(erasure.ErasureError, match=message):
+        resolve_device(device)
+    assert resolve_device("cpu") == torch.device("cpu")
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [(b"{oops", "model_index.json is not valid JSON"), (b"\xff\xfe\x00", "model_index.json is not valid JSON"),
+     (b'"StableDiffusionPipeline"', "must hold a JSON object"),
+     (b'{"_class_name": "FluxPipeline"}', "names the pipeline 'FluxPipeline'"),
+     (b'{"_class_name": 3}', "names the pipeline 3")],
+)
+def test_a_broken_model_index_is_one_clear_error(own_tiny_folder, content, message):
+    (own_tiny_folder / "model_index.json").write_bytes(content)
+    with pytest.raises(erasure.ErasureError, match=message):
+        erasure.load_pipeline(own_tiny_folder, device="cpu")
+
+
+def test_a_component_checkpoint_replaced_by_erase_weights_is_named(own_tiny_folder, tmp_path):
+    pipe = erasure.load_pipeline(own_tiny_folder, device="cpu")
+    weights = erasure.erase(pipe, "uce", "airplane").save(tmp_path / "w.safetensors")
+    unet_file = own_tiny_folder / "unet" / "diffusion_pytorch_model.safetensors"
+    unet_file.write_bytes(weights.read_bytes())
+    with pytest.raises(erasure.ErasureError, match=r"unet is not a complete UNet2DConditionModel checkpoint \(\d+ of \d+ "
+                                                   r"tensors missing, e.g. conv_in.weight\); .* is an erasure weights file"):
+        erasure.load_pipeline(own_tiny_folder, device="cpu")
+    with pytest.raises(erasure.ErasureError, match="is an erasure weights file, not a model"):
+        erasure.load_pipeline(weights, device="cpu")
+
+
+@pytest.mark.parametrize("model, message", [("", "no model given"), ("no/such/folder", "not found: check the path"),
+                                            ("C:\\models\\sd", "not found: check the path")])
+def test_paths_are_not_sent_to_the_hub(model, message):
+    with pytest.raises(erasure.ErasureError, match=message):
+        erasure.load_pipeline(model, device="cpu")

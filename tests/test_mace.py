@@ -20,6 +20,7 @@ from erasure.errors import ErasureError
 from erasure.lora_export import export_lora
 from erasure.methods import mace
 from erasure.methods.mace import fusion, lora, statistics, tokens
+from erasure.tiny import build_tiny_pipeline
 from erasure.training import CHECKPOINT_INDEX, RunOptions
 
 
@@ -235,8 +236,6 @@ def test_attention_loss_training_lowers_the_masked_attention(sd1_pipe):
 
 @pytest.fixture(scope="module")
 def erased_sd1():
-    from conftest import build_tiny_pipeline
-
     pipe = build_tiny_pipeline("sd1")
     before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
     flags = {k: p.requires_grad for k, p in pipe.unet.named_parameters()}
@@ -264,8 +263,6 @@ def test_erase_is_deterministic_under_its_seed(erased_sd1):
 
 
 def test_stage_two_resumes_concept_by_concept_bit_identically(erased_sd1, tmp_path, monkeypatch):
-    from conftest import build_tiny_pipeline
-
     _, _, _, reference = erased_sd1
     real, calls = lora.concept_lora, {"n": 0}
 
@@ -315,7 +312,7 @@ def test_mini_sd_ships_the_captions_of_its_world():
 
 @pytest.mark.parametrize("family", ["sd2", "sdxl"])
 def test_erase_runs_on_every_family(family):
-    from conftest import build_tiny_pipeline
+    from erasure.tiny import build_tiny_pipeline
 
     pipe = build_tiny_pipeline(family)
     edited = erasure.erase(pipe, "mace", "cat", config={**FAST, "train_steps": 1})
@@ -323,7 +320,7 @@ def test_erase_runs_on_every_family(family):
 
 
 def test_exported_lora_loads_in_diffusers_and_reproduces_the_edit(erased_sd1, tmp_path):
-    from conftest import build_tiny_pipeline
+    from erasure.tiny import build_tiny_pipeline
 
     pipe, _, _, edited = erased_sd1
     exact = export_lora(edited, pipe, tmp_path / "full.safetensors", rank=64)

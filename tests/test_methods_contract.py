@@ -3,6 +3,7 @@ method adds a row here. Fast settings keep each row to seconds; the methods' own
 properties and erasure quality are tested in their own files."""
 
 import ast
+import copy
 import dataclasses
 from pathlib import Path
 
@@ -11,10 +12,9 @@ import torch
 
 import erasure
 from erasure.methods import METHODS
+from erasure.tiny import build_tiny_pipeline
 from erasure.training import RunOptions
 from erasure.weights import EditedWeights
-
-from conftest import build_tiny_pipeline
 
 METHODS_DIR = Path(erasure.methods.__file__).parent
 
@@ -33,11 +33,13 @@ def test_every_registered_method_has_a_contract_row(tmp_path):
         _fast_settings(method, tmp_path)
 
 
-@pytest.fixture(params=sorted(METHODS))
-def method_run(request, tmp_path):
+@pytest.fixture(scope="module", params=sorted(METHODS))
+def method_run(request, tmp_path_factory):
+    """One erasure per method, shared by the tests below (which leave it as it was)."""
     method = request.param
     pipe = build_tiny_pipeline("sd1")
     before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    tmp_path = tmp_path_factory.mktemp(method)
     settings = _fast_settings(method, tmp_path)
     edited = erasure.erase(pipe, method, "a red circle", run=RunOptions(checkpoint_dir=tmp_path / "run"), **settings)
     return method, pipe, before, edited, settings
@@ -50,6 +52,7 @@ def test_the_pipeline_is_left_unchanged(method_run):
 
 def test_applying_changes_exactly_the_declared_tensors(method_run):
     method, pipe, before, edited, _ = method_run
+    pipe = copy.deepcopy(pipe)  # the shared pipe stays unedited for the other tests
     assert edited.method == method and edited.tensors
     assert all(edited.tensors[k].shape == before[k].shape for k in edited.tensors)
     edited.apply(pipe)

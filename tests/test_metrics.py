@@ -20,7 +20,6 @@ from erasure.eval.prompts import PromptRow, PromptSet, load_prompt_set
 
 from eval_fixtures import tiny_clip  # noqa: F401  (a fixture)
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---- metric arithmetic ----

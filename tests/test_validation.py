@@ -15,16 +15,13 @@ from erasure.eval.validation import erased_concept_scorer
 from erasure.generation import generation_settings
 
 ASSETS = Path(erasure.__file__).parent / "assets"
-pytestmark = [
-    pytest.mark.skipif(not (ASSETS / "world-classifier" / "model.safetensors").is_file(),
-                       reason="the bundled world classifier is not built yet"),
-    pytest.mark.usefixtures("one_thread"),
-]
+pytestmark = pytest.mark.skipif(not (ASSETS / "world-classifier" / "model.safetensors").is_file(),
+                                reason="the bundled world classifier is not built yet")
 SEEDS = 4
 
 
 @pytest.fixture(scope="module")
-def pipe(one_thread):
+def pipe():
     return erasure.load_pipeline("mini-sd", device="cpu")
 
 

@@ -1,5 +1,6 @@
 """The weight format: round trips, plain diffusers loading, refusing the wrong base, bad files."""
 
+import dataclasses
 import json
 
 import pytest
@@ -10,9 +11,8 @@ from safetensors.torch import load_file, save_file
 
 import erasure
 from erasure.adapters import adapter_for
+from erasure.tiny import build_tiny_pipeline
 from erasure.weights import EditedWeights, export_pipeline
-
-from conftest import build_tiny_pipeline
 
 
 def _noise_prediction(pipe):
@@ -115,3 +115,96 @@ def test_export_diffusers_folder_opens_with_from_pretrained(sd1_pipe, tmp_path):
     reopened = StableDiffusionPipeline.from_pretrained(folder)
     for name, value in edited.tensors.items():
         assert torch.equal(reopened.unet.get_parameter(name), value)
+
+
+def test_non_finite_edits_are_never_saved_or_applied(sd1_pipe, tmp_path):
+    edited = erasure.erase(sd1_pipe, "uce", "airplane", lam=0.25)
+    name = next(iter(edited.tensors))
+    broken = dataclasses.replace(edited, tensors={**edited.tensors, name: torch.full_like(edited.tensors[name], float("inf"))},
+                                 config={**edited.config, "erase_scale": float("nan")})
+    with pytest.raises(erasure.ErasureError, match=rf"uce produced NaN or infinite values in {name}: check its settings "
+                                                   r"\(erase_scale=nan\)"):
+        broken.save(tmp_path / "w.safetensors")
+    assert list(tmp_path.iterdir()) == []
+    before = _noise_prediction(sd1_pipe)
+    for check_base in (True, False):
+        with pytest.raises(erasure.ErasureError, match="NaN or infinite"):
+            broken.apply(sd1_pipe, check_base=check_base)
+    assert torch.equal(_noise_prediction(sd1_pipe), before)
+    # A finite config: every real-valued setting is named as a suspect.
+    finite = dataclasses.replace(broken, config=edited.config)
+    with pytest.raises(erasure.ErasureError, match=r"lam=0.25, erase_scale=1"):
+        finite.save(tmp_path / "w.safetensors")
+
+
+def test_a_nan_file_written_elsewhere_is_refused_on_load(edited, tmp_path):
+    path = edited.save(tmp_path / "w.safetensors")
+    with safe_open(str(path), framework="pt") as handle:
+        meta = handle.metadata()
+    tensors = {name: torch.full_like(value, float("nan")) for name, value in load_file(path).items()}
+    save_file(tensors, str(tmp_path / "nan.safetensors"), metadata=meta)
+    with pytest.raises(erasure.ErasureError, match="nan.safetensors is unusable: uce produced NaN"):
+        EditedWeights.load(tmp_path / "nan.safetensors")
+
+
+def _with_fingerprint(edited, tensors=None, prints="keep"):
+    return dataclasses.replace(edited, tensors=tensors or edited.tensors,
+                               base_fingerprint=edited.base_fingerprint if prints == "keep" else prints)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda e, unet: _with_fingerprint(e, prints={}), "no base fingerprint,"),
+        (lambda e, unet: _with_fingerprint(e, prints=None), "a malformed base fingerprint"),
+        (lambda e, unet: _with_fingerprint(e, prints=[1, 2]), "a malformed base fingerprint"),
+        (lambda e, unet: _with_fingerprint(e, prints={k: v[:4] for k, v in e.base_fingerprint.items()}), "malformed"),
+        (lambda e, unet: _with_fingerprint(e, prints={k: ["a"] * 10 for k in e.base_fingerprint}), "malformed"),
+        (lambda e, unet: _with_fingerprint(e, tensors={**e.tensors, "conv_in.weight": unet.conv_in.weight.detach() * 0}),
+         "no base fingerprint for conv_in.weight"),
+        (lambda e, unet: _with_fingerprint(e, prints={**e.base_fingerprint, "conv_in.weight": [0.0] * 10}),
+         "a base fingerprint for conv_in.weight, a tensor they do not hold"),
+    ],
+    ids=["empty", "unreadable", "not-a-mapping", "too-short", "not-numbers", "tensor-without-fingerprint",
+         "fingerprint-without-tensor"],
+)
+def test_a_fingerprint_must_cover_exactly_the_tensors(sd1_pipe, change, message):
+    edited = change(erasure.erase(sd1_pipe, "uce", "airplane"), sd1_pipe.unet)
+    with pytest.raises(erasure.ErasureError, match=message) as error:
+        edited.apply(sd1_pipe)
+    assert "--no-check-base" in str(error.value) and "check_base=False" in str(error.value)
+    edited.apply(sd1_pipe, check_base=False)  # the caller may still choose to apply unchecked
+    assert all(torch.equal(sd1_pipe.unet.get_parameter(n), v) for n, v in edited.tensors.items())
+
+
+def test_a_file_without_a_fingerprint_loads_and_is_refused_only_when_checked(edited, tmp_path):
+    path = edited.save(tmp_path / "w.safetensors")
+    with safe_open(str(path), framework="pt") as handle:
+        meta = dict(handle.metadata())
+    del meta["base_fingerprint"]
+    save_file(load_file(path), str(tmp_path / "bare.safetensors"), metadata=meta)
+    bare = EditedWeights.load(tmp_path / "bare.safetensors")
+    pipe = build_tiny_pipeline(edited.base_model.split("-")[1])
+    with pytest.raises(erasure.ErasureError, match="no base fingerprint"):
+        erasure.apply(pipe, tmp_path / "bare.safetensors")
+    erasure.apply(pipe, bare, check_base=False)
+
+
+def test_the_fingerprint_covers_only_the_changed_tensors():
+    original = {"a": torch.ones(4), "b": torch.zeros(4)}
+    edited = EditedWeights.from_edit(original, {"a": torch.ones(4) * 2}, method="uce", concepts=["c"], config={},
+                                     base_model="m")
+    assert set(edited.base_fingerprint) == {"a"}
+
+
+def test_saving_into_a_folder_or_exporting_over_a_file_is_refused(sd1_pipe, tmp_path):
+    edited = erasure.erase(sd1_pipe, "uce", "airplane")
+    (tmp_path / "dir.safetensors").mkdir()
+    with pytest.raises(erasure.ErasureError, match="is a folder"):
+        edited.save(tmp_path / "dir.safetensors", overwrite=True)
+    (tmp_path / "pipe").write_text("not a folder")
+    with pytest.raises(erasure.ErasureError, match="exists and is not a folder"):
+        export_pipeline(edited, sd1_pipe, tmp_path / "pipe", overwrite=True)
+    with pytest.raises(erasure.ErasureError, match="already exists"):
+        export_pipeline(edited, sd1_pipe, tmp_path / "pipe")
+    assert (tmp_path / "pipe").read_text() == "not a folder"

@@ -46,7 +46,7 @@ from ..loading import model_folder
 from ..weights import EditedWeights
 from .attack import (AttackPlan, AttackRun, asr_summary, attack_run, base_values, identity_of, judging_metric,
                      make_judge, obtain_results, plan_attacks, write_outputs)
-from .generate import applied_weights, collect_images, generate_images, image_path, weights_record
+from .generate import collect_images, generate_images, image_path, weights_record
 from .metrics import METRICS, Metric, MetricContext, build_metrics, default_metrics
 from .prompts import PromptSet, list_bundled_sets, load_prompt_set, read_prompt_csv
 from .report import build_report, write_report
@@ -188,7 +188,7 @@ def evaluate(
     throughput = {variants[0].name: _generate(pipe, variants[0], output_dir, settings, model_id, overwrite, state)}
     originals = base_values(pipe, weights.tensors) if weights is not None else {}  # before the weights replace them
     runs: list[AttackRun] = []
-    with applied_weights(pipe, weights, check_base=check_base) if weights is not None else nullcontext():
+    with weights.applied(pipe, check_base=check_base) if weights is not None else nullcontext():
         if weights is not None:
             throughput["erased"] = _generate(pipe, variants[1], output_dir, settings, model_id, overwrite, state)
         if plan is not None:
@@ -199,7 +199,7 @@ def evaluate(
             for attacker in plan.attacks:
                 run = _run_attack(attacker, target, plan, cache, output_dir, model_id, weights_info, state)
                 runs.append(run)
-                variant = _Variant(run.variant, run.rows, variants[-1].weights_sha256 if weights else None,
+                variant = _Variant(run.variant, run.rows, weights_info["sha256"] if weights is not None else None,
                                    run.record(), run.conditioning)
                 variants.append(variant)
                 throughput[variant.name] = _generate(pipe, variant, output_dir, settings, model_id, overwrite, state)
@@ -396,7 +396,9 @@ def _device(base, device, state) -> torch.device:
         return base.device
     if state.num_processes > 1 or device is None:
         return state.device
-    return torch.device(device)
+    from ..loading import resolve_device
+
+    return resolve_device(device)
 
 
 def _pipeline(base, device: torch.device, dtype):

@@ -16,14 +16,14 @@ import argparse
 import sys
 
 from ..config import parse_override
-from ..errors import ErasureError
+from ..errors import ArgumentParser, ErasureError
 
 
 def build_parser() -> argparse.ArgumentParser:
     from ..attacks import ATTACKS
     from .metrics import METRICS
 
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="erase-eval",
         description="Generate images for a prompt set from the base and the erased model, score them, and write "
         "report.json, report.md and report.html side by side.",
@@ -129,7 +129,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ..cli import quiet_libraries
+
     args = build_parser().parse_args(argv)
+    quiet_libraries()
     try:
         return run(args)
     except ErasureError as error:

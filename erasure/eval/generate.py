@@ -48,11 +48,10 @@ from tqdm.auto import tqdm
 from ..atomic import atomic_write
 from ..errors import ErasureError
 from ..generation import Conditioning, GenerationSettings, generate_in_memory, plan_batches, row_guidance, run_pipeline
-from ..training import swapped_parameters
 from ..weights import EditedWeights
 from .prompts import PromptRow
 
-__all__ = ["applied_weights", "collect_images", "generate_images", "generate_in_memory", "image_path", "image_record",
+__all__ = ["collect_images", "generate_images", "generate_in_memory", "image_path", "image_record",
            "plan_batches", "read_record", "row_guidance", "run_pipeline", "weights_record"]
 logger = logging.getLogger(__name__)
 
@@ -251,22 +250,3 @@ def collect_images(rows: list[PromptRow], folder: str | os.PathLike, settings: G
         if record != image_record(row, settings, model, weights_sha256, attack):
             raise ErasureError(f"{path} is missing or does not match row {row.index} after generation: rerun to complete it")
     return images
-
-
-# ---- temporary weights ----
-
-
-@contextmanager
-def applied_weights(pipe, weights: EditedWeights, check_base: bool = True):
-    """Load erased weights into ``pipe`` for the duration of the block, then restore the
-    original tensors, so that a pipeline passed in by the caller comes back unchanged.
-
-    Args:
-        pipe: the base pipeline.
-        weights: the erased weights.
-        check_base: refuse a pipeline that is not the weights' base model.
-    """
-    if check_base:
-        weights.check_base(pipe.unet)
-    with swapped_parameters(pipe.unet, weights.tensors):
-        yield pipe
