@@ -262,6 +262,19 @@ class Attack:
         """
         raise NotImplementedError
 
+    def describe(self, target: AttackTarget) -> None:
+        """Note in ``notes`` what the attack uses on ``target`` without running it (the
+        vocabulary of a discrete attack), for results taken from a cache.
+
+        Args:
+            target: the model under attack.
+        """
+        vocabulary = getattr(self.config, "vocabulary", None)
+        if vocabulary is not None:
+            from .tokens import candidate_ids
+
+            _, self.notes["vocabulary"] = candidate_ids(target.adapter, vocabulary, target.model_folder)
+
     def record(self) -> dict:
         """The attack's name, resolved settings and what its last run decided."""
         return {"name": self.name, "config": dataclasses.asdict(self.config), **self.notes}

@@ -239,6 +239,7 @@ def _run_attack(attacker, target: AttackTarget, plan: AttackPlan, cache: Path, o
     """Run (or reuse from the cache) one attack and write its files (main process)."""
     weights_sha = None if weights_info is None else weights_info["sha256"]
     identity = identity_of(attacker, target, model_id, weights_sha, plan.rows)
+    attacker.describe(target)
     started = time.perf_counter()
     results, reused = obtain_results(attacker, target, plan.rows, cache, identity, state)
     run = attack_run(attacker, results, plan.rows, reused, time.perf_counter() - started)
