@@ -139,6 +139,19 @@ def test_injected_vectors_change_only_their_positions_and_only_inside_the_block(
     assert torch.equal(adapter.encode_ids(ids).hidden, plain.hidden)  # hook removed
 
 
+def test_a_prefix_of_token_vectors_encodes_as_the_prompt_its_tokens_spell(tiny_pipe):
+    from erasure.attacks.tokens import encode_with_prefix
+
+    adapter = adapter_for(tiny_pipe)
+    ids = torch.tensor([adapter.concept_token_ids(w) for w in ("red", "dog", "photo")]).T.repeat(2, 1)  # (2, 3)
+    vectors = [table.weight.detach()[ids] for table in adapter.token_embeddings()]
+    prompts = ["a circle", "a blue disk"]
+    found = encode_with_prefix(adapter, prompts, vectors, ids)
+    expected = adapter.encode([adversarial_prompt(["red", "dog", "photo"], p) for p in prompts])
+    assert torch.allclose(found.hidden, expected.hidden, atol=1e-6)
+    assert (found.pooled is None) == (expected.pooled is None)
+
+
 def test_simplex_projection_is_the_nearest_distribution():
     torch.manual_seed(0)
     values = torch.randn(5, 7, dtype=torch.float64) * 2

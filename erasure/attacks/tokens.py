@@ -178,3 +178,23 @@ def injected_tokens(adapter, slots: torch.Tensor, vectors: list[torch.Tensor]) -
         for table, values in zip(tables, vectors):
             stack.callback(table.register_forward_hook(replacing(values)).remove)
         yield
+
+
+def encode_with_prefix(adapter, prompts: list[str], vectors: list[torch.Tensor], ids: torch.Tensor | None = None):
+    """Encode ``[start, k prefix vectors, prompt, end]`` per prompt, gradients flowing to the
+    vectors: UnlearnDiffAtk's prefix (vectors of drawn tokens) and AdvUnlearn's inner
+    attack (free vectors) alike.
+
+    Args:
+        adapter: the model's adapter.
+        prompts: one per row.
+        vectors: per text encoder, ``(rows, k, width)``.
+        ids: ``(rows, k)`` token ids the vectors stand for (what the prompt's text will
+            say); ``None``: any ordinary id (the vectors are all that is read).
+    """
+    rows, k = vectors[0].shape[:2]
+    if ids is None:
+        ids = torch.full((rows, k), adapter.concept_token_ids("a")[0])
+    composed, slots = compose_ids(adapter, [[ids[i].cpu(), prompt] for i, prompt in enumerate(prompts)])
+    with injected_tokens(adapter, slots, [v.reshape(rows * k, -1) for v in vectors]):
+        return adapter.encode_ids(composed)

@@ -56,7 +56,7 @@ from tqdm.auto import tqdm
 from ..concept_images import encode_images
 from ..config import setting
 from .base import Attack, AttackConfig, AttackResult, AttackTarget, Row, row_unit, unit_generator
-from .tokens import adversarial_prompt, candidate_ids, compose_ids, injected_tokens, words_of
+from .tokens import adversarial_prompt, candidate_ids, encode_with_prefix, words_of
 
 
 @dataclass
@@ -169,13 +169,11 @@ class UnlearnDiffAtk(Attack):
                              .squeeze(1) for i, row in enumerate(rows)]).to(adapter.device)
         one_hot = torch.nn.functional.one_hot(draws, len(candidates)).to(state.probabilities.dtype)
         chosen = _StraightThrough.apply(state.probabilities, one_hot)
-        vectors = [(chosen @ table.to(chosen.dtype)).reshape(-1, table.shape[-1]) for table in tables]
-        ids, slots = compose_ids(adapter, [[candidates[draws[i].cpu()], row.prompt] for i, row in enumerate(rows)])
+        vectors = [chosen @ table.to(chosen.dtype) for table in tables]
+        cond = encode_with_prefix(adapter, [row.prompt for row in rows], vectors, candidates[draws.cpu()])
         latents = torch.cat([x0[row.index] for row in rows])
         noise = torch.cat([torch.randn(x0[row.index].shape, generator=generators[row.index]) for row in rows]).to(latents)
         t = torch.full((len(rows),), timestep, dtype=torch.long, device=latents.device)
-        with injected_tokens(adapter, slots, vectors):
-            cond = adapter.encode_ids(ids)
         prediction = adapter.predict_noise(adapter.add_noise(latents, noise, t), t, cond).float()
         per_row = ((prediction - adapter.training_target(latents, noise, t).float()) ** 2).flatten(1).mean(1)
         state.step(per_row.sum())
