@@ -258,6 +258,8 @@ def test_each_attack_is_a_variant_with_its_images_files_and_asr(attacked_run):
         record = gen.read_record(gen.image_path(folder, attacked[0]))
         assert record["attack"]["name"] == name and record["seed"] == attacked[0].seed
     assert "success_any_step" in report.data["attacks"]["unlearndiffatk"]["groups"]["erased"]
+    inversion = report.data["attacks"]["concept-inversion"]  # one concept: its whole cost is the unit's
+    assert inversion["units"] == 1 and inversion["cpu_seconds_per_unit"] > 0 and inversion["seconds_per_unit"] > 0
     assert "## Attacks" in report.markdown and "post-attack ASR" in report.markdown
     for name in ("unlearndiffatk", "ring-a-bell", "concept-inversion"):
         assert (out / "attacks" / f"{name}.csv").is_file()

@@ -23,6 +23,7 @@ import functools
 import hashlib
 import json
 import re
+import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -202,7 +203,9 @@ class AttackResult:
         success_any_step: UnlearnDiffAtk: succeeded before the attack or at an in-loop check.
         skipped: why the row was not attacked (``"pre-attack success"``), or ``None``.
         steps: optimisation steps (generations) run for this row's unit.
-        seconds: this row's share of the unit's time.
+        seconds: this row's share of the unit's wall time.
+        cpu_seconds: this row's share of the unit's CPU time (this process, all its
+            threads): what the unit costs, whatever else the machine is running.
         losses: the objective per step (or per generation), for inspection.
     """
 
@@ -215,6 +218,7 @@ class AttackResult:
     skipped: str | None = None
     steps: int = 0
     seconds: float = 0.0
+    cpu_seconds: float = 0.0
     losses: list[float] = field(default_factory=list)
 
     def record(self) -> dict:
@@ -222,6 +226,7 @@ class AttackResult:
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("embedding", "tokens")}
         values["losses"] = [round(float(v), 6) for v in self.losses]
         values["seconds"] = round(float(self.seconds), 4)
+        values["cpu_seconds"] = round(float(self.cpu_seconds), 4)
         return values
 
 
@@ -291,6 +296,22 @@ class Attack:
             return config
         value = getattr(config, cls.budget_field)
         return dataclasses.replace(config, **{cls.budget_field: max(1, round(value * budget))})
+
+
+class Stopwatch:
+    """Wall and CPU seconds since it was made, shared out over the rows of a unit of work."""
+
+    def __init__(self):
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+
+    def share(self, rows: int) -> dict[str, float]:
+        """``seconds`` and ``cpu_seconds`` so far, divided by ``rows`` (``AttackResult`` fields).
+
+        Args:
+            rows: how many rows share the unit (at least 1 counted).
+        """
+        rows = max(rows, 1)
+        return {"seconds": (time.perf_counter() - self.wall) / rows, "cpu_seconds": (time.process_time() - self.cpu) / rows}
 
 
 def stable_hash(*parts) -> int:

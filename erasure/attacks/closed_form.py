@@ -21,7 +21,6 @@ package reach those edits.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import torch
@@ -30,7 +29,7 @@ from ..adapters import PromptEmbeddings, adapter_for
 from ..closed_form import adversarial_embedding
 from ..config import setting
 from ..errors import ErasureError
-from .base import Attack, AttackConfig, AttackResult, AttackTarget, Row
+from .base import Attack, AttackConfig, AttackResult, AttackTarget, Row, Stopwatch
 
 DEFAULT_REG = 1e-3
 
@@ -56,11 +55,11 @@ class ClosedFormAttack(Attack):
 
     def run(self, target: AttackTarget, rows: list[Row]) -> list[AttackResult]:
         base = target.require_base(self.name)
-        started = time.perf_counter()
+        watch = Stopwatch()
         prompts = [row.prompt for row in rows]
         embeddings = closed_form_embedding(target.pipe, prompts, original=base.tensors("unet"), reg=self.config.reg)
-        share = (time.perf_counter() - started) / max(len(rows), 1)
-        return [AttackResult(row.index, row.prompt, embedding=embeddings.select(slice(i, i + 1)), steps=1, seconds=share)
+        share = watch.share(len(rows))
+        return [AttackResult(row.index, row.prompt, embedding=embeddings.select(slice(i, i + 1)), steps=1, **share)
                 for i, row in enumerate(rows)]
 
 

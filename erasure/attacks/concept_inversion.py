@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import time
 from dataclasses import dataclass
 
 import torch
@@ -45,7 +44,7 @@ from tqdm.auto import tqdm
 from ..adapters import PromptEmbeddings
 from ..config import setting
 from ..errors import ErasureError
-from .base import Attack, AttackConfig, AttackResult, AttackTarget, Row, concept_words, unit_generator, unit_seed
+from .base import Attack, AttackConfig, AttackResult, AttackTarget, Row, Stopwatch, concept_words, unit_generator, unit_seed
 from .tokens import compose_ids, injected_tokens
 
 TEMPLATES = {
@@ -111,13 +110,13 @@ class ConceptInversion(Attack):
             by_concept.setdefault(self.concept_of(row, target.concepts), []).append(row)
         results = {}
         for concept, concept_rows in by_concept.items():
-            started = time.perf_counter()
+            watch = Stopwatch()
             vectors, losses = self.invert(target, concept, concept_rows)
-            share = (time.perf_counter() - started) / len(concept_rows)
+            share = watch.share(len(concept_rows))
             token = placeholder(concept)
             for row in concept_rows:
                 results[row.index] = AttackResult(row.index, row.prompt, prompt=with_placeholder(row.prompt, concept, token),
-                                                  tokens=vectors, steps=self.config.steps, seconds=share, losses=losses)
+                                                  tokens=vectors, steps=self.config.steps, losses=losses, **share)
         return [results[row.index] for row in rows]
 
     @staticmethod

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import csv
 import re
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,7 +51,7 @@ from tqdm.auto import tqdm
 from ..adapters import PromptEmbeddings
 from ..config import setting
 from ..errors import ErasureError
-from .base import Attack, AttackConfig, AttackResult, AttackTarget, Row, concept_words, unit_seed
+from .base import Attack, AttackConfig, AttackResult, AttackTarget, Row, Stopwatch, concept_words, unit_seed
 from .tokens import candidate_ids, compose_ids, words_of
 
 
@@ -101,12 +100,12 @@ class RingABell(Attack):
             self.notes["pairs"] = len(pairs)
             vector = self.concept_vector(target, pairs)
             for prompt in tqdm(prompts, desc=f"attack {self.name}", unit="prompt"):
-                started = time.perf_counter()
+                watch = Stopwatch()
                 ids, losses = self.search(target, prompt, vector, candidates)
-                found[prompt] = (" ".join(words_of(target.adapter, ids)), losses, time.perf_counter() - started)
-        sharing = {prompt: sum(row.prompt == prompt for row in rows) for prompt in prompts}
+                sharing = sum(row.prompt == prompt for row in rows)
+                found[prompt] = (" ".join(words_of(target.adapter, ids)), losses, watch.share(sharing))
         return [AttackResult(row.index, row.prompt, prompt=found[row.prompt][0], steps=self.config.generations,
-                             seconds=found[row.prompt][2] / sharing[row.prompt], losses=found[row.prompt][1])
+                             losses=found[row.prompt][1], **found[row.prompt][2])
                 for row in rows]
 
     def pairs(self, rows: list[Row], concepts: list[str]) -> list[tuple[str, str]]:

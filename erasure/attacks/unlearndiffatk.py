@@ -47,7 +47,6 @@ Deviations:
 from __future__ import annotations
 
 import dataclasses
-import time
 from dataclasses import dataclass
 
 import torch
@@ -55,7 +54,7 @@ from tqdm.auto import tqdm
 
 from ..concept_images import encode_images
 from ..config import setting
-from .base import Attack, AttackConfig, AttackResult, AttackTarget, Row, row_unit, unit_generator
+from .base import Attack, AttackConfig, AttackResult, AttackTarget, Row, Stopwatch, row_unit, unit_generator
 from .tokens import adversarial_prompt, candidate_ids, encode_with_prefix, words_of
 
 
@@ -112,7 +111,7 @@ class UnlearnDiffAtk(Attack):
         return [stride // 2 + stride * i for i in range(self.config.timesteps)]
 
     def _attack_batch(self, target: AttackTarget, rows: list[Row], candidates: torch.Tensor) -> dict[int, AttackResult]:
-        started = time.perf_counter()
+        watch = Stopwatch()
         results: dict[int, AttackResult] = {}
         active = list(rows)
         if self.config.skip_pre_success:
@@ -125,9 +124,9 @@ class UnlearnDiffAtk(Attack):
         if active:
             with target.frozen():
                 results.update(self._optimise(target, active, candidates))
-        elapsed = time.perf_counter() - started
+        share = watch.share(len(rows))
         for result in results.values():
-            result.seconds = elapsed / len(rows)
+            result.seconds, result.cpu_seconds = share["seconds"], share["cpu_seconds"]
         return results
 
     def _optimise(self, target: AttackTarget, rows: list[Row], candidates: torch.Tensor) -> dict[int, AttackResult]:

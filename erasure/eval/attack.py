@@ -458,6 +458,7 @@ def asr_summary(run: AttackRun, rows: list[PromptRow], judge_name: str | None, b
         groups[group] = entry
     units = _units(run.attack, rows)
     seconds = sum(r.seconds for r in results)
+    cpu_seconds = sum(r.cpu_seconds for r in results)
     return {
         **run.attack.record(),
         "variant": run.variant,
@@ -471,6 +472,7 @@ def asr_summary(run: AttackRun, rows: list[PromptRow], judge_name: str | None, b
         "scope": run.attack.scope,
         "seconds": round(seconds, 3),
         "seconds_per_unit": round(seconds / units, 3) if units else None,
+        "cpu_seconds_per_unit": round(cpu_seconds / units, 3) if units else None,
         "seconds_this_run": round(run.seconds, 3),
         "reused_from_cache": run.reused,
         "steps": {"mean": _share_plain([r.steps for r in results]), "max": max((r.steps for r in results), default=0)},

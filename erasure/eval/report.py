@@ -185,12 +185,13 @@ def attack_lines(attacks: dict) -> list[str]:
     judged = f"judge: {', '.join(judges)}" if judges else "no metric classifies the concept, so no ASR"
     lines = ["", "## Attacks", "", f"Definitions ({judged}):", *ASR_DEFINITIONS, ""]
     header = ["attack", "rows", "n", "pre-attack ASR %", "post-attack ASR %", "success at any step % (UnlearnDiffAtk)",
-              "s per unit", "units", "steps (mean)"]
+              "s per unit", "CPU s per unit", "units", "steps (mean)"]
     lines += ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for name, attack in attacks.items():
         for group, values in attack["groups"].items():
             cells = [name, group, str(values["n"]), fmt(values.get("pre_asr")), fmt(values.get("post_asr")),
                      fmt(values.get("success_any_step")), fmt(attack["seconds_per_unit"]),
+                     fmt(attack.get("cpu_seconds_per_unit")),
                      f"{attack['units']} {attack['scope']}{'s' if attack['units'] != 1 else ''}",
                      fmt(attack["steps"]["mean"])]
             lines.append("| " + " | ".join(cells) + " |")
