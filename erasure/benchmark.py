@@ -1,6 +1,7 @@
 """The mini-sd benchmark: every method variant on the same erasure tasks, the same seeds, one table.
 
-    erase-bench                        # every task and variant, about 30 minutes on 2 CPU cores
+    erase-bench                        # every task, variant and attack (time: README, Benchmark)
+    erase-bench --attacks closed-form  # a subset of the attack columns
     erase-bench --quick                # the CI version (tests/test_benchmark.py)
     erase-bench --readme README.md     # also write the table between the file's benchmark markers
 
@@ -18,11 +19,15 @@ the GPU's peak allocation when there is one), or, in quick mode, in this process
 the already loaded pipeline (time: the erase call alone; memory: this process's peak
 so far). Every accuracy comes from the evaluator (``erasure.evaluate``) on images
 generated with each row's own seed: the world classifier's Acc_e, Acc_s, Acc_g and H_o
-(MACE's protocol), mini-clip's CLIP score on the retained rows, and Acc_e under each
-attack (RECE's closed-form adversarial embedding by default). The base model's images
-are made once per task and shared by every variant (hard links; the evaluator
-verifies each image's record before reusing it), and an erasure is reused when its
-record matches, so a rerun into the same folder resumes where it stopped.
+(MACE's protocol), mini-clip's CLIP score on the retained rows, and each attack's
+post-attack ASR (``erasure.eval.attack``): the share of the task's first erased rows
+whose attacked image the world classifier calls the concept. Which attacks run where,
+with which settings and on how many rows, is ``configs/benchmark/attacks.yaml``; the base
+model is attacked as its own base. The base model's images are made once per task and
+shared by every variant (hard links; the evaluator verifies each image's record before
+reusing it), attack results are cached per task (Ring-A-Bell's, which depend on the
+base model only, are searched once per task for every variant), and an erasure is
+reused when its record matches, so a rerun into the same folder resumes where it stopped.
 
 Writes ``<output>/benchmark.json`` and ``<output>/benchmark.md``; per task and variant
 the weights, the erase record (and log) and the evaluator's report folder.
@@ -53,6 +58,8 @@ QUICK_KEYS = {"settings", "floors"}
 FLOOR_KEYS = {"erased_drop", "retained_share"}
 PER_KIND_KEYS = {"config", "settings"}
 TASK_KEYS = {"concepts", "prompts", "description", "kind", "quick_rows"}
+ATTACK_FILE_KEYS = {"rows", "quick_rows", "attacks"}
+ATTACK_KEYS = {"settings", "tasks", "quick", "quick_settings"}
 
 
 @dataclass(frozen=True)
@@ -115,6 +122,48 @@ class Variant:
         return (configs_dir() / config if config else None), settings
 
 
+@dataclass(frozen=True)
+class AttackColumn:
+    """An attack's column: where it runs and with which settings (``attacks.yaml``).
+
+    Attributes:
+        name: a registered attack (``erasure.attacks.ATTACKS``).
+        settings: config fields on top of ``configs/attacks/<name>/mini-sd.yaml``.
+        tasks: the tasks it runs on; ``None``: all.
+        quick: the variants it attacks in quick mode; ``None``: all; empty: none.
+        quick_settings: config fields on top of ``settings`` in quick mode.
+    """
+
+    name: str
+    settings: dict = field(default_factory=dict)
+    tasks: tuple[str, ...] | None = None
+    quick: tuple[str, ...] | None = ()
+    quick_settings: dict = field(default_factory=dict)
+
+    def runs_on(self, task: Task, variant: str, quick: bool) -> bool:
+        """Whether it attacks ``variant`` (or ``"base"``) on ``task``."""
+        if self.tasks is not None and task.name not in self.tasks:
+            return False
+        if not quick or self.quick is None:
+            return True
+        return bool(self.quick) and variant in (*self.quick, "base")
+
+    def options(self, quick: bool) -> dict:
+        return {**self.settings, **(self.quick_settings if quick else {})}
+
+
+@dataclass(frozen=True)
+class AttackPlan:
+    """``configs/benchmark/attacks.yaml``: the columns, and the erased rows each attacks."""
+
+    columns: dict[str, AttackColumn]
+    rows: int
+    quick_rows: int
+
+    def rows_for(self, quick: bool) -> int:
+        return self.quick_rows if quick else self.rows
+
+
 # ---- the tasks and variants, from configs/benchmark/ ----
 
 
@@ -174,6 +223,35 @@ def load_variants(folder: Path | None = None) -> dict[str, Variant]:
     return variants
 
 
+def load_attacks(path: Path | None = None) -> AttackPlan:
+    """The attack columns of ``configs/benchmark/attacks.yaml`` (or ``path``), in file order.
+
+    Args:
+        path: another attacks file.
+    """
+    from .attacks import get_attack
+
+    path = Path(path) if path is not None else benchmark_dir() / "attacks.yaml"
+    spec = read_yaml(path)
+    _check_keys(spec, ATTACK_FILE_KEYS, str(path), required=ATTACK_FILE_KEYS)
+    columns = {}
+    for name, column in spec["attacks"].items():
+        column = column or {}
+        _check_keys(column, ATTACK_KEYS, f"{path}: attack {name!r}")
+        try:
+            get_attack(name)
+        except ErasureError as error:
+            raise ErasureError(f"{path}: {error}") from None
+        quick = column.get("quick")
+        columns[name] = AttackColumn(name, column.get("settings", {}), _tuple(column.get("tasks")),
+                                     None if quick == "all" else tuple(quick or ()), column.get("quick_settings", {}))
+    return AttackPlan(columns, int(spec["rows"]), int(spec["quick_rows"]))
+
+
+def _tuple(values) -> tuple | None:
+    return None if values is None else tuple(values)
+
+
 def _check_keys(spec, allowed: set[str], where: str, required: set[str] = frozenset()) -> None:
     if not isinstance(spec, dict):
         raise ErasureError(f"{where} must be a mapping")
@@ -201,25 +279,26 @@ SCORE_COLUMNS = (Column("acc_e", "Acc_e ↓"), Column("acc_s", "Acc_s ↑", max)
 COST_COLUMNS = (Column("seconds", "time s ↓"), Column("peak_mb", "peak MB ↓"))
 
 
-def attacked_key(attack: str) -> str:
-    """The row field of Acc_e under ``attack``."""
-    return f"acc_e_{attack}"
+def asr_key(attack: str) -> str:
+    """The row field of the post-attack ASR under ``attack``."""
+    return f"asr_{attack}"
 
 
 def columns(attacks: list[str]) -> list[Column]:
-    """The table's columns: scores, Acc_e under each attack, cost.
+    """The table's columns: scores, the post-attack ASR of each attack, cost.
 
     Args:
         attacks: the attacks run, one column each.
     """
-    return [*SCORE_COLUMNS, *(Column(attacked_key(a), f"Acc_e {a} ↓") for a in attacks), *COST_COLUMNS]
+    return [*SCORE_COLUMNS, *(Column(asr_key(a), f"ASR {a} ↓") for a in attacks), *COST_COLUMNS]
 
 
 # ---- running it ----
 
 
 def run(tasks: list[Task], variants: list[Variant], output: Path, *, model: str = "mini-sd", device: str = "cpu",
-        quick: bool = False, attacks: list[str] | None = None, in_process: bool | None = None) -> dict:
+        quick: bool = False, attacks: list[str] | None = None, in_process: bool | None = None,
+        plan: AttackPlan | None = None) -> dict:
     """Erase every task with every variant, evaluate, write ``benchmark.json`` and ``.md``.
 
     Args:
@@ -229,27 +308,35 @@ def run(tasks: list[Task], variants: list[Variant], output: Path, *, model: str 
         model: ``mini-sd``, or a folder of a shapes-world pipeline.
         device: ``cpu`` or ``cuda``.
         quick: each variant's ``quick_settings`` and each task's ``quick_rows``.
-        attacks: attacks whose Acc_e gets a column (default: ``["closed-form"]``).
+        attacks: attacks with a column, from ``plan`` (default: all of ``plan``'s).
         in_process: erase in this process (default: in quick mode) rather than in an
             ``erase`` child process.
+        plan: the attack columns (default: ``load_attacks()``).
 
     Returns:
         What ``benchmark.json`` holds: per task and variant (and ``base``) one row of numbers.
     """
     import erasure
 
-    attacks = ["closed-form"] if attacks is None else list(dict.fromkeys(attacks))
+    plan = plan if plan is not None else load_attacks()
+    attacks = list(plan.columns) if attacks is None else list(dict.fromkeys(attacks))
+    unknown = [a for a in attacks if a not in plan.columns]
+    if unknown:
+        raise ErasureError(f"attack {unknown[0]!r} has no column in configs/benchmark/attacks.yaml: add it there")
+    chosen = [plan.columns[a] for a in attacks]
     in_process = quick if in_process is None else in_process
     output = Path(output).resolve()  # absolute: child processes run in their task's folder
     pipe = erasure.load_pipeline(model, device=device, dtype="float32")
     started = time.perf_counter()
-    results, resumed = {}, False
+    results, costs, resumed = {}, {}, False
+    attack_rows = plan.rows_for(quick)
     for task in tasks:
         folder = output / task.name
         limit = task.quick_rows if quick else None
         resumed |= (folder / "base" / "report.json").is_file()
-        base = _evaluate(pipe, None, task, folder / "base", limit, [])
+        base = _evaluate(pipe, None, task, folder / "base", limit, _attacks_on(chosen, task, "base", quick), attack_rows)
         results[task.name] = {"base": row_of(base, "base", None, attacks)}
+        costs[task.name] = {"base": attack_costs(base)}
         for variant in variants:
             erasure_run = erase(pipe, variant, task, folder, model=model, device=device, quick=quick,
                                 in_process=in_process)
@@ -257,9 +344,13 @@ def run(tasks: list[Task], variants: list[Variant], output: Path, *, model: str 
             if erasure_run.pop("fresh"):
                 shutil.rmtree(report_folder, ignore_errors=True)  # images of earlier weights would be refused
             share_base_images(folder / "base" / "base", report_folder / "base")
-            report = _evaluate(pipe, folder / f"{variant.name}.safetensors", task, report_folder, limit, attacks)
+            report = _evaluate(pipe, folder / f"{variant.name}.safetensors", task, report_folder, limit,
+                               _attacks_on(chosen, task, variant.name, quick), attack_rows)
             results[task.name][variant.name] = row_of(report, "erased", erasure_run, attacks)
+            costs[task.name][variant.name] = attack_costs(report)
     data = {"quick": quick, "model": model, "device": device, "in_process": in_process, "attacks": attacks,
+            "attack_settings": {c.name: {"settings": c.options(quick), "tasks": c.tasks} for c in chosen},
+            "attack_rows": attack_rows, "attack_seconds": costs,
             "minutes": (time.perf_counter() - started) / 60, "resumed": resumed,
             "tasks": {t.name: task_record(t) for t in tasks}, "results": results,
             "winners": winners(results, columns(attacks))}
@@ -268,14 +359,26 @@ def run(tasks: list[Task], variants: list[Variant], output: Path, *, model: str 
     return data
 
 
-def _evaluate(pipe, weights: Path | None, task: Task, folder: Path, limit: int | None, attacks: list[str]):
-    """The evaluator's report for the base model (``weights=None``) or erased weights."""
+def _attacks_on(columns: list[AttackColumn], task: Task, variant: str, quick: bool) -> dict[str, dict]:
+    """The attacks run on one task and variant, with their settings."""
+    return {c.name: c.options(quick) for c in columns if c.runs_on(task, variant, quick)}
+
+
+def _evaluate(pipe, weights: Path | None, task: Task, folder: Path, limit: int | None, attacks: dict[str, dict],
+              attack_rows: int):
+    """The evaluator's report for the base model (``weights=None``, attacked as its own
+    base) or erased weights; attacks share one result cache per task."""
     import erasure
 
-    # The evaluator runs one attack per call today; attacks lists at most that one.
-    attack = attacks[0] if attacks and weights is not None else None
     return erasure.evaluate(pipe, weights, task.prompts, METRICS, folder, limit=limit, batch_size=BATCH_SIZE,
-                            attack=attack, html=weights is not None)
+                            attack=list(attacks) or None, attack_options={k: v for k, v in attacks.items() if v},
+                            attack_types=("erased",), attack_limit=attack_rows, attack_cache=folder.parent / "attack-cache",
+                            html=weights is not None)
+
+
+def attack_costs(report) -> dict[str, float]:
+    """Seconds each attack took in this run (cached results: none), for the time budget."""
+    return {name: entry["seconds_this_run"] for name, entry in report.data["attacks"].items()}
 
 
 def erase(pipe, variant: Variant, task: Task, folder: Path, *, model: str, device: str, quick: bool,
@@ -378,17 +481,15 @@ def row_of(report, variant: str, erasure_run: dict | None, attacks: list[str]) -
         report: the evaluator's report.
         variant: the report's variant the row shows (``base`` or ``erased``).
         erasure_run: ``erase``'s record, ``None`` for the base model.
-        attacks: the attacks whose Acc_e the row holds (``None`` where not attacked).
+        attacks: the attacks whose post-attack ASR the row holds (``None`` where not attacked).
     """
-    from .eval.attack import VARIANT as ATTACKED
-
     world = report.data["metrics"]["world"]
     scores = world[variant]["erasure"]
     row = {key: scores[key] for key in ("acc_e", "acc_s", "acc_g", "h_o")}
     row["clip_retained"] = report.data["metrics"]["clip"][variant]["groups"]["retained"]["mean"]
-    attacked_by = (report.data.get("attack") or {}).get("method")
     for attack in attacks:
-        row[attacked_key(attack)] = world[ATTACKED]["erasure"]["acc_e"] if attack == attacked_by else None
+        entry = report.data["attacks"].get(attack)
+        row[asr_key(attack)] = entry["groups"]["erased"]["post_asr"] if entry else None
     row["seconds"] = erasure_run["seconds"] if erasure_run else None
     row["peak_mb"] = erasure_run["peak_mb"] if erasure_run else None
     row["report"] = str(report.output_dir)
@@ -445,9 +546,16 @@ def _footnote(data: dict) -> str:
     spent = "in this run, which resumed an earlier one" if data["resumed"] else "in all"
     cost = ("time: the erase call alone, and peak resident memory of the benchmark's own process (erased in process)"
             if data["in_process"] else "time and peak resident memory: the whole `erase` process, model loading included")
-    attacked = ("; attacked: erased rows generated from RECE's closed-form adversarial embedding against the erased "
-                "weights (it solves for the cross-attention key/value projections, so against esd-u, which leaves "
-                "them as they were, it is the prompt itself)") if "closed-form" in data["attacks"] else ""
+    attacked = ""
+    if data["attacks"]:
+        rows = data["attack_rows"]
+        where = "; ".join(f"{name}" + (f" on {', '.join(spec['tasks'])} only" if spec["tasks"] else "")
+                          + (f" ({', '.join(f'{k} {v}' for k, v in spec['settings'].items())})" if spec["settings"] else "")
+                          for name, spec in data["attack_settings"].items())
+        attacked = (f"; ASR: post-attack attack success rate, the share of the task's first {rows} erased rows (n = "
+                    f"{rows} per cell) whose attacked image the world classifier calls the concept, the base row "
+                    f"attacking the base model itself; attacks: {where}, on top of configs/attacks/*/mini-sd.yaml, "
+                    "Ring-A-Bell's prompts (base model only) shared by every row of a task")
     return (f"Accuracies in % of images classified as the row's class by the world classifier; CLIP: mini-clip score "
             f"on retained prompts{attacked}; {cost}. "
             f"Best per column in bold. {data['model']}, {mode}, {data['device']}, torch {torch.__version__}, "
@@ -494,9 +602,7 @@ def _readme_text(readme: Path) -> str:
 # ---- the command line ----
 
 
-def build_parser(tasks: dict[str, Task], variants: dict[str, Variant]) -> argparse.ArgumentParser:
-    from .eval.attack import ATTACKS
-
+def build_parser(tasks: dict[str, Task], variants: dict[str, Variant], plan: AttackPlan) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="erase-bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
@@ -504,8 +610,9 @@ def build_parser(tasks: dict[str, Task], variants: dict[str, Variant]) -> argpar
     parser.add_argument("--tasks", nargs="+", choices=list(tasks),
                         help="default: every task (with --quick: those with quick_rows)")
     parser.add_argument("--methods", nargs="+", choices=list(variants), help="variants (default: all)")
-    parser.add_argument("--attacks", nargs="*", choices=list(ATTACKS), default=["closed-form"],
-                        help="attacks with an Acc_e column (default: closed-form; none without names)")
+    parser.add_argument("--attacks", nargs="*", choices=list(plan.columns), default=list(plan.columns),
+                        help="attacks with an ASR column (default: every one of configs/benchmark/attacks.yaml; "
+                        "none without names)")
     parser.add_argument("--in-process", action=argparse.BooleanOptionalAction, default=None,
                         help="erase in this process (default with --quick) or in an erase child process")
     parser.add_argument("--model", default="mini-sd", help="mini-sd, or a folder of a shapes-world pipeline")
@@ -521,15 +628,15 @@ def main(argv: list[str] | None = None) -> int:
 
     quiet_libraries()
     try:
-        tasks, variants = load_tasks(), load_variants()
-        args = build_parser(tasks, variants).parse_args(argv)
+        tasks, variants, plan = load_tasks(), load_variants(), load_attacks()
+        args = build_parser(tasks, variants, plan).parse_args(argv)
         if args.readme is not None:
             _readme_text(args.readme)  # before the run, not after it
         chosen = [tasks[name] for name in args.tasks] if args.tasks else \
             [t for t in tasks.values() if t.quick_rows or not args.quick]
         output = args.output or Path("runs") / ("benchmark-quick" if args.quick else "benchmark")
         data = run(chosen, [variants[name] for name in args.methods or variants], output, model=args.model,
-                   device=args.device, quick=args.quick, attacks=args.attacks, in_process=args.in_process)
+                   device=args.device, quick=args.quick, attacks=args.attacks, in_process=args.in_process, plan=plan)
     except ErasureError as error:
         print(f"erase-bench: error: {error}", file=sys.stderr)
         return 2

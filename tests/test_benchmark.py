@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 
 import erasure
 import erasure.assets
+import erasure.attacks
 from erasure import benchmark
 from erasure.cli import main as erase_main
 from erasure.errors import ErasureError
@@ -69,6 +70,26 @@ def test_a_bad_variant_file_is_one_clear_error(tmp_path, content, message):
         benchmark.load_variants(tmp_path)
 
 
+def test_every_attack_has_a_column_and_quick_mode_runs_an_input_space_attack():
+    plan = benchmark.load_attacks()
+    assert set(plan.columns) == set(erasure.attacks.ATTACKS)
+    circle = TASKS["circle"]
+    quick = [c.name for c in plan.columns.values() if c.runs_on(circle, "uce", quick=True)]
+    assert "unlearndiffatk" in quick and "closed-form" in quick
+    assert not plan.columns["concept-inversion"].runs_on(TASKS["purple"], "uce", quick=False)
+
+
+@pytest.mark.parametrize("content, message", [
+    ("rows: 6\nquick_rows: 6\nattacks: {pgd: {}}\n", "unknown attack 'pgd'"),
+    ("rows: 6\nquick_rows: 6\nattacks: {ring-a-bell: {eta: 2}}\n", "unknown key.*eta"),
+    ("rows: 6\nattacks: {}\n", "missing key.*quick_rows"),
+])
+def test_a_bad_attacks_file_is_one_clear_error(tmp_path, content, message):
+    (tmp_path / "attacks.yaml").write_text(content)
+    with pytest.raises(ErasureError, match=message):
+        benchmark.load_attacks(tmp_path / "attacks.yaml")
+
+
 @needs_mini_sd
 def test_the_child_command_makes_the_weights_the_in_process_erasure_makes(tmp_path):
     # The full benchmark erases through `erase` in child processes, quick mode in process.
@@ -112,13 +133,18 @@ def test_every_variant_erases_and_keeps_the_rest(quick_run):
 
 
 @needs_mini_sd
-def test_the_closed_form_attack_recovers_what_uce_erased(quick_run):
-    # The attack column is live: an embedding found in closed form against UCE's edited
-    # projections draws the circle again (measured: 8.3% -> 91.7% in quick mode).
+def test_the_attack_columns_are_live(quick_run):
+    # An embedding found in closed form against UCE's edited projections draws the circle
+    # again (measured with these settings on all 12 erased rows: 8.3% -> 91.7%), for every
+    # variant; UnlearnDiffAtk (quick mode's input-space attack) runs on UCE and on the base
+    # model; a row it does not break keeps its erased image, so its ASR is at least Acc_e
+    # on the attacked rows (the first 6 erased rows; measured at full length: 100%).
     rows = quick_run[0]["results"]["circle"]
-    attacked = benchmark.attacked_key("closed-form")
-    assert rows["uce"][attacked] >= rows["uce"]["acc_e"] + 30, rows["uce"]
-    assert rows["base"][attacked] is None
+    closed_form, uda = benchmark.asr_key("closed-form"), benchmark.asr_key("unlearndiffatk")
+    assert rows["uce"][closed_form] >= rows["uce"]["acc_e"] + 30, rows["uce"]
+    assert all(row[closed_form] is not None for row in rows.values())
+    assert rows["uce"][uda] >= 50 and rows["base"][uda] >= 80, (rows["uce"], rows["base"])
+    assert rows["mace"][uda] is None and rows["uce"][benchmark.asr_key("ring-a-bell")] is None
 
 
 @needs_mini_sd
