@@ -16,13 +16,14 @@ import dataclasses
 from pathlib import Path
 
 from .concepts import CONCEPT_TYPES, Concept, check_concept_type, parse_concepts
-from .config import build_config, packaged_overrides, read_yaml
+from .config import build_config, model_preset, packaged_overrides, read_yaml
 from .errors import ErasureError
 from .loading import load_pipeline
 from .training import RunOptions
-from .weights import EditedWeights, apply
+from .weights import BaseMismatchWarning, EditedWeights, apply
 
 __all__ = [
+    "BaseMismatchWarning",
     "CONCEPT_TYPES",
     "Concept",
     "EditedWeights",
@@ -46,14 +47,16 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def resolve_config(method: str, concept_type: str = "object", config=None, **overrides):
+def resolve_config(method: str, concept_type: str = "object", config=None, model: str | None = None, **overrides):
     """The method's config: paper defaults < ``configs/<method>/<concept_type>.yaml`` <
+    ``configs/<method>/mini-sd.yaml`` (only for the bundled mini-sd and no ``config``) <
     ``config`` (a mapping, a YAML path or a config instance) < ``overrides``.
 
     Args:
         method: a registered method's name.
         concept_type: one of ``CONCEPT_TYPES``; selects the packaged YAML.
         config: overrides as a mapping, a YAML file or a config instance.
+        model: the model's name (``"mini-sd"`` selects its own settings when ``config`` is ``None``).
         **overrides: individual fields, applied last (``**{"uce.lam": 0.5}`` for nested ones).
     """
     from .methods import get_method
@@ -72,7 +75,9 @@ def resolve_config(method: str, concept_type: str = "object", config=None, **ove
             f"{run_options[0]} is a run option, not part of the {method} config: pass run=RunOptions("
             f"{run_options[0]}=...) (the erase command: --resume, --overwrite, --checkpoint-every)"
         )
-    return build_config(spec.config_class, packaged_overrides(method, concept_type), user, overrides)
+    preset = model_preset(method, model) if config is None else None
+    model_overrides = read_yaml(preset) if preset is not None else {}
+    return build_config(spec.config_class, packaged_overrides(method, concept_type), model_overrides, user, overrides)
 
 
 def erase(
@@ -86,7 +91,8 @@ def erase(
         concepts: ``"airplane, car"``, a list of names, or ``Concept`` objects
             (``"cat->dog"`` maps a concept to a chosen target).
         concept_type: one of ``CONCEPT_TYPES``; selects ``configs/<method>/<type>.yaml``.
-        config: overrides as a mapping, a YAML file or a config instance.
+        config: overrides as a mapping, a YAML file or a config instance; without one,
+            the bundled mini-sd uses ``configs/<method>/mini-sd.yaml`` where it exists.
         run: how a training method runs: checkpoint folder and interval, resume,
             overwrite, gradient checkpointing (``RunOptions``; default: its defaults).
         **overrides: individual config fields, applied last.
@@ -97,7 +103,7 @@ def erase(
     from .methods import get_method
 
     spec = get_method(method)
-    resolved = resolve_config(method, concept_type, config, **overrides)
+    resolved = resolve_config(method, concept_type, config, model=str(pipe.name_or_path), **overrides)
     if isinstance(concepts, str):
         parsed = parse_concepts(concepts)
     else:

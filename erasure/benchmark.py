@@ -1,6 +1,7 @@
 """The mini-sd benchmark: every method variant on the same erasure tasks, the same seeds, one table per task.
 
     erase-bench --suite shapes         # one suite of configs/benchmark/suites.yaml (each about 20-30 minutes on 2 CPU cores)
+    erase-bench --suite attacks --attacks closed-form  # a subset of the suite's attack columns
     erase-bench --quick                # the CI version (tests/test_benchmark.py)
     erase-bench --suite mass --readme README.md   # also write the suite's tables between its README markers
 
@@ -23,12 +24,18 @@ so far). Every accuracy comes from the evaluator (``erasure.evaluate``) on image
 generated with each row's own seed, with its 95% interval: the world classifier's
 Acc_e on held-out phrasings (no method trains on them; seen phrasings in their own
 column), Acc_s, Acc_g and H_o (MACE's protocol), mini-clip's CLIP score on the
-retained rows, Acc_e under each attack; for pairs, Acc_e, Acc_neighbour, Acc_far and
-H_pairs. Bold marks a lead only when its interval is clear of the runner-up's;
-otherwise the table says tie. The base model's images are made once per task and
-shared by every variant (hard links; the evaluator verifies each image's record before
-reusing it), and an erasure is reused when its record matches, so a rerun into the
-same folder resumes where it stopped, and suites that share a task share its work.
+retained rows; for pairs, Acc_e, Acc_neighbour, Acc_far and H_pairs; and each attack's
+post-attack ASR (``erasure.eval.attack``): the share of the task's first erased rows
+whose attacked image the world classifier calls the concept. Which attacks run where,
+with which settings and on how many rows, is ``configs/benchmark/attacks.yaml``; a suite
+names the attack columns it shows, and the base model is attacked as its own base.
+Bold marks a lead only when its interval is clear of the runner-up's; otherwise the
+table says tie. The base model's images are made once per task and shared by every
+variant (hard links; the evaluator verifies each image's record before reusing it),
+attack results are cached per task (Ring-A-Bell's, which depend on the base model only,
+are searched once per task for every variant), and an erasure is reused when its record
+matches, so a rerun into the same folder resumes where it stopped, and suites that share
+a task share its work.
 
 Writes ``<output>/benchmark[-<suite>].json`` and ``.md``; per task and variant the
 weights, the erase record (and log) and the evaluator's report folder.
@@ -50,7 +57,7 @@ from typing import Callable
 
 from .config import configs_dir, read_yaml
 from .errors import ErasureError
-from .eval.intervals import overlap
+from .eval.intervals import overlap, wilson
 from .eval.tables import bound
 
 METRICS = ["world", "clip"]
@@ -63,6 +70,8 @@ PER_KIND_KEYS = {"config", "settings"}
 TASK_KEYS = {"concepts", "prompts", "description", "kind", "quick_rows"}
 SUITE_KEYS = {"description", "tasks", "methods", "attacks"}
 PAIR = "pair"  # the kind of the pairs/ tasks, tabulated together as mass erasure
+ATTACK_FILE_KEYS = {"rows", "quick_rows", "attacks"}
+ATTACK_KEYS = {"settings", "tasks", "quick", "quick_settings"}
 
 
 @dataclass(frozen=True)
@@ -127,6 +136,48 @@ class Variant:
         return (configs_dir() / config if config else None), settings
 
 
+@dataclass(frozen=True)
+class AttackColumn:
+    """An attack's column: where it runs and with which settings (``attacks.yaml``).
+
+    Attributes:
+        name: a registered attack (``erasure.attacks.ATTACKS``).
+        settings: config fields on top of ``configs/attacks/<name>/mini-sd.yaml``.
+        tasks: the tasks it runs on; ``None``: all.
+        quick: the variants it attacks in quick mode; ``None``: all; empty: none.
+        quick_settings: config fields on top of ``settings`` in quick mode.
+    """
+
+    name: str
+    settings: dict = field(default_factory=dict)
+    tasks: tuple[str, ...] | None = None
+    quick: tuple[str, ...] | None = ()
+    quick_settings: dict = field(default_factory=dict)
+
+    def runs_on(self, task: Task, variant: str, quick: bool) -> bool:
+        """Whether it attacks ``variant`` (or ``"base"``) on ``task``."""
+        if self.tasks is not None and task.name not in self.tasks:
+            return False
+        if not quick or self.quick is None:
+            return True
+        return bool(self.quick) and variant in (*self.quick, "base")
+
+    def options(self, quick: bool) -> dict:
+        return {**self.settings, **(self.quick_settings if quick else {})}
+
+
+@dataclass(frozen=True)
+class AttackPlan:
+    """``configs/benchmark/attacks.yaml``: the columns, and the erased rows each attacks."""
+
+    columns: dict[str, AttackColumn]
+    rows: int
+    quick_rows: int
+
+    def rows_for(self, quick: bool) -> int:
+        return self.quick_rows if quick else self.rows
+
+
 # ---- the tasks and variants, from configs/benchmark/ ----
 
 
@@ -186,6 +237,35 @@ def load_variants(folder: Path | None = None) -> dict[str, Variant]:
     return variants
 
 
+def load_attacks(path: Path | None = None) -> AttackPlan:
+    """The attack columns of ``configs/benchmark/attacks.yaml`` (or ``path``), in file order.
+
+    Args:
+        path: another attacks file.
+    """
+    from .attacks import get_attack
+
+    path = Path(path) if path is not None else benchmark_dir() / "attacks.yaml"
+    spec = read_yaml(path)
+    _check_keys(spec, ATTACK_FILE_KEYS, str(path), required=ATTACK_FILE_KEYS)
+    columns = {}
+    for name, column in spec["attacks"].items():
+        column = column or {}
+        _check_keys(column, ATTACK_KEYS, f"{path}: attack {name!r}")
+        try:
+            get_attack(name)
+        except ErasureError as error:
+            raise ErasureError(f"{path}: {error}") from None
+        quick = column.get("quick")
+        columns[name] = AttackColumn(name, column.get("settings", {}), _tuple(column.get("tasks")),
+                                     None if quick == "all" else tuple(quick or ()), column.get("quick_settings", {}))
+    return AttackPlan(columns, int(spec["rows"]), int(spec["quick_rows"]))
+
+
+def _tuple(values) -> tuple | None:
+    return None if values is None else tuple(values)
+
+
 @dataclass(frozen=True)
 class Suite:
     """Tasks, variants and attacks run together (``erase-bench --suite NAME``).
@@ -194,7 +274,7 @@ class Suite:
         name: the suite's key in ``suites.yaml``.
         tasks: task names, in table order.
         methods: variant names; empty: every variant.
-        attacks: attacks with an Acc_e column; empty: none.
+        attacks: attacks with an ASR column (``attacks.yaml``); empty: none.
         description: what it measures, for ``--help``.
     """
 
@@ -205,22 +285,23 @@ class Suite:
     description: str = ""
 
 
-def load_suites(tasks: dict[str, Task], variants: dict[str, Variant], path: Path | None = None) -> dict[str, Suite]:
-    """The suites of ``configs/benchmark/suites.yaml`` (or ``path``), checked against the tasks and variants.
+def load_suites(tasks: dict[str, Task], variants: dict[str, Variant], attack_plan: AttackPlan,
+                path: Path | None = None) -> dict[str, Suite]:
+    """The suites of ``configs/benchmark/suites.yaml`` (or ``path``), checked against the tasks, variants
+    and attack columns.
 
     Args:
         tasks: the tasks the suites may name.
         variants: the variants they may name.
+        attack_plan: the attack columns they may name (``load_attacks``).
         path: another suites file.
     """
-    from .eval.attack import ATTACKS
-
     path = Path(path) if path is not None else benchmark_dir() / "suites.yaml"
     suites = {}
     for name, spec in read_yaml(path).items():
         where = f"{path}: suite {name!r}"
         _check_keys(spec, SUITE_KEYS, where, required={"tasks"})
-        for key, known in (("tasks", tasks), ("methods", variants), ("attacks", ATTACKS)):
+        for key, known in (("tasks", tasks), ("methods", variants), ("attacks", attack_plan.columns)):
             unknown = [item for item in spec.get(key, []) if item not in known]
             if unknown:
                 raise ErasureError(f"{where}: unknown {key[:-1]} {unknown[0]!r}; known: {', '.join(known)}")
@@ -268,21 +349,22 @@ MASS_SOURCES = {"acc_e": ("acc_e",), "acc_neighbour": ("acc_neighbour",), "acc_f
                 "h_pairs": ("h_pairs",)}
 
 
-def attacked_key(attack: str) -> str:
-    """The row field of Acc_e under ``attack``."""
-    return f"acc_e_{attack}"
+def asr_key(attack: str) -> str:
+    """The row field of the post-attack ASR under ``attack``."""
+    return f"asr_{attack}"
 
 
 def columns(attacks: list[str], kind: str = "") -> list[Column]:
-    """A table's columns: scores (mass erasure's for pair tasks), Acc_e under each attack, cost.
+    """A table's columns: scores (mass erasure's for pair tasks), the post-attack ASR of each attack, cost.
 
     Args:
         attacks: the attacks run, one column each.
         kind: the task's kind (``pair``: the mass-erasure columns).
     """
+    attacked = [Column(asr_key(a), f"ASR {a} ↓") for a in attacks]
     if kind == PAIR:
-        return [*MASS_COLUMNS, *(Column(attacked_key(a), f"Acc_e {a} ↓") for a in attacks), COST_COLUMNS[0]]
-    return [*SCORE_COLUMNS, *(Column(attacked_key(a), f"Acc_e {a} ↓") for a in attacks), *COST_COLUMNS]
+        return [*MASS_COLUMNS, *attacked, COST_COLUMNS[0]]
+    return [*SCORE_COLUMNS, *attacked, *COST_COLUMNS]
 
 
 # ---- running it ----
@@ -290,7 +372,7 @@ def columns(attacks: list[str], kind: str = "") -> list[Column]:
 
 def run(tasks: list[Task], variants: list[Variant], output: Path, *, model: str = "mini-sd", device: str = "cpu",
         quick: bool = False, attacks: list[str] | None = None, in_process: bool | None = None,
-        suite: str | None = None) -> dict:
+        suite: str | None = None, plan: AttackPlan | None = None) -> dict:
     """Erase every task with every variant, evaluate, write ``benchmark[-<suite>].json`` and ``.md``.
 
     Args:
@@ -301,10 +383,11 @@ def run(tasks: list[Task], variants: list[Variant], output: Path, *, model: str 
         model: ``mini-sd``, or a folder of a shapes-world pipeline.
         device: ``cpu`` or ``cuda``.
         quick: each variant's ``quick_settings`` and each task's ``quick_rows``.
-        attacks: attacks whose Acc_e gets a column (default: ``["closed-form"]``).
+        attacks: attacks with a column, from ``plan`` (default: all of ``plan``'s).
         in_process: erase in this process (default: in quick mode) rather than in an
             ``erase`` child process.
         suite: the suite's name, for the files' names and the record.
+        plan: the attack columns (default: ``load_attacks()``).
 
     Returns:
         What ``benchmark.json`` holds: per task and variant (and ``base``) one row of
@@ -312,18 +395,26 @@ def run(tasks: list[Task], variants: list[Variant], output: Path, *, model: str 
     """
     import erasure
 
-    attacks = ["closed-form"] if attacks is None else list(dict.fromkeys(attacks))
+    plan = plan if plan is not None else load_attacks()
+    attacks = list(plan.columns) if attacks is None else list(dict.fromkeys(attacks))
+    unknown = [a for a in attacks if a not in plan.columns]
+    if unknown:
+        raise ErasureError(f"attack {unknown[0]!r} has no column in configs/benchmark/attacks.yaml: add it there")
+    chosen = [plan.columns[a] for a in attacks]
     in_process = quick if in_process is None else in_process
     output = Path(output).resolve()  # absolute: child processes run in their task's folder
     pipe = erasure.load_pipeline(model, device=device, dtype="float32")
     started = time.perf_counter()
-    results, records, resumed = {}, {}, False
+    results, records, costs, resumed = {}, {}, {}, False
+    attack_rows = plan.rows_for(quick)
     for task in tasks:
         task_started, folder = time.perf_counter(), output / task.name
         limit = task.quick_rows if quick else None
         resumed |= (folder / "base" / "report.json").is_file()
-        base, seconds = _timed(_evaluate, pipe, None, task, folder / "base", limit, [])
+        base, seconds = _timed(_evaluate, pipe, None, task, folder / "base", limit,
+                               _attacks_on(chosen, task, "base", quick), attack_rows)
         results[task.name] = {"base": {**row_of(base, "base", None, attacks, task.kind), "eval_seconds": seconds}}
+        costs[task.name] = {"base": attack_costs(base)}
         for variant in variants:
             erasure_run = erase(pipe, variant, task, folder, model=model, device=device, quick=quick,
                                 in_process=in_process)
@@ -332,13 +423,16 @@ def run(tasks: list[Task], variants: list[Variant], output: Path, *, model: str 
                 shutil.rmtree(report_folder, ignore_errors=True)  # images of earlier weights would be refused
             share_base_images(folder / "base" / "base", report_folder / "base")
             report, seconds = _timed(_evaluate, pipe, folder / f"{variant.name}.safetensors", task, report_folder,
-                                     limit, attacks)
+                                     limit, _attacks_on(chosen, task, variant.name, quick), attack_rows)
             results[task.name][variant.name] = {**row_of(report, "erased", erasure_run, attacks, task.kind),
                                                 "eval_seconds": seconds}
+            costs[task.name][variant.name] = attack_costs(report)
         records[task.name] = {**task_record(task), "images": image_counts(base),
                               "minutes": (time.perf_counter() - task_started) / 60}
     data = {"suite": suite, "quick": quick, "model": model, "device": device, "in_process": in_process,
-            "attacks": attacks, "minutes": (time.perf_counter() - started) / 60, "resumed": resumed,
+            "attacks": attacks, "attack_rows": attack_rows, "attack_seconds": costs,
+            "attack_settings": {c.name: {"settings": c.options(quick), "tasks": c.tasks} for c in chosen},
+            "minutes": (time.perf_counter() - started) / 60, "resumed": resumed,
             "load_average": os.getloadavg()[0], "tasks": records, "results": results,
             "winners": {t.name: winners(results[t.name], columns(attacks, t.kind)) for t in tasks}}
     stem = f"benchmark-{suite}" if suite else "benchmark"
@@ -367,14 +461,26 @@ def image_counts(report) -> dict[str, int]:
     return counts
 
 
-def _evaluate(pipe, weights: Path | None, task: Task, folder: Path, limit: int | None, attacks: list[str]):
-    """The evaluator's report for the base model (``weights=None``) or erased weights."""
+def _attacks_on(columns: list[AttackColumn], task: Task, variant: str, quick: bool) -> dict[str, dict]:
+    """The attacks run on one task and variant, with their settings."""
+    return {c.name: c.options(quick) for c in columns if c.runs_on(task, variant, quick)}
+
+
+def _evaluate(pipe, weights: Path | None, task: Task, folder: Path, limit: int | None, attacks: dict[str, dict],
+              attack_rows: int):
+    """The evaluator's report for the base model (``weights=None``, attacked as its own
+    base) or erased weights; attacks share one result cache per task."""
     import erasure
 
-    # The evaluator runs one attack per call today; attacks lists at most that one.
-    attack = attacks[0] if attacks and weights is not None else None
     return erasure.evaluate(pipe, weights, task.prompts, METRICS, folder, limit=limit, batch_size=BATCH_SIZE,
-                            attack=attack, html=weights is not None)
+                            attack=list(attacks) or None, attack_options={k: v for k, v in attacks.items() if v},
+                            attack_types=("erased",), attack_limit=attack_rows, attack_cache=folder.parent / "attack-cache",
+                            html=weights is not None)
+
+
+def attack_costs(report) -> dict[str, float]:
+    """Seconds each attack took in this run (cached results: none), for the time budget."""
+    return {name: entry["seconds_this_run"] for name, entry in report.data["attacks"].items()}
 
 
 def erase(pipe, variant: Variant, task: Task, folder: Path, *, model: str, device: str, quick: bool,
@@ -477,11 +583,9 @@ def row_of(report, variant: str, erasure_run: dict | None, attacks: list[str], k
         report: the evaluator's report.
         variant: the report's variant the row shows (``base`` or ``erased``).
         erasure_run: ``erase``'s record, ``None`` for the base model.
-        attacks: the attacks whose Acc_e the row holds (``None`` where not attacked).
+        attacks: the attacks whose post-attack ASR the row holds (``None`` where not attacked).
         kind: the task's kind (``pair``: the mass-erasure scores).
     """
-    from .eval.attack import VARIANT as ATTACKED
-
     world = report.data["metrics"]["world"]
     scores = world[variant]["erasure"]
     row = {}
@@ -491,10 +595,11 @@ def row_of(report, variant: str, erasure_run: dict | None, attacks: list[str], k
     if kind != PAIR:
         retained = report.data["metrics"]["clip"][variant]["groups"]["retained"]
         row["clip_retained"], row["clip_retained_ci"] = retained["mean"], retained["mean_ci"]
-    attacked_by = (report.data.get("attack") or {}).get("method")
     for attack in attacks:
-        attacked = world[ATTACKED]["erasure"] if attack == attacked_by else {}
-        row[attacked_key(attack)], row[f"{attacked_key(attack)}_ci"] = attacked.get("acc_e"), attacked.get("acc_e_ci")
+        erased = ((report.data.get("attacks") or {}).get(attack) or {}).get("groups", {}).get("erased", {})
+        asr, n = erased.get("post_asr"), erased.get("n")
+        row[asr_key(attack)] = asr
+        row[f"{asr_key(attack)}_ci"] = wilson(round(asr * n / 100), n) if asr is not None else None
     row["method"] = erasure_run["recipe"]["method"] if erasure_run else None
     row["seconds"] = erasure_run["seconds"] if erasure_run else None
     row["peak_mb"] = erasure_run["peak_mb"] if erasure_run else None
@@ -675,9 +780,16 @@ def _footnote(data: dict) -> str:
     spent = "in this run, which resumed an earlier one" if data["resumed"] else "in all"
     cost = ("time: the erase call alone, and peak resident memory of the benchmark's own process (erased in process)"
             if data["in_process"] else "time and peak resident memory: the whole `erase` process, model loading included")
-    attacked = ("; attacked: erased rows generated from RECE's closed-form adversarial embedding against the erased "
-                "weights (it solves for the cross-attention key/value projections, so against esd-u, which leaves "
-                "them as they were, it is the prompt itself)") if "closed-form" in data["attacks"] else ""
+    attacked = ""
+    if data["attacks"]:
+        rows = data["attack_rows"]
+        where = "; ".join(f"{name}" + (f" on {', '.join(spec['tasks'])} only" if spec["tasks"] else "")
+                          + (f" ({', '.join(f'{k} {v}' for k, v in spec['settings'].items())})" if spec["settings"] else "")
+                          for name, spec in data["attack_settings"].items())
+        attacked = (f"; ASR: post-attack attack success rate, the share of the task's first {rows} erased rows (n = "
+                    f"{rows} per cell, Wilson intervals) whose attacked image the world classifier calls the concept, "
+                    f"the base row attacking the base model itself; attacks: {where}, on top of configs/attacks/*/mini-sd.yaml, "
+                    "Ring-A-Bell's prompts (base model only) shared by every row of a task")
     suite = f"suite `{data['suite']}`, " if data.get("suite") else ""
     return (f"Accuracies in % of images classified as the row's class by the world classifier (pairs: shape and "
             f"colour both right); Acc_e held-out and H_o: erased rows in phrasings no method trains on, Acc_e seen: in "
@@ -738,9 +850,8 @@ def _readme_text(readme: Path, suite: str | None = None) -> str:
 # ---- the command line ----
 
 
-def build_parser(tasks: dict[str, Task], variants: dict[str, Variant], suites: dict[str, Suite]) -> argparse.ArgumentParser:
-    from .eval.attack import ATTACKS
-
+def build_parser(tasks: dict[str, Task], variants: dict[str, Variant], suites: dict[str, Suite],
+                 attack_plan: AttackPlan) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="erase-bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     described = "; ".join(f"{name}: {suite.description}" for name, suite in suites.items())
@@ -752,9 +863,9 @@ def build_parser(tasks: dict[str, Task], variants: dict[str, Variant], suites: d
     parser.add_argument("--tasks", nargs="+", choices=list(tasks),
                         help="instead of a suite's (with --quick: default those with quick_rows)")
     parser.add_argument("--methods", nargs="+", choices=list(variants), help="variants (default: the suite's, or all)")
-    parser.add_argument("--attacks", nargs="*", choices=list(ATTACKS), default=None,
-                        help="attacks with an Acc_e column (default: the suite's; without a suite closed-form; "
-                             "none without names)")
+    parser.add_argument("--attacks", nargs="*", choices=list(attack_plan.columns), default=None,
+                        help="attacks with an ASR column (default: the suite's; without a suite every one of "
+                             "configs/benchmark/attacks.yaml; none without names)")
     parser.add_argument("--in-process", action=argparse.BooleanOptionalAction, default=None,
                         help="erase in this process (default with --quick) or in an erase child process")
     parser.add_argument("--model", default="mini-sd", help="mini-sd, or a folder of a shapes-world pipeline")
@@ -766,7 +877,7 @@ def build_parser(tasks: dict[str, Task], variants: dict[str, Variant], suites: d
     return parser
 
 
-def plan(args, tasks: dict[str, Task], variants: dict[str, Variant], suites: dict[str, Suite]) -> list[dict]:
+def plan_runs(args, tasks: dict[str, Task], variants: dict[str, Variant], suites: dict[str, Suite]) -> list[dict]:
     """The runs a command line asks for: per run its suite (or ``None``), tasks, variants and attacks.
 
     With ``--quick`` a suite runs those of its tasks that have ``quick_rows`` (``--tasks`` names others).
@@ -781,7 +892,7 @@ def plan(args, tasks: dict[str, Task], variants: dict[str, Variant], suites: dic
     if args.suite is None and (args.tasks or args.quick):
         chosen = [tasks[name] for name in args.tasks] if args.tasks else [t for t in tasks.values() if t.quick_rows]
         return [{"suite": None, "tasks": chosen, "variants": [variants[n] for n in args.methods or variants],
-                 "attacks": ["closed-form"] if args.attacks is None else args.attacks}]
+                 "attacks": args.attacks}]
     runs = []
     for suite in suites.values() if args.suite in (None, "all") else [suites[args.suite]]:
         chosen = [tasks[n] for n in args.tasks or suite.tasks]
@@ -801,17 +912,17 @@ def main(argv: list[str] | None = None) -> int:
 
     quiet_libraries()
     try:
-        tasks, variants = load_tasks(), load_variants()
-        suites = load_suites(tasks, variants)
-        args = build_parser(tasks, variants, suites).parse_args(argv)
-        runs = plan(args, tasks, variants, suites)
+        tasks, variants, attack_plan = load_tasks(), load_variants(), load_attacks()
+        suites = load_suites(tasks, variants, attack_plan)
+        args = build_parser(tasks, variants, suites, attack_plan).parse_args(argv)
+        runs = plan_runs(args, tasks, variants, suites)
         if args.readme is not None:
             for planned in runs:
                 _readme_text(args.readme, planned["suite"])  # before the run, not after it
         output = args.output or Path("runs") / ("benchmark-quick" if args.quick else "benchmark")
         for planned in runs:
             data = run(planned["tasks"], planned["variants"], output, model=args.model, device=args.device,
-                       quick=args.quick, attacks=planned["attacks"], in_process=args.in_process, suite=planned["suite"])
+                       quick=args.quick, attacks=planned["attacks"], in_process=args.in_process, suite=planned["suite"], plan=attack_plan)
             markdown = render(data)
             if args.readme is not None:
                 write_readme_block(args.readme, markdown, planned["suite"])

@@ -35,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="selects configs/<method>/<type>.yaml (default: object)")
     parser.add_argument("--model", default="CompVis/stable-diffusion-v1-4",
                         help="Hub id, local diffusers folder, single-file .safetensors, or mini-sd (bundled)")
-    parser.add_argument("--config", type=Path, help="YAML of config overrides (applied after the concept-type preset)")
+    parser.add_argument("--config", type=Path, help="YAML of config overrides (applied after the concept-type preset; "
+                        "without it, --model mini-sd uses configs/<method>/mini-sd.yaml where there is one)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one config field, e.g. --set lam=0.1 (repeatable; applied last)")
     parser.add_argument("--preserve", help="comma-separated prompts/concepts to preserve (methods with a preserve set)")
@@ -112,11 +113,13 @@ def run(args: argparse.Namespace) -> int:
         edited.save(output, overwrite=args.overwrite)
         exports = [_export(kind, edited, pipe, output, args.overwrite) for kind in args.export]
 
-    total = sum(p.numel() for p in pipe.unet.parameters())
+    total = sum(p.numel() for c in edited.components for p in getattr(pipe, c).parameters())
     changed = sum(t.numel() for t in edited.tensors.values())
+    labels = {"unet": "UNet", "text_encoder": "text-encoder", "text_encoder_2": "second-text-encoder"}
+    where = " and ".join(f"{len(values)} {labels[component]}" for component, values in edited.components.items())
     names = ", ".join(_short(str(c)) for c in concepts[:5]) + (f" and {len(concepts) - 5} more" if len(concepts) > 5 else "")
     print(
-        f"erased {len(concepts)} concept(s) ({names}) with {args.method}: changed {len(edited.tensors)} UNet tensors "
+        f"erased {len(concepts)} concept(s) ({names}) with {args.method}: changed {where} tensors "
         f"({changed:,} of {total:,} parameters) in {edited.extra['erase_seconds']:.1f} s "
         f"(load {loaded - started:.1f} s) -> {output}" + "".join(f", {e}" for e in exports)
     )
@@ -128,9 +131,10 @@ def _short(text: str, limit: int = 40) -> str:
 
 
 def _config(args, method):
-    """The resolved method config: presets < --config < --preserve < --set."""
+    """The resolved method config: presets (the concept type's, then mini-sd's own when
+    --model mini-sd has no --config) < --config < --preserve < --set."""
     from . import resolve_config
-    from .config import field_path, parse_override
+    from .config import field_path, model_preset, parse_override
     from .paths import read_text_file
 
     overrides = dict(parse_override(item) for item in args.overrides)
@@ -141,7 +145,10 @@ def _config(args, method):
         overrides[preserve] = [check_text(p.strip(), "--preserve prompt") for p in args.preserve.split(",") if p.strip()]
     if args.config is not None:
         read_text_file(args.config, "config file")  # a folder or binary file: one line, not a traceback
-    return resolve_config(args.method, args.concept_type, args.config, **overrides)
+    preset = model_preset(args.method, args.model) if args.config is None else None
+    if preset is not None:
+        print(f"using {preset.parent.name}/{preset.name}, the settings for {args.model} (--config replaces them)")
+    return resolve_config(args.method, args.concept_type, args.config, model=args.model, **overrides)
 
 
 def quiet_libraries() -> None:
@@ -240,8 +247,8 @@ def _export(kind: str, edited, pipe, output: Path, overwrite: bool) -> str:
         return f"pipeline folder {path}"
     from .lora_export import export_lora
 
-    report = export_lora(edited, path, overwrite=overwrite)
-    return f"LoRA {path} (rank {report['rank']}, relative error {report['relative_error']:.2e})"
+    report = export_lora(edited, pipe, path, overwrite=overwrite)
+    return f"LoRA {path} (rank {report.rank}, relative error {report.relative_error:.2e})"
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ all layers as right-hand sides gives every new projection at once.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -117,32 +118,69 @@ def _inverse_symmetric(matrix: torch.Tensor) -> torch.Tensor:
     return torch.linalg.pinv(matrix, hermitian=True)
 
 
+Regulariser = Literal["zero", "guide", "outputs", "concept", "outputs_and_concept"]
+
+
 def adversarial_embedding(
-    current: dict[str, torch.Tensor], original: dict[str, torch.Tensor], tokens: torch.Tensor, reg: float
+    current: dict[str, torch.Tensor],
+    original: dict[str, torch.Tensor],
+    tokens: torch.Tensor,
+    reg: float,
+    regulariser: Regulariser = "zero",
+    guide: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The token vectors that make the edited projections reproduce the original ones.
 
     RECE (Gong et al., ECCV 2024, Eq. 6), shared over all projections ``l``:
 
-        c' = argmin_c'  sum_l ||W'_l c' - W0_l c||^2 + reg ||c'||^2
-           = (reg I + sum_l W'_l^T W'_l)^-1 (sum_l W'_l^T W0_l) c
+        c' = argmin_c'  sum_l ||W'_l c' - W0_l c||^2 + reg R(c')
+           = (reg I + G)^-1 C c        for R = ||c'||^2 (``zero``, the paper's),
+
+    with ``G = sum_l W'_l^T W'_l`` and ``C = sum_l W'_l^T W0_l``. The authors' code has
+    more regularisers (``--emb_computing``, ``--reg_item``):
+
+    - ``guide``: ``R = ||c' - g||^2``, towards the guide's token vectors ``g``
+      (``close_standardreg``): ``c' = (reg I + G)^-1 (C c + reg g)``;
+    - ``outputs``: ``R = sum_l ||W'_l (c' - c)||^2``, towards the edited model's own
+      outputs for ``c`` (``close_surrogatereg --reg_item 1st``):
+      ``c' = ((1 + reg) G)^-1 (C + reg G) c``;
+    - ``concept``: ``R = ||c' - c||^2``, towards ``c`` itself (``--reg_item 2nd``):
+      ``c' = (reg I + G)^-1 (C + reg I) c``;
+    - ``outputs_and_concept``: both (``--reg_item both``).
 
     Args:
         current: edited weights ``W'_l`` by name.
         original: original weights ``W0_l`` under the same names.
         tokens: ``(n, dim)`` vectors ``c`` (e.g. the 77 token vectors of a concept prompt).
         reg: ``reg``; larger keeps ``c'`` small and limits collateral damage.
+        regulariser: ``zero``, ``guide``, ``outputs``, ``concept`` or ``outputs_and_concept``.
+        guide: ``(n, dim)`` vectors ``g`` (``regulariser="guide"`` only).
 
     Returns:
         ``(n, dim)`` adversarial vectors, in the dtype and device of ``tokens``.
     """
     device = tokens.device
     dim = tokens.shape[-1]
-    gram = reg * torch.eye(dim, dtype=SOLVE_DTYPE, device=device)
+    gram = torch.zeros(dim, dim, dtype=SOLVE_DTYPE, device=device)
     cross = torch.zeros(dim, dim, dtype=SOLVE_DTYPE, device=device)
     for name, edited in current.items():
         edited = edited.to(device, SOLVE_DTYPE)
         gram += edited.T @ edited
         cross += edited.T @ original[name].to(device, SOLVE_DTYPE)
-    # Rows: c'^T = c^T cross^T gram^-1 (gram is symmetric).
-    return (tokens.to(SOLVE_DTYPE) @ cross.T @ _inverse_symmetric(gram)).to(tokens.dtype)
+    identity = torch.eye(dim, dtype=SOLVE_DTYPE, device=device)
+    # lhs c' = cross c (+ reg g): each regulariser adds its Gram to lhs and its pull to cross.
+    lhs = gram.clone()
+    if regulariser in ("zero", "guide", "concept", "outputs_and_concept"):
+        lhs += reg * identity
+    if regulariser in ("outputs", "outputs_and_concept"):
+        lhs += reg * gram
+        cross = cross + reg * gram
+    if regulariser in ("concept", "outputs_and_concept"):
+        cross = cross + reg * identity
+    # Rows: c'^T = (c^T cross^T + reg g^T) lhs^-1 (lhs is symmetric).
+    rhs = tokens.to(SOLVE_DTYPE) @ cross.T
+    if regulariser == "guide":
+        if guide is None:
+            raise ValueError("the guide regulariser needs the guide's token vectors")
+        rhs = rhs + reg * guide.to(device, SOLVE_DTYPE).reshape(rhs.shape)
+    return (rhs @ _inverse_symmetric(lhs)).to(tokens.dtype)

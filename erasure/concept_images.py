@@ -21,6 +21,7 @@ each layer's feature map.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
@@ -149,55 +150,90 @@ def folder_masks(folder: Path, count: int) -> torch.Tensor:
 
 
 def grounded_sam_masks(
-    images: list, label: str, detector: str, segmenter: str, box_threshold: float, device: torch.device
+    images: list, label: str, detector: str, segmenter: str, box_threshold: float, device: torch.device,
+    every_box: bool = False, text_threshold: float = 0.25,
 ) -> torch.Tensor:
-    """GroundingDINO finds ``label``; SAM segments the best-scoring box (as the authors'
-    ``transformers`` variant does). An image where nothing is found keeps every pixel.
+    """GroundingDINO finds ``label``; SAM segments the best-scoring box, or every box above
+    the threshold, their masks united (as MACE's authors do). An image where nothing is
+    found keeps every pixel.
 
     Args:
         images: PIL images.
         label: what to look for (the concept's name, or e.g. "a person" for celebrities).
         detector: GroundingDINO Hub id or folder.
-        segmenter: SAM Hub id or folder.
+        segmenter: SAM Hub id or folder (SAM or SAM-HQ).
         box_threshold: minimum detection score.
         device: where to run both models.
+        every_box: segment every box above ``box_threshold`` instead of the best one.
+        text_threshold: the detector's threshold for naming a box by the label's words
+            (GroundingDINO's 0.25); boxes are kept by ``box_threshold`` alone, so it
+            labels them without changing a mask.
     """
     from transformers import AutoModelForMaskGeneration, AutoModelForZeroShotObjectDetection, AutoProcessor
 
-    try:
+    with _grounded_sam_weights(detector, segmenter):
         detector_processor = AutoProcessor.from_pretrained(detector)
         detector_model = AutoModelForZeroShotObjectDetection.from_pretrained(detector).to(device).eval()
         segmenter_processor = AutoProcessor.from_pretrained(segmenter)
         segmenter_model = AutoModelForMaskGeneration.from_pretrained(segmenter).to(device).eval()
-    except (OSError, ValueError) as error:
-        raise ErasureError(
-            f"GroundingDINO/SAM weights could not be loaded ({str(error).splitlines()[0][:120]}): download "
-            f"{detector!r} and {segmenter!r}, or use mask_source: attention"
-        ) from None
     text = label.lower().strip().rstrip(".") + "."  # GroundingDINO expects lower case, dot-terminated
     masks = []
     with torch.no_grad():
         for image in images:
-            box = _best_box(detector_processor, detector_model, image, text, box_threshold, device)
-            if box is None:
+            boxes = _boxes(detector_processor, detector_model, image, text, box_threshold, text_threshold, device,
+                           every_box)
+            if not boxes:
                 masks.append(torch.ones(1, image.height, image.width))
                 continue
-            inputs = segmenter_processor(images=image, input_boxes=[[box]], return_tensors="pt").to(device)
+            inputs = segmenter_processor(images=image, input_boxes=[boxes], return_tensors="pt").to(device)
             outputs = segmenter_model(**inputs, multimask_output=False)
             mask = segmenter_processor.post_process_masks(
                 outputs.pred_masks.cpu(), inputs["original_sizes"].cpu(), inputs["reshaped_input_sizes"].cpu()
             )[0]
-            masks.append(mask.reshape(-1, image.height, image.width)[:1].float())
+            masks.append(mask.reshape(-1, image.height, image.width).any(0, keepdim=True).float())
     return torch.stack(masks)
 
 
-def _best_box(processor, model, image, text: str, threshold: float, device) -> list[float] | None:
+def require_grounded_sam(detector: str, segmenter: str) -> None:
+    """Stop before any work when the GroundingDINO or SAM weights are not at hand (only
+    their configs are read; nothing is downloaded when the Hub is offline).
+
+    Args:
+        detector: GroundingDINO Hub id or folder.
+        segmenter: SAM Hub id or folder.
+    """
+    from transformers import AutoConfig
+
+    with _grounded_sam_weights(detector, segmenter):
+        AutoConfig.from_pretrained(detector)
+        AutoConfig.from_pretrained(segmenter)
+
+
+@contextmanager
+def _grounded_sam_weights(detector: str, segmenter: str):
+    """Turn a failed load of either model into one error naming both and the way out."""
+    try:
+        yield
+    except (OSError, ValueError) as error:
+        raise ErasureError(
+            f"GroundingDINO/SAM weights could not be loaded ({str(error).splitlines()[0][:120]}): this package never "
+            f"downloads them; fetch {detector!r} and {segmenter!r} (huggingface-cli download ID) or give local "
+            "folders as grounding_model/sam_model, or use mask_source: attention"
+        ) from None
+
+
+def _boxes(processor, model, image, text: str, box_threshold: float, text_threshold: float, device,
+           every_box: bool) -> list[list[float]]:
+    """The best-scoring box above ``box_threshold``, or all of them (none: an empty list)."""
     inputs = processor(images=image, text=text, return_tensors="pt").to(device)
     outputs = model(**inputs)
     result = processor.post_process_grounded_object_detection(
-        outputs, inputs.input_ids, threshold=threshold, text_threshold=threshold, target_sizes=[(image.height, image.width)]
+        outputs, inputs.input_ids, threshold=box_threshold, text_threshold=text_threshold,
+        target_sizes=[(image.height, image.width)],
     )[0]
     if len(result["scores"]) == 0:
-        return None
-    return result["boxes"][int(result["scores"].argmax())].tolist()
+        return []
+    if every_box:
+        return result["boxes"].tolist()
+    return [result["boxes"][int(result["scores"].argmax())].tolist()]
 

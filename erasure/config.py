@@ -62,6 +62,24 @@ def packaged_overrides(method: str, concept_type: str) -> dict:
     return read_yaml(path) if path.is_file() else {}
 
 
+BUNDLED_MODEL = "mini-sd"
+
+
+def model_preset(method: str, model: str | None) -> Path | None:
+    """``configs/<method>/mini-sd.yaml`` when ``model`` is the bundled mini-sd and the method
+    has such a file: the settings measured on it (the paper's are for SD 1.4 and leave
+    most of a shape in place on mini-sd). ``None`` otherwise.
+
+    Args:
+        method: a registered method's name.
+        model: the model's name or path (``pipe.name_or_path``, ``--model``).
+    """
+    if model != BUNDLED_MODEL:
+        return None
+    path = configs_dir() / method / f"{BUNDLED_MODEL}.yaml"
+    return path if path.is_file() else None
+
+
 # ---- declaring and checking fields -------------------------------------------------------
 
 

@@ -10,13 +10,25 @@ model's native resolution.
 
     settings = generation_settings(pipe, guidance_scale=0)
     images = pipe(prompts, **settings.pipeline_kwargs(), generator=...).images
+
+One way of generating the image of a prompt row (``run_pipeline``): each row's initial
+noise from its own CPU generator seeded with the row's seed, rows batched in a fixed plan
+(``plan_batches``), classifier-free guidance batched by the pipeline. The evaluator's
+images, the attacks' in-loop checks and RECE's validation all go through it, so an
+adversarial prompt checked inside an attack and replayed by ``erase-eval`` is generated
+alike. Rows are anything with ``index``, ``prompt``, ``seed`` and ``guidance``
+attributes (``erasure.eval.prompts.PromptRow``).
 """
 
 from __future__ import annotations
 
 import inspect
 import math
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from typing import Protocol
+
+import torch
 
 from .errors import ErasureError
 
@@ -154,3 +166,80 @@ def _is_int(value) -> bool:
 
 def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+# ---- generating rows ----
+
+
+class Conditioning(Protocol):
+    """What replaces the rows' prompts in a pipeline call (an attack's embeddings or tokens)."""
+
+    def pipeline_inputs(self, pipe, rows: list) -> dict:
+        """Keyword arguments of ``pipe(...)`` in place of ``prompt=`` for ``rows``."""
+
+
+def row_guidance(row, settings: GenerationSettings) -> float:
+    """The row's own guidance, else the settings' (0 is a guidance, not a missing one)."""
+    return row.guidance if row.guidance is not None else settings.guidance_scale
+
+
+def plan_batches(rows: list, settings: GenerationSettings) -> list[list]:
+    """A fixed plan: rows sorted by guidance (one value per pipeline call), then chunked."""
+    ordered = sorted(rows, key=lambda row: (row_guidance(row, settings), row.index))
+    batches, current = [], []
+    for row in ordered:
+        if current and (len(current) == settings.batch_size
+                        or row_guidance(current[0], settings) != row_guidance(row, settings)):
+            batches.append(current)
+            current = []
+        current.append(row)
+    return batches + ([current] if current else [])
+
+
+@torch.no_grad()
+def run_pipeline(pipe, batch: list, settings: GenerationSettings, conditioning: Conditioning | None = None):
+    """One pipeline call for a batch of rows that share a guidance scale (``plan_batches``):
+    each row's noise from its own seed, classifier-free guidance batched by the pipeline.
+
+    Args:
+        pipe: the pipeline.
+        batch: rows of one guidance scale.
+        settings: the generation settings.
+        conditioning: generate from what it gives instead of the rows' prompts.
+    """
+    generators = [torch.Generator("cpu").manual_seed(row.seed) for row in batch]
+    text = {"prompt": [row.prompt for row in batch]} if conditioning is None else conditioning.pipeline_inputs(pipe, batch)
+    return pipe(
+        **text,
+        **settings.pipeline_kwargs(row_guidance(batch[0], settings)),
+        generator=generators,
+        output_type="pil",
+    ).images
+
+
+def generate_in_memory(pipe, rows: list, settings: GenerationSettings, conditioning: Conditioning | None = None) -> list:
+    """The images of ``rows`` as PIL images, in row order, written nowhere: the seeds and
+    batch plan of ``erase-eval``.
+
+    Args:
+        pipe: a diffusers text-to-image pipeline (its weights as they should be).
+        rows: the prompt rows.
+        settings: from ``generation_settings``.
+        conditioning: generate from what it gives instead of the rows' prompts.
+    """
+    images = {}
+    with quiet(pipe):
+        for batch in plan_batches(rows, settings):
+            images.update(zip((row.index for row in batch), run_pipeline(pipe, batch, settings, conditioning)))
+    return [images[row.index] for row in rows]
+
+
+@contextmanager
+def quiet(pipe):
+    """Silence the pipeline's per-step progress bar (ours count images), then restore it."""
+    previous = dict(getattr(pipe, "_progress_bar_config", {}))
+    pipe.set_progress_bar_config(**{**previous, "disable": True})
+    try:
+        yield
+    finally:
+        pipe.set_progress_bar_config(**previous)

@@ -19,7 +19,14 @@ from sd_architectures import ARCHITECTURES, random_pipeline
 import erasure
 
 
-def _timed(device: str, fn, repeats: int) -> list[float]:
+def timed(device: str, fn, repeats: int) -> list[float]:
+    """Wall seconds of ``repeats`` calls of ``fn``, the device synchronised around each.
+
+    Args:
+        device: ``"cpu"`` or ``"cuda"``.
+        fn: what to time.
+        repeats: how many calls.
+    """
     times = []
     for _ in range(repeats):
         if device.startswith("cuda"):
@@ -30,6 +37,25 @@ def _timed(device: str, fn, repeats: int) -> list[float]:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     return times
+
+
+def measure(pipe, concepts: list[str], device: str, repeats: int, epochs: int = 3) -> dict:
+    """UCE's edit seconds (after a warm-up), and RECE's seconds per epoch: the difference
+    between runs of ``epochs`` epochs and of one, without RECE's validation.
+
+    Args:
+        pipe: the pipeline, on ``device``, in the dtype to time.
+        concepts: erased together.
+        device: ``"cpu"`` or ``"cuda"``.
+        repeats: timed runs of each.
+        epochs: RECE epochs of the longer run (at least 2).
+    """
+    erasure.erase(pipe, "uce", concepts)  # warm-up
+    uce = timed(device, lambda: erasure.erase(pipe, "uce", concepts), repeats)
+    rece = {n: timed(device, lambda: erasure.erase(pipe, "rece", concepts, epochs=n, validate="none"), repeats)
+            for n in (1, epochs)}
+    return {"uce_seconds": uce, "rece_seconds": {str(n): times for n, times in rece.items()},
+            "rece_seconds_per_epoch": (min(rece[epochs]) - min(rece[1])) / (epochs - 1)}
 
 
 def main() -> None:
@@ -47,12 +73,7 @@ def main() -> None:
                "concepts": args.concepts, "torch": torch.__version__}
     if args.device.startswith("cuda"):
         results["gpu"] = torch.cuda.get_device_name()
-    erasure.erase(pipe, "uce", concepts)  # warm-up
-    results["uce_seconds"] = _timed(args.device, lambda: erasure.erase(pipe, "uce", concepts), args.repeats)
-    epochs = 3
-    rece = _timed(args.device, lambda: erasure.erase(pipe, "rece", concepts, epochs=epochs, validate="none"),
-                  args.repeats)
-    results["rece_seconds_per_epoch"] = [(t - min(results["uce_seconds"])) / epochs for t in rece]
+    results.update(measure(pipe, concepts, args.device, args.repeats))
     print(json.dumps(results, indent=2))
 
 

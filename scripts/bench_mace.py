@@ -38,6 +38,36 @@ NAMES = (
 ).split()
 
 
+def measure(pipe, count: int, device: str, concept_type: str = "object", overrides: dict | None = None) -> dict:
+    """One MACE erase of the first ``count`` names: seconds (the device synchronised),
+    seconds per stage, and peak memory (GPU allocation, or the process's resident peak).
+
+    Args:
+        pipe: the pipeline, on ``device``.
+        count: how many concepts are erased at once.
+        device: ``"cpu"`` or ``"cuda"``.
+        concept_type: MACE's concept type (its templates and settings).
+        overrides: MACE config overrides.
+    """
+    import torch
+
+    import erasure
+
+    concepts = [n.replace("-", " ") for n in NAMES[:count]]
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    edited = erasure.erase(pipe, "mace", concepts, concept_type=concept_type, config=overrides or {})
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    total = time.perf_counter() - start
+    on_gpu = device.startswith("cuda")
+    peak_mb = torch.cuda.max_memory_allocated() / 2**20 if on_gpu else edited.extra["peak_rss_mb"]
+    return {"concepts": count, "seconds": total, "seconds_per_concept": total / count, "stages": edited.extra["seconds"],
+            "threads": torch.get_num_threads(), "peak_memory_mb": peak_mb, "memory": "cuda allocated" if on_gpu else "RSS"}
+
+
 def run_one(args) -> dict:
     """One erase in this process; returns its timings and peak memory."""
     import torch
@@ -56,15 +86,7 @@ def run_one(args) -> dict:
     for key in ("train_steps", "images_per_concept", "generation_steps"):
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
-    concepts = [n.replace("-", " ") for n in NAMES[: args.count]]
-    if args.device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    edited = erasure.erase(pipe, "mace", concepts, concept_type=args.concept_type, config=overrides)
-    total = time.perf_counter() - start
-    peak_mb = torch.cuda.max_memory_allocated() / 2**20 if args.device == "cuda" else edited.extra["peak_rss_mb"]
-    return {"concepts": args.count, "seconds": total, "stages": edited.extra["seconds"], "threads": torch.get_num_threads(),
-            "peak_memory_mb": peak_mb, "memory": "cuda allocated" if args.device == "cuda" else "RSS"}
+    return measure(pipe, args.count, args.device, args.concept_type, overrides)
 
 
 def main() -> None:

@@ -21,6 +21,7 @@ from safetensors.torch import load_file
 
 import erasure
 import erasure.assets
+import erasure.attacks
 from erasure import benchmark
 from erasure.cli import main as erase_main
 from erasure.errors import ErasureError
@@ -32,7 +33,8 @@ needs_mini_sd = pytest.mark.skipif(not MINI_SD_BUILT, reason="mini-sd is not bui
 
 VARIANTS = benchmark.load_variants()
 TASKS = benchmark.load_tasks()
-SUITES = benchmark.load_suites(TASKS, VARIANTS)
+ATTACK_PLAN = benchmark.load_attacks()
+SUITES = benchmark.load_suites(TASKS, VARIANTS, ATTACK_PLAN)
 
 
 # ---- the variants and tasks ----
@@ -83,13 +85,14 @@ def test_suites_cover_every_task_and_name_what_exists():
 @pytest.mark.parametrize("content, message", [
     ("s: {tasks: [nope]}\n", "unknown task 'nope'"),
     ("s: {tasks: [circle], methods: [nope]}\n", "unknown method 'nope'"),
+    ("s: {tasks: [circle], attacks: [pgd]}\n", "unknown attack 'pgd'"),
     ("s: {tasks: [circle], colour: red}\n", "unknown key.*colour"),
     ("s: {methods: [uce]}\n", "missing key.*tasks"),
 ])
 def test_a_bad_suite_is_one_clear_error(tmp_path, content, message):
     (tmp_path / "suites.yaml").write_text(content)
     with pytest.raises(ErasureError, match=message):
-        benchmark.load_suites(TASKS, VARIANTS, tmp_path / "suites.yaml")
+        benchmark.load_suites(TASKS, VARIANTS, ATTACK_PLAN, tmp_path / "suites.yaml")
 
 
 def _row(value, low, high):
@@ -145,6 +148,26 @@ def test_a_bad_variant_file_is_one_clear_error(tmp_path, content, message):
         benchmark.load_variants(tmp_path)
 
 
+def test_every_attack_has_a_column_and_quick_mode_runs_an_input_space_attack():
+    plan = benchmark.load_attacks()
+    assert set(plan.columns) == set(erasure.attacks.ATTACKS)
+    circle = TASKS["circle"]
+    quick = [c.name for c in plan.columns.values() if c.runs_on(circle, "uce", quick=True)]
+    assert "unlearndiffatk" in quick and "closed-form" in quick
+    assert not plan.columns["concept-inversion"].runs_on(TASKS["purple"], "uce", quick=False)
+
+
+@pytest.mark.parametrize("content, message", [
+    ("rows: 6\nquick_rows: 6\nattacks: {pgd: {}}\n", "unknown attack 'pgd'"),
+    ("rows: 6\nquick_rows: 6\nattacks: {ring-a-bell: {eta: 2}}\n", "unknown key.*eta"),
+    ("rows: 6\nattacks: {}\n", "missing key.*quick_rows"),
+])
+def test_a_bad_attacks_file_is_one_clear_error(tmp_path, content, message):
+    (tmp_path / "attacks.yaml").write_text(content)
+    with pytest.raises(ErasureError, match=message):
+        benchmark.load_attacks(tmp_path / "attacks.yaml")
+
+
 @needs_mini_sd
 def test_the_child_command_makes_the_weights_the_in_process_erasure_makes(tmp_path):
     # The full benchmark erases through `erase` in child processes, quick mode in process.
@@ -172,27 +195,27 @@ def test_each_suite_writes_its_own_readme_block_and_a_missing_one_fails_before_t
 
 
 def test_a_suite_chooses_tasks_variants_and_attacks_and_the_command_line_overrides_them():
-    parser = benchmark.build_parser(TASKS, VARIANTS, SUITES)
-    (mass,) = benchmark.plan(parser.parse_args(["--suite", "mass"]), TASKS, VARIANTS, SUITES)
+    parser = benchmark.build_parser(TASKS, VARIANTS, SUITES, ATTACK_PLAN)
+    (mass,) = benchmark.plan_runs(parser.parse_args(["--suite", "mass"]), TASKS, VARIANTS, SUITES)
     assert [t.name for t in mass["tasks"]] == ["pairs-1", "pairs-6", "pairs-12", "pairs-24"]
     assert [v.name for v in mass["variants"]] == list(SUITES["mass"].methods) and mass["attacks"] == []
-    everything = benchmark.plan(parser.parse_args([]), TASKS, VARIANTS, SUITES)
+    everything = benchmark.plan_runs(parser.parse_args([]), TASKS, VARIANTS, SUITES)
     assert [run["suite"] for run in everything] == list(SUITES)
-    (attacks,) = benchmark.plan(parser.parse_args(["--suite", "attacks", "--attacks"]), TASKS, VARIANTS, SUITES)
+    (attacks,) = benchmark.plan_runs(parser.parse_args(["--suite", "attacks", "--attacks"]), TASKS, VARIANTS, SUITES)
     assert attacks["attacks"] == []
-    (quick,) = benchmark.plan(parser.parse_args(["--quick"]), TASKS, VARIANTS, SUITES)
+    (quick,) = benchmark.plan_runs(parser.parse_args(["--quick"]), TASKS, VARIANTS, SUITES)
     assert quick["suite"] is None and {t.name for t in quick["tasks"]} == {"circle", "pairs-6"}
 
 
 def test_a_quick_suite_runs_its_quick_tasks_only_and_one_without_them_is_a_clear_error():
-    parser = benchmark.build_parser(TASKS, VARIANTS, SUITES)
-    (mass,) = benchmark.plan(parser.parse_args(["--suite", "mass", "--quick"]), TASKS, VARIANTS, SUITES)
+    parser = benchmark.build_parser(TASKS, VARIANTS, SUITES, ATTACK_PLAN)
+    (mass,) = benchmark.plan_runs(parser.parse_args(["--suite", "mass", "--quick"]), TASKS, VARIANTS, SUITES)
     assert [t.name for t in mass["tasks"]] == ["pairs-6"]  # pairs-1, -12 and -24 have no quick rows
-    (named,) = benchmark.plan(parser.parse_args(["--suite", "mass", "--quick", "--tasks", "pairs-1"]), TASKS, VARIANTS,
+    (named,) = benchmark.plan_runs(parser.parse_args(["--suite", "mass", "--quick", "--tasks", "pairs-1"]), TASKS, VARIANTS,
                               SUITES)
     assert [t.name for t in named["tasks"]] == ["pairs-1"]
     with pytest.raises(ErasureError, match="suite 'attributes' has no quick task: give one of its tasks quick_rows"):
-        benchmark.plan(parser.parse_args(["--suite", "attributes", "--quick"]), TASKS, VARIANTS, SUITES)
+        benchmark.plan_runs(parser.parse_args(["--suite", "attributes", "--quick"]), TASKS, VARIANTS, SUITES)
 
 
 def test_a_readme_without_the_markers_fails_before_the_run(tmp_path, capsys):
@@ -242,13 +265,22 @@ def test_the_mass_erasure_table_has_every_variant_and_its_pair_scores(quick_run)
 
 
 @needs_mini_sd
-def test_the_closed_form_attack_recovers_what_uce_erased(quick_run):
-    # The attack column is live: an embedding found in closed form against UCE's edited
-    # projections draws the circle again (measured: 8.3% -> 91.7% in quick mode).
+def test_the_attack_columns_are_live(quick_run):
+    # An embedding found in closed form against UCE's edited projections draws the circle
+    # again (measured with these settings on all 12 erased rows: 8.3% -> 91.7%), for every
+    # variant; UnlearnDiffAtk (quick mode's input-space attack) runs on UCE and on the base
+    # model; a row it does not break keeps its erased image, so its ASR is at least Acc_e
+    # on the attacked rows (the first 6 erased rows; measured at full length: 100%).
     rows = quick_run[0]["results"]["circle"]
-    attacked = benchmark.attacked_key("closed-form")
-    assert rows["uce"][attacked] >= rows["uce"]["acc_e"] + 30, rows["uce"]
-    assert rows["base"][attacked] is None
+    closed_form, uda = benchmark.asr_key("closed-form"), benchmark.asr_key("unlearndiffatk")
+    report = json.loads((Path(rows["uce"]["report"]) / "report.json").read_text())
+    before = report["attacks"]["closed-form"]["groups"]["erased"]["pre_asr"]  # the same rows, unattacked
+    assert rows["uce"][closed_form] >= 80 and rows["uce"][closed_form] > before, (rows["uce"], before)
+    low, high = rows["uce"][f"{closed_form}_ci"]
+    assert low <= rows["uce"][closed_form] <= high and high - low > 20  # n = 6: a wide Wilson interval
+    assert all(row[closed_form] is not None for row in rows.values())
+    assert rows["uce"][uda] >= 50 and rows["base"][uda] >= 80, (rows["uce"], rows["base"])
+    assert rows["mace"][uda] is None and rows["uce"][benchmark.asr_key("ring-a-bell")] is None
 
 
 @needs_mini_sd
@@ -321,7 +353,9 @@ def test_a_suite_in_quick_mode_reuses_the_work_and_writes_its_files_and_readme_b
     assert all(f"old {name}" in text for name in SUITES if name != suite)
     if suite == "mass":
         assert "**mass erasure**" in block and "| uce | 6 |" in block and "| lead | 6 |" in block
-    else:  # the attacks suite: the closed-form column, filled for the erased rows and empty for the base row
-        attacked = benchmark.attacked_key("closed-form")
-        assert "Acc_e closed-form ↓" in block and "| uce |" in block
-        assert saved["results"][task]["uce"][attacked] == data["results"][task]["uce"][attacked]
+    else:  # the attacks suite: a column per attack of attacks.yaml, the quick run's cached results
+        assert SUITES[suite].attacks == tuple(ATTACK_PLAN.columns)
+        assert all(f"ASR {attack} ↓" in block for attack in ATTACK_PLAN.columns) and "| uce |" in block
+        for attack in ATTACK_PLAN.columns:
+            key = benchmark.asr_key(attack)
+            assert saved["results"][task]["uce"][key] == data["results"][task]["uce"][key], attack

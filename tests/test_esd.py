@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import signal
 
@@ -14,6 +16,7 @@ from erasure.errors import ErasureError
 from erasure.methods import esd
 from erasure.methods.esd import ESDConfig
 from erasure.training import CHECKPOINT_INDEX, RunOptions
+from erasure.trajectories import TrajectoryBank, sample_until
 
 # A few iterations over a 2-step DDIM schedule keep each run to about a second.
 FAST = dict(iterations=3, ddim_steps=2, lr=1e-3)
@@ -95,7 +98,7 @@ def constant_prompts(concept, anchor, trained):
     def emb(value):
         return erasure.adapters.PromptEmbeddings(torch.full((1, 2, 1), float(value)), torch.tensor([2]))
 
-    return esd.Prompts(concept=emb(concept), anchor=emb(anchor), trained=emb(trained), empty=emb(0))
+    return esd.Prompts(concept=emb(concept), anchor=emb(anchor), trained=emb(trained), empty=emb(0), anchors_empty=False)
 
 
 @pytest.mark.parametrize(
@@ -304,3 +307,194 @@ def test_frozen_phases_under_autocast_use_the_original_weights():
     with torch.no_grad(), esd.autocast(adapter, config):
         expected = predict(erasure.adapters.adapter_for(reference))
     assert torch.equal(frozen, expected) and not torch.allclose(edited_prediction, expected)
+
+
+# ---- the trajectory bank -------------------------------------------------------
+
+
+def papers_loop(pipe, concept: str, config: ESDConfig) -> dict[str, torch.Tensor]:
+    """The paper's ESD written out with plain diffusers calls: two UNets, fresh x_t every
+    iteration, the same random draws (concept row, DDIM step, noise) from one generator.
+    With ``timestep_scheme="compvis-2023"``, the 2023 code's sampler and scoring: the
+    first DDIM timestep skipped, ``min(n - t_enc, n - 1)`` steps, scored at a DDPM step
+    drawn from the ``t_enc``-th of ``n`` buckets."""
+    from diffusers import DDIMScheduler
+
+    frozen, edited = copy.deepcopy(pipe.unet), copy.deepcopy(pipe.unet)
+    names = parameter_names(pipe, config.variant)
+    edited.requires_grad_(False)
+    params = [p for n, p in edited.named_parameters() if n in names]
+    for p in params:
+        p.requires_grad_(True)
+    optimizer = torch.optim.Adam(params, lr=config.lr)
+    scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    scheduler.set_timesteps(config.ddim_steps)
+    with torch.no_grad():
+        cond, empty = (pipe.encode_prompt([text], "cpu", 1, False)[0] for text in (concept, ""))
+    both = torch.cat([empty, cond])
+    generator = torch.Generator().manual_seed(config.seed)
+    size = pipe.unet.config.sample_size
+    for _ in range(config.iterations):
+        torch.randint(1, (1,), generator=generator)  # the concept row: one concept
+        step = int(torch.randint(config.ddim_steps, (1,), generator=generator))
+        n = config.ddim_steps
+        if config.timestep_scheme == "compvis-2023":
+            scored = torch.randint(round(step * 1000 / n), round((step + 1) * 1000 / n), (1,), generator=generator)[0]
+            walked = scheduler.timesteps[1 : 1 + min(n - step, n - 1)]
+        else:
+            scored, walked = scheduler.timesteps[step], scheduler.timesteps[:step]
+        x = torch.randn((1, 4, size, size), generator=generator) * scheduler.init_noise_sigma
+        with torch.no_grad():
+            for t in walked:
+                uncond, text = edited(torch.cat([x, x]), t, encoder_hidden_states=both).sample.chunk(2)
+                x = scheduler.step(uncond + config.start_guidance * (text - uncond), t, x, eta=0.0).prev_sample
+            t = scored
+            e0, ep = frozen(torch.cat([x, x]), t, encoder_hidden_states=both).sample.chunk(2)
+            target = e0 - config.negative_guidance * (ep - e0)
+        optimizer.zero_grad()
+        loss = torch.nn.functional.mse_loss(edited(x, t, encoder_hidden_states=cond).sample, target)
+        loss.backward()
+        optimizer.step()
+    return {n: p.detach() for n, p in edited.named_parameters() if n in names}
+
+
+def test_without_a_bank_esd_is_the_papers_loop_bit_for_bit(sd1_pipe):
+    config = ESDConfig(variant="esd-x", iterations=4, ddim_steps=5, lr=1e-3, seed=2)  # refresh_every=1
+    expected = papers_loop(sd1_pipe, "a red circle", config)
+    edited = run_esd(sd1_pipe, ["a red circle"], config)
+    assert edited.tensors.keys() == expected.keys()
+    assert all(torch.equal(edited.tensors[n], expected[n]) for n in expected)
+    base = dict(sd1_pipe.unet.named_parameters())
+    assert all(not torch.equal(expected[n], base[n]) for n in expected)  # it trained
+
+
+def test_the_compvis_2023_scheme_is_the_2023_codes_loop_bit_for_bit(sd1_pipe):
+    config = ESDConfig(variant="esd-x", iterations=4, ddim_steps=5, lr=1e-3, seed=3, timestep_scheme="compvis-2023")
+    expected = papers_loop(sd1_pipe, "a red circle", config)
+    edited = run_esd(sd1_pipe, ["a red circle"], config)
+    assert all(torch.equal(edited.tensors[n], expected[n]) for n in expected)
+    aligned = run_esd(sd1_pipe, ["a red circle"], dataclasses.replace(config, timestep_scheme="aligned"))
+    assert not any(torch.equal(aligned.tensors[n], expected[n]) for n in expected)
+
+
+def test_the_compvis_2023_latent_is_39_to_58_steps_below_where_it_is_scored(sd1_pipe):
+    """On SD's 50-step schedule (981, 961, ..., 1) the 2023 code's x_t for t_enc >= 2 is at
+    level 20 t_enc - 39 and is scored in [20 t_enc, 20 t_enc + 19]."""
+    adapter = erasure.adapters.adapter_for(sd1_pipe)
+    scheduler = adapter.ddim_scheduler(50)
+    assert scheduler.timesteps[0] == 981 and scheduler.timesteps[-1] == 1
+    generator = torch.Generator().manual_seed(0)
+    for t_enc in range(2, 50):
+        start, steps, scored = esd.compvis_2023_schedule(scheduler, t_enc, 50, generator)
+        level = scheduler.timesteps[start + steps] if start + steps < 50 else 0
+        assert level == 20 * t_enc - 39 and 20 * t_enc <= scored <= 20 * t_enc + 19
+    assert esd.compvis_2023_schedule(scheduler, 0, 50, generator)[:2] == (1, 49)  # all the way to x_0
+    with pytest.raises(ErasureError, match="refresh_every=1"):
+        ESDConfig(timestep_scheme="compvis-2023", refresh_every=10)
+
+
+def test_pure_bf16_keeps_weights_in_bf16_where_autocast_moves_every_weight(sd1_pipe):
+    """The 2025 code's precision: an Adam update below a weight's bfloat16 spacing is lost."""
+    before = snapshot(sd1_pipe)
+    config = dict(variant="esd-x", parameter_rules="2025", iterations=10, ddim_steps=4, lr=5e-5)
+    pure = run_esd(sd1_pipe, ["circle"], ESDConfig(**config, mixed_precision="bf16-pure")).tensors
+    autocast = run_esd(sd1_pipe, ["circle"], ESDConfig(**config, mixed_precision="bf16")).tensors
+    assert_unchanged(sd1_pipe, before)
+
+    def moved(tensors, reference):
+        changed = sum(int((tensors[n].float() != reference[n].float()).sum()) for n in tensors)
+        return changed / sum(t.numel() for t in tensors.values())
+
+    assert all(torch.equal(t.float(), t.to(torch.bfloat16).float()) for t in pure.values())
+    assert moved(autocast, before) > 0.99
+    assert 0 < moved(pure, {n: before[n].to(torch.bfloat16) for n in pure}) < 0.5
+
+
+@pytest.mark.parametrize(
+    "concepts, erase_from, sample_from",
+    [(["circle", "star"], None, "frozen"), (["circle", "star->square"], "a drawing", "frozen"), (["circle"], None, "edited")],
+)
+def test_a_bank_holds_the_fresh_latents_and_targets(concepts, erase_from, sample_from):
+    """Every latent of the bank is what sampling that far from the same noise gives, and
+    a frozen bank's target there is the one computed afresh (float64: exact to rounding)."""
+    from erasure.tiny import build_tiny_pipeline
+
+    pipe = build_tiny_pipeline("sd1").to(torch.float64)
+    adapter = erasure.adapters.adapter_for(pipe)
+    config = ESDConfig(ddim_steps=6, sample_from=sample_from, erase_from=erase_from, bank_size=3, negative_guidance=2.0)
+    prompts = esd.Prompts.encode(adapter, [Concept(*c.split("->")) for c in concepts], erase_from)
+    scheduler = adapter.ddim_scheduler(config.ddim_steps)
+    generator = torch.Generator().manual_seed(5)
+    bank = esd.sample_bank(adapter, {}, prompts, scheduler, config, generator.clone_state())
+    rows = torch.randint(len(concepts), (3,), generator=generator)
+    noise = esd.starting_noise(adapter, config, 3, generator)
+    assert torch.equal(bank.rows, rows) and bank.latents.shape[:2] == (6, 3)
+    with torch.no_grad():
+        for step in range(6):
+            x_t = sample_until(adapter, scheduler, noise, step, prompts.trained.select(rows), prompts.empty, config.start_guidance)
+            assert torch.allclose(bank.latents[step], x_t, rtol=0, atol=1e-10)
+            if sample_from == "frozen":
+                target = esd.negative_guidance_target(adapter, x_t, scheduler.timesteps[step], prompts, rows, config)
+                assert torch.allclose(bank.values[step], target, rtol=0, atol=1e-10)
+    assert (bank.values is None) == (sample_from == "edited")
+
+
+def count_unet_calls(monkeypatch) -> dict:
+    calls = {"n": 0}
+    real = erasure.adapters.StableDiffusionAdapter._unet
+
+    def counted(self, *args, **kwargs):
+        calls["n"] += 1
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(erasure.adapters.StableDiffusionAdapter, "_unet", counted)
+    return calls
+
+
+@pytest.mark.parametrize("sample_from", ["edited", "frozen"])
+def test_the_bank_is_sampled_every_k_iterations_and_then_drawn_from(sd1_pipe, monkeypatch, sample_from):
+    config = ESDConfig(iterations=7, ddim_steps=5, lr=1e-3, sample_from=sample_from, refresh_every=3, bank_size=4)
+    calls = count_unet_calls(monkeypatch)
+    edited = run_esd(sd1_pipe, ["circle"], config)
+    assert len(edited.extra["losses"]) == 7
+    banks = 3  # at iterations 0, 3 and 6
+    if sample_from == "frozen":
+        # A bank: one call per latent gives the step and the target; an iteration: the edited prediction.
+        assert calls["n"] == banks * 5 + 7
+    else:
+        # A bank: a call per step but the last; an iteration: the frozen target and the edited prediction.
+        assert calls["n"] == banks * 4 + 2 * 7
+
+
+@pytest.mark.parametrize("sample_from, interrupted_at", [("edited", 5), ("frozen", 4)])
+def test_resume_with_a_bank_is_bit_identical(monkeypatch, tmp_path, sample_from, interrupted_at):
+    """Interrupted between refreshes, the run continues with the bank it was drawing from."""
+    from erasure.tiny import build_tiny_pipeline
+
+    config = ESDConfig(variant="esd-u", iterations=8, ddim_steps=4, lr=1e-3, batch_size=2, seed=3,
+                       sample_from=sample_from, refresh_every=3, bank_size=3)
+    reference = run_esd(build_tiny_pipeline("sd1"), ["circle", "star"], config)
+    pipe = build_tiny_pipeline("sd1")
+    interrupt_on_call(monkeypatch, interrupted_at)
+    with pytest.raises(KeyboardInterrupt):
+        run_esd(pipe, ["circle", "star"], config, RunOptions(checkpoint_dir=tmp_path))
+    assert json.loads((tmp_path / CHECKPOINT_INDEX).read_text())["step"] % 3 != 0  # mid-bank
+    monkeypatch.undo()
+    resumed = run_esd(pipe, ["circle", "star"], config, RunOptions(checkpoint_dir=tmp_path, resume=True))
+    assert resumed.extra["losses"] == reference.extra["losses"]
+    assert all(torch.equal(resumed.tensors[n], reference.tensors[n]) for n in reference.tensors)
+
+
+def test_a_checkpoint_without_its_bank_is_refused(monkeypatch, tmp_path, sd1_pipe):
+    from safetensors.torch import load_file, save_file
+
+    config = ESDConfig(iterations=4, ddim_steps=3, lr=1e-3, refresh_every=3, bank_size=2)
+    interrupt_on_call(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        run_esd(sd1_pipe, ["circle"], config, RunOptions(checkpoint_dir=tmp_path))
+    monkeypatch.undo()
+    state_file = next(tmp_path.glob("state-*.safetensors"))
+    stored = load_file(state_file)
+    save_file({k: v for k, v in stored.items() if not k.startswith("tensor/bank/")}, state_file)
+    with pytest.raises(ErasureError, match="no trajectory bank"):
+        run_esd(sd1_pipe, ["circle"], config, RunOptions(checkpoint_dir=tmp_path, resume=True))

@@ -22,7 +22,8 @@ from eval_fixtures import erased_file, tiny_clip  # noqa: F401  (fixtures)
     (["--prompts", "shapes/circle", "--base-only", "--set", "nudenet.threshold=2", "--metrics", "nudenet"], "must lie in"),
     (["--prompts", "shapes/circle", "--base-only", "--set", "clip.colour=red", "--metrics", "clip"], "unknown clip option key"),
     (["--prompts", "coco/captions", "--base-only", "--metrics", "clip-accuracy"], "needs the expected label"),
-    (["--prompts", "shapes/circle", "--base-only", "--attack", "closed-form"], "--attack closed-form attacks erased weights"),
+    (["--prompts", "shapes/circle", "--base-only", "--attack", "closed-form,pgd"], "unknown attack 'pgd'"),
+    (["--prompts", "shapes/circle", "--base-only", "--set", "attack.ring-a-bell=3"], "write attack.NAME.KEY=VALUE"),
 ])
 def test_cli_errors_are_one_line(args, message, capsys):
     assert main(args) == 2

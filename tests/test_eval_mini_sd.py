@@ -108,11 +108,13 @@ def test_a_resumed_run_gives_the_same_report(full_run, circle_weights, tmp_path,
     assert resumed["images"] == uninterrupted["images"]
 
 
-def test_the_closed_form_attack_is_a_third_column_on_erased_and_synonym_rows(circle_weights, tmp_path):
+def test_the_closed_form_attack_is_a_column_on_erased_and_synonym_rows(circle_weights, tmp_path):
     report = evaluate("mini-sd", circle_weights, "shapes/circle", ["world"], tmp_path, limit=ROWS, device="cpu",
                       attack="closed-form")
-    attacked = report.data["metrics"]["world"]["attacked"]
+    attacked = report.data["metrics"]["world"]["attacked-closed-form"]
     assert {g: v["n"] for g, v in attacked["groups"].items()} == {"erased": 3, "synonym": 3, "all": 6}
-    assert report.headline("world", "attacked")["Acc_e (erased), top-1 %"] == attacked["erasure"]["acc_e"]
-    assert report.data["attack"]["reg"] == 1e-3 and sorted(p.name for p in (tmp_path / "attacked").iterdir()) == [
+    assert report.headline("world", "attacked-closed-form")["Acc_e (erased), top-1 %"] == attacked["erasure"]["acc_e"]
+    entry = report.data["attacks"]["closed-form"]
+    assert entry["config"]["reg"] == 1e-3 and entry["groups"]["erased"]["post_asr"] == attacked["erasure"]["acc_e"]
+    assert sorted(p.name for p in (tmp_path / "attacked-closed-form").iterdir()) == [
         f"{image['index']:05d}.png" for image in report.data["images"] if image["type"] != "retained"]

@@ -1,6 +1,6 @@
 """Whole ``evaluate`` runs on the tiny SD 1.x pipeline: the report and its pictures, a
 resumed run giving the same numbers, generation throughput recorded per variant, a given
-pipeline left unchanged, the closed-form attack's third column, and two real processes.
+pipeline left unchanged, the closed-form attack's column, and two real processes.
 (The shapes-world measurements on the bundled mini-sd are in test_eval_mini_sd.py.)"""
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def test_api_leaves_a_given_pipeline_unchanged(erased_file, tiny_clip, tmp_path)
     assert all(torch.equal(before[k], v) for k, v in pipe.unet.state_dict().items())
 
 
-# ---- the closed-form attack: a third variant, "attacked" ----
+# ---- the closed-form attack: an "attacked-closed-form" variant ----
 
 
 def test_attack_variant_attacks_erased_and_synonym_rows_and_resumes(erased_file, tmp_path, monkeypatch):
@@ -79,37 +79,38 @@ def test_attack_variant_attacks_erased_and_synonym_rows_and_resumes(erased_file,
     report = evaluate(pipe, erased_file, "shapes/circle", ["world"], tmp_path, **run)
     rows = load_prompt_set("shapes/circle", limit=6).rows
     attacked = [row for row in rows if row.type in ("erased", "synonym")]
-    assert report.data["variants"] == ["base", "erased", "attacked"]
-    assert sorted(p.name for p in (tmp_path / "attacked").glob("*.png")) == [f"{r.index:05d}.png" for r in attacked]
-    assert report.data["attack"]["method"] == "closed-form" and report.data["attack"]["rows"] == len(attacked)
+    variant = "attacked-closed-form"
+    assert report.data["variants"] == ["base", "erased", variant]
+    assert sorted(p.name for p in (tmp_path / variant).glob("*.png")) == [f"{r.index:05d}.png" for r in attacked]
+    entry = report.data["attacks"]["closed-form"]
+    assert entry["name"] == "closed-form" and entry["rows"] == len(attacked) and entry["config"]["reg"] == 1e-3
     for row in attacked:
-        record = gen.read_record(gen.image_path(tmp_path / "attacked", row))
-        assert record["attack"] == {"method": "closed-form", "reg": 1e-3} and record["seed"] == row.seed
+        record = gen.read_record(gen.image_path(tmp_path / variant, row))
+        assert record["attack"] == {"name": "closed-form", "config": {"seed": 0, "reg": 1e-3}} and record["seed"] == row.seed
         assert record["weights_sha256"] == report.data["model"]["weights"]["sha256"]
-        erased, attacked_image = (np.asarray(Image.open(gen.image_path(tmp_path / v, row)), dtype=int) for v in ("erased", "attacked"))
+        erased, attacked_image = (np.asarray(Image.open(gen.image_path(tmp_path / v, row)), dtype=int) for v in ("erased", variant))
         assert np.abs(erased - attacked_image).max() > 0  # UCE changed the keys/values: the embedding is not the prompt
     assert "attack" not in gen.read_record(gen.image_path(tmp_path / "erased", rows[0]))
 
-    headline = report.headline("world", "attacked")
-    assert headline["Acc_e (erased), top-1 %"] == report.data["metrics"]["world"]["attacked"]["erasure"]["acc_e"]
+    headline = report.headline("world", variant)
+    assert headline["Acc_e (erased), top-1 %"] == report.data["metrics"]["world"][variant]["erasure"]["acc_e"]
+    assert headline["Acc_e (erased), top-1 %"] == entry["groups"]["erased"]["post_asr"]
     assert "Acc_s (retained), top-1 %" not in headline  # retained rows are not attacked
     images = {image["index"]: image for image in report.data["images"]}
-    assert all(("attacked" in images[r.index]) == (r in attacked) for r in rows)
-    assert "| metric | quantity | base | erased | attacked | change |" in report.markdown
+    assert all((variant in images[r.index]) == (r in attacked) for r in rows)
+    assert f"| metric | quantity | base | erased | {variant} | change |" in report.markdown
     assert "not attacked" in (tmp_path / "report.html").read_text()
 
     made = []
     monkeypatch.setattr(gen, "_save_png", lambda path, *args: made.append(path))
     again = evaluate(pipe, erased_file, "shapes/circle", ["world"], tmp_path, **run)
     assert made == [] and again.data["metrics"] == report.data["metrics"]  # resumed: nothing generated again
-    with pytest.raises(ErasureError, match=r"attacked/00000.png was generated with other settings \(attack differ"):
-        evaluate(pipe, erased_file, "shapes/circle", ["world"], tmp_path, **{**run, "attack_reg": 0.1})
+    with pytest.raises(ErasureError, match=r"attacked-closed-form/00000.png was generated with other settings \(attack differ"):
+        evaluate(pipe, erased_file, "shapes/circle", ["world"], tmp_path, **run, attack_options={"closed-form": {"reg": 0.1}})
 
 
-def test_attack_needs_weights_and_a_known_name(erased_file, tmp_path):
+def test_attack_needs_a_known_name_and_rows_to_attack(erased_file, tmp_path):
     pipe = build_tiny_pipeline("sd1")
-    with pytest.raises(ErasureError, match="--attack closed-form attacks erased weights: pass --weights"):
-        evaluate(pipe, None, "shapes/circle", ["world"], tmp_path, attack="closed-form", limit=2, **STEPS)
     with pytest.raises(ErasureError, match="unknown attack 'pgd': use one of closed-form"):
         evaluate(pipe, erased_file, "shapes/circle", ["world"], tmp_path, attack="pgd", limit=2, **STEPS)
     retained_only = tmp_path / "retained.csv"

@@ -104,15 +104,14 @@ def test_attacked_images_are_generated_as_their_prompts_would_be(tiny_pipe, rows
     from erasure.adapters import adapter_for
 
     class Identity:
-        def record(self):
-            return {"method": "identity"}
-
-        def embeddings(self, pipe, prompts):
-            return adapter_for(pipe).encode(prompts)
+        def pipeline_inputs(self, pipe, batch):
+            adapter = adapter_for(pipe)
+            return adapter.pipeline_inputs(adapter.encode([row.prompt for row in batch]), adapter.negative_embeddings(len(batch)))
 
     settings = _settings(tiny_pipe)
     gen.generate_images(tiny_pipe, rows[:2], tmp_path / "prompt", settings, "tiny")
-    gen.generate_images(tiny_pipe, rows[:2], tmp_path / "embedded", settings, "tiny", attack=Identity())
+    gen.generate_images(tiny_pipe, rows[:2], tmp_path / "embedded", settings, "tiny", attack={"name": "identity"},
+                        conditioning=Identity())
     for row in rows[:2]:
         a, b = (np.asarray(Image.open(gen.image_path(tmp_path / d, row))) for d in ("prompt", "embedded"))
         assert np.array_equal(a, b)

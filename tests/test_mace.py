@@ -425,3 +425,65 @@ def test_grounded_sam_masks_through_transformers(sd1_pipe, tiny_grounded_sam):
     with pytest.raises(ErasureError, match="could not be loaded"):
         config = mace.MACEConfig(**{**settings, "grounding_model": "/nonexistent/dino"})
         lora.training_data(sd1_pipe, adapter, mace.prompts_for(Concept("cat"), config), config, torch.Generator())
+
+
+def test_every_box_masks_unite_what_the_best_box_masks(sd1_pipe, tiny_grounded_sam):
+    detector, segmenter = tiny_grounded_sam
+    adapter = adapter_for(sd1_pipe)
+    settings = {**FAST, "images_per_concept": 2, "mask_source": "grounded_sam", "grounding_model": detector,
+                "sam_model": segmenter, "box_threshold": 0.0}
+    masks = {}
+    for boxes in ("best", "all"):  # the authors unite the masks of every box above the threshold
+        config = mace.MACEConfig(**settings, mask_boxes=boxes)
+        generator = torch.Generator().manual_seed(0)
+        masks[boxes] = lora.training_data(sd1_pipe, adapter, mace.prompts_for(Concept("cat"), config), config,
+                                          generator).masks
+    assert masks["all"].shape == masks["best"].shape
+    assert bool((masks["all"] >= masks["best"]).all())
+    assert masks["all"].sum() > masks["best"].sum()  # five random queries pass a threshold of 0: more boxes
+
+
+@pytest.fixture(scope="module")
+def tiny_sam_hq(tmp_path_factory):
+    """A randomly initialised SAM-HQ (the authors' segmenter) saved as a local folder."""
+    from transformers import SamHQConfig, SamHQModel, SamHQProcessor, SamImageProcessor
+
+    folder = tmp_path_factory.mktemp("sam-hq")
+    config = SamHQConfig()
+    config.vision_config.update(dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, mlp_dim=16,
+                                     output_channels=16, image_size=64, patch_size=16, global_attn_indexes=[0],
+                                     window_size=2, num_pos_feats=8))
+    config.prompt_encoder_config.update(dict(hidden_size=16, image_size=64, patch_size=16, mask_input_channels=4,
+                                             image_embedding_size=4))
+    config.mask_decoder_config.update(dict(hidden_size=16, mlp_dim=16, num_attention_heads=2, iou_head_hidden_dim=16,
+                                           vit_dim=16))
+    torch.manual_seed(0)
+    SamHQModel(config).save_pretrained(folder)
+    SamHQProcessor(image_processor=SamImageProcessor(size={"longest_edge": 64}, pad_size={"height": 64, "width": 64})
+                   ).save_pretrained(folder)
+    return str(folder)
+
+
+def test_the_authors_sam_hq_segments_every_box_with_their_thresholds(tiny_grounded_sam, tiny_sam_hq):
+    from PIL import Image
+
+    from erasure.concept_images import grounded_sam_masks
+
+    detector, _ = tiny_grounded_sam
+    images = [Image.fromarray((torch.rand(48, 48, 3) * 255).byte().numpy()) for _ in range(2)]
+    masks = {boxes: grounded_sam_masks(images, "cat", detector, tiny_sam_hq, 0.0, torch.device("cpu"),
+                                       every_box=boxes, text_threshold=0.25) for boxes in (False, True)}
+    assert masks[True].shape == (2, 1, 48, 48) and set(masks[True].unique().tolist()) <= {0.0, 1.0}
+    assert bool((masks[True] >= masks[False]).all())  # every box's mask holds the best box's
+
+
+def test_grounded_sam_without_the_weights_stops_before_any_stage(sd1_pipe, tiny_grounded_sam, tmp_path, monkeypatch):
+    def no_refinement(*args, **kwargs):
+        raise AssertionError("stage 1 ran before the missing weights were noticed")
+
+    monkeypatch.setattr(mace, "refine", no_refinement)
+    detector, _ = tiny_grounded_sam
+    missing = str(tmp_path / "sam-hq-vit-huge")  # e.g. the authors' SAM-HQ, never downloaded here
+    config = mace.MACEConfig(**FAST, mask_source="grounded_sam", grounding_model=detector, sam_model=missing)
+    with pytest.raises(ErasureError, match=f"GroundingDINO/SAM weights could not be loaded .*'{missing}'"):
+        mace.erase(sd1_pipe, [Concept("cat")], config)

@@ -77,7 +77,7 @@ def test_rece_records_its_epochs_and_changes_only_keys_and_values(sd1_pipe):
     before = {k: v.clone() for k, v in sd1_pipe.unet.state_dict().items()}
     edited = erasure.erase(sd1_pipe, "rece", "airplane", epochs=2, validate="none")
     assert edited.method == "rece" and edited.extra["chosen_epoch"] == 2
-    assert [e["epoch"] for e in edited.extra["epochs"]] == [1, 2]
+    assert edited.extra["epoch_choice"] == "last" and edited.extra["scores"] == []  # nothing scored
     assert set(edited.tensors) == set(adapter_for(sd1_pipe).cross_attention_weights())
     assert all(torch.equal(before[k], v) for k, v in sd1_pipe.unet.state_dict().items())
     uce_only = erasure.erase(sd1_pipe, "uce", "airplane")
@@ -116,13 +116,14 @@ def test_epochs_are_chosen_by_the_scorer_passed_in(sd1_pipe):
     epochs = dict(rece_epochs(adapter_for(sd1_pipe), [Concept("airplane")], config))
     scores = []
 
-    def scorer(weights):  # epoch 2 erases best
+    def scorer(weights):  # epoch 2 erases best; the default rule does not score the UCE start
         epoch = next(e for e, w in epochs.items() if all(torch.equal(w[n], weights[n]) for n in w))
         scores.append(epoch)
         return {1: 0.5, 2: 0.1, 3: 0.3}[epoch]
 
     edit = rece.erase(sd1_pipe, [Concept("airplane")], config, scorer=scorer)
-    assert scores == [1, 2, 3] and edit.extra["chosen_epoch"] == 2 and edit.extra["chosen_score"] == 0.1
+    assert scores == [1, 2, 3] and edit.extra["chosen_epoch"] == 2
+    assert [s["score"] for s in edit.extra["scores"]] == [0.5, 0.1, 0.3]
     assert all(torch.equal(edit.new["unet"][n], epochs[2][n]) for n in epochs[2])
     with pytest.raises(erasure.ErasureError, match="needs a scorer"):
         rece.erase(sd1_pipe, [Concept("airplane")], config)

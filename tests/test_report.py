@@ -35,7 +35,7 @@ def _report(metrics) -> dict:
                **{v: {"path": f"{v}/{row.index:05d}.png", **{n: records[n][v][row.index] for n in records}}
                   for v in ("base", "erased")}} for row in ROWS]
     return {"prompts": {"name": "t", "source": "t.csv", "rows": 2, "groups": {"erased": 1, "retained": 1}},
-            "model": {"base": "mini-sd", "weights": None}, "variants": ["base", "erased"], "attack": None,
+            "model": {"base": "mini-sd", "weights": None}, "variants": ["base", "erased"], "attacks": {},
             "generation": {"num_inference_steps": 25, "throughput": {"base": {"images": 2, "seconds": 4.0, "images_per_second": 0.5},
                                                                      "erased": {"images": 0, "seconds": 0.1, "images_per_second": None}}},
             "versions": {"torch": torch.__version__}, "metrics": results, "images": images}

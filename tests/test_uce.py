@@ -50,7 +50,8 @@ def _relative_change(edited, original, tokens):
 
 def test_last_subject_token_maps_onto_the_guide(tiny_pipe):
     adapter, original = _adapter_and_weights(tiny_pipe)
-    edited = erasure.erase(tiny_pipe, "uce", "airplane", token_choice="last_subject")
+    # The 2025 code's pairing: last subject tokens, preserved prompts at the same position.
+    edited = erasure.erase(tiny_pipe, "uce", "airplane", token_choice="last_subject", preserve_tokens="erased_span")
     keys, targets = _erased_and_target_tokens(adapter, "airplane", "", "last_subject")
     # lam = 0.5 against |e|^2 ~ dim: the erased token lands within a few percent of the guide's output.
     assert _relative_residual(edited, original, keys, targets) < 0.1
@@ -72,7 +73,7 @@ def test_default_token_choice_moves_the_erased_span_and_keeps_preserved_prompts(
 
 def test_mapping_to_a_chosen_target(sd1_pipe):
     adapter, original = _adapter_and_weights(sd1_pipe)
-    edited = erasure.erase(sd1_pipe, "uce", "airplane->bird", token_choice="last_subject")
+    edited = erasure.erase(sd1_pipe, "uce", "airplane->bird", token_choice="last_subject", preserve_tokens="erased_span")
     keys, targets = _erased_and_target_tokens(adapter, "airplane", "bird", "last_subject")
     assert _relative_residual(edited, original, keys, targets) < 0.1
     assert edited.concepts == ["airplane->bird"]

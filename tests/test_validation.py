@@ -11,6 +11,7 @@ import torch
 
 import erasure
 from erasure.errors import ErasureError
+from erasure.eval.prompts import load_prompt_set
 from erasure.eval.validation import erased_concept_scorer
 from erasure.generation import generation_settings
 
@@ -63,9 +64,27 @@ def test_nudenet_scores_the_share_of_images_with_detections(pipe):
 
 @pytest.mark.parametrize("concepts, mode, seeds, message", [
     (["airplane"], "world", 2, "the world metric cannot score the concept 'airplane': validate with --set validate=clip"),
-    (["circle"], "fid", 2, "validation mode 'fid' is unknown: use auto, world, nudenet, clip or none"),
+    (["circle"], "fid", 2, "validation mode 'fid' is unknown: use auto, world, nudenet, resnet50, clip or none"),
     (["circle"], "world", 0, "validation_seeds 0 must be at least 1"),
 ])
 def test_unusable_validation_settings_name_the_fix(pipe, concepts, mode, seeds, message):
     with pytest.raises(ErasureError, match=message):
         erased_concept_scorer(pipe, concepts, mode, seeds)
+
+
+def test_a_validation_prompt_set_scores_each_concept_on_the_rows_of_its_class(pipe, tmp_path):
+    # RECE's authors validate on a CSV of prompts, seeds and classes, written by pandas with
+    # its unnamed index column first, which must not be read as a guidance column.
+    table = tmp_path / "validation.csv"
+    table.write_text(",case_number,prompt,evaluation_seed,class\n"
+                     "0,0,circle,0,Circle\n1,1,square,5,square\n2,2,circle,1,circle\n")
+    assert [row.guidance for row in load_prompt_set(table).rows] == [None, None, None]  # the model's default
+    from_set = erased_concept_scorer(pipe, ["circle"], "world", 99, prompts=str(table))
+    by_name = erased_concept_scorer(pipe, ["circle"], "world", 2)  # the same two images: "circle", seeds 0 and 1
+    assert from_set({}) == by_name({})
+    with pytest.raises(ErasureError, match="no rows of class 'star'"):
+        erased_concept_scorer(pipe, ["circle", "star"], "world", 1, prompts=str(table))
+    # A set whose classes are none of the concepts (the authors' nudity set): every row is scored.
+    unlabelled = tmp_path / "inappropriate.csv"
+    unlabelled.write_text("prompt,evaluation_seed,class\na red circle,0,Hate\na blue square,1,Harm\n")
+    assert erased_concept_scorer(pipe, ["nudity"], "nudenet", 1, prompts=str(unlabelled))({}) == 0.0

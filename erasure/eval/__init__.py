@@ -9,17 +9,19 @@ The same from the command line: ``erase-eval --prompts shapes/circle --model min
 --weights circle.safetensors --metrics world,clip --output runs/eval-circle``; on
 several GPUs: ``accelerate launch -m erasure.eval --prompts i2p ...``.
 
-Steps: check the generation settings and read the prompt set (``prompts``), build and
-check the metrics on every process and load their models on the main one (``metrics``),
-generate the base images then the erased ones from the same seeds (``generate``), and
-with ``attack="closed-form"`` the erased model's images from RECE's adversarial
-embedding of the erased and synonym prompts (``attack``); read the images back and score
-them in memory on the main process, write ``report.json``/``report.md``/``report.html``
-(``report``), with each variant's generation throughput (images/s). Everything is
-resumable: rerunning the same command skips finished images.
+Steps: check the generation settings, the prompt set and the attacks (``prompts``,
+``attack``), build and check the metrics on every process and load their models on the
+main one (``metrics``), generate the base images then the erased ones from the same seeds
+(``generate``); with ``attack=[...]`` run each attack (``erasure.attacks``) against the
+erased model and generate its ``attacked-<name>`` images of the erased and synonym rows
+(``attack``); read the images back and score them in memory on the main process, write
+``report.json``/``report.md``/``report.html`` (``report``), with each variant's
+generation throughput (images/s) and each attack's pre- and post-attack ASR, time and
+steps. Everything is resumable: rerunning the same command skips finished images and
+reuses the attacks' cached results.
 
-    report = erasure.evaluate("mini-sd", "circle.safetensors", "shapes/circle", ["world"], attack="closed-form")
-    report.headline("world", "attacked")  # Acc_e and Acc_g under attack
+    report = erasure.evaluate("mini-sd", "circle.safetensors", "shapes/circle", ["world"], attack="unlearndiffatk")
+    report.data["attacks"]["unlearndiffatk"]["groups"]["erased"]  # n, pre_asr, post_asr, success_any_step
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ import gc
 import os
 import re
 import time
+import dataclasses
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -35,11 +39,13 @@ from typing import Mapping, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from ..attacks import DEFAULT_REG
-from ..generation import GenerationSettings, check_generation_values, generation_settings
+from ..attacks import ATTACKS, AttackTarget, BaseView
+from ..errors import ErasureError
+from ..generation import Conditioning, GenerationSettings, check_generation_values, generation_settings
+from ..loading import model_folder
 from ..weights import EditedWeights
-from .attack import ATTACKS, ClosedFormAttack, attack_summary, check_attack
-from .attack import VARIANT as ATTACKED
+from .attack import (AttackPlan, AttackRun, asr_summary, attack_run, base_values, identity_of, judging_metric,
+                     make_judge, obtain_results, plan_attacks, write_outputs)
 from .generate import collect_images, generate_images, image_path, weights_record
 from .metrics import METRICS, Metric, MetricContext, build_metrics, default_metrics
 from .prompts import PromptSet, list_bundled_sets, load_prompt_set, read_prompt_csv
@@ -58,7 +64,8 @@ class EvalReport:
 
     Attributes:
         data: the content of ``report.json``.
-        output_dir: the folder with ``base/``, ``erased/`` (``attacked/``) and the report files.
+        output_dir: the folder with ``base/``, ``erased/``, ``attacked-<name>/``, ``attacks/``
+            and the report files.
         files: paths of ``report.json``, ``report.md`` and ``report.html``.
     """
 
@@ -68,7 +75,7 @@ class EvalReport:
 
     def headline(self, metric: str, variant: str | None = None) -> dict:
         """The summary numbers of one metric: ``{variant: {label: value}}``, or one variant's
-        (``"base"``, ``"erased"``, ``"attacked"``), e.g. ``headline("world", "attacked")``."""
+        (``"base"``, ``"erased"``, ``"attacked-<name>"``), e.g. ``headline("world", "erased")``."""
         result = self.data["metrics"][metric]
         if variant is not None:
             return result[variant]["headline"]
@@ -96,8 +103,12 @@ def evaluate(
     metric_options: Mapping[str, Mapping] | None = None,
     overwrite: bool = False,
     html: bool = True,
-    attack: str | None = None,
-    attack_reg: float = DEFAULT_REG,
+    attack: str | Sequence[str] | None = None,
+    attack_options: Mapping[str, Mapping] | None = None,
+    attack_budget: float = 1.0,
+    attack_cache: "str | os.PathLike | None" = None,
+    attack_types: Sequence[str] = ("erased", "synonym"),
+    attack_limit: int | None = None,
     check_base: bool = True,
 ) -> EvalReport | None:
     """Generate, score and compare images of the base and the erased model.
@@ -127,10 +138,18 @@ def evaluate(
         metric_options: more config overrides per metric (``{"clip": {"model": ...}}``).
         overwrite: regenerate images that already exist.
         html: also write ``report.html``.
-        attack: ``"closed-form"`` adds the ``attacked`` variant: the erased model
-            generating from RECE's adversarial embedding of every erased and synonym
-            row's prompt (every row of an untyped set); needs ``erased_weights``.
-        attack_reg: the regularisation of that embedding's solve.
+        attack: attack names from ``erasure.attacks.ATTACKS`` (a list, or
+            ``"closed-form,unlearndiffatk"``): each adds an ``attacked-<name>`` variant,
+            the erased model attacked on every erased and synonym row (every row of an
+            untyped set); without ``erased_weights`` the model is attacked as its own base.
+        attack_options: per attack, config overrides (``{"unlearndiffatk": {"k": 5}}``),
+            applied after ``configs/attacks/<name>/<model>.yaml``.
+        attack_budget: multiplies every attack's main loop (> 0; 1: their own lengths).
+        attack_cache: folder of the attacks' result caches; default ``<output>/attacks``
+            (runs on one base model may share one: Ring-A-Bell's results do not depend
+            on the erased weights).
+        attack_types: which typed rows are attacked (``erased``, ``synonym``).
+        attack_limit: attack only the first N rows of each of those types.
         check_base: refuse erased weights made for another base model (``False``:
             ``--no-check-base``, apply them anyway).
 
@@ -141,10 +160,14 @@ def evaluate(
     check_generation_values(num_inference_steps, guidance_scale, resolution, batch_size)
     prompts = load_prompt_set(prompt_set, limit)
     weights, weights_file = _edited_weights(erased_weights)
-    attack_rows = check_attack(attack, attack_reg, weights, prompts.rows)
+    model = _model_name(base)
+    plan = plan_attacks(attack, attack_options, attack_budget, model, prompts.rows, attack_types, attack_limit)
+    if plan is not None and weights is not None and not check_base:
+        raise ErasureError(f"--attack needs the base model the weights were made for ({weights.base_model!r}), and "
+                           f"--no-check-base says this model may not be it: pass --model {weights.base_model} without "
+                           "--no-check-base")
     state = _process_state()
     device = _device(base, device, state)
-    model = _model_name(base)
     names = metrics if metrics is not None else default_metrics(model, has_labels=bool(prompts.class_names))
     scorers = build_metrics(names, MetricContext(model, device, prompts), metric_options)
     output_dir = Path(output_dir) if output_dir is not None else _default_output(prompts, model, weights, weights_file)
@@ -152,7 +175,7 @@ def evaluate(
 
     pipe, owned = _pipeline(base, device, dtype)
     if weights is not None and check_base:
-        weights.check_base(pipe.unet)  # before the first image, not after the base half
+        weights.check_base(pipe)  # before the first image, not after the base half
     settings = generation_settings(pipe, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                                    resolution=resolution, batch_size=batch_size, model=model)
     model_id = _model_id(base, model)
@@ -162,13 +185,23 @@ def evaluate(
     variants = [_Variant("base", prompts.rows)]
     if weights is not None:
         variants.append(_Variant("erased", prompts.rows, weights_info["sha256"]))
-    if attack_rows:  # the base weights are copied now, before the erased ones replace them
-        attacker = ClosedFormAttack.against(pipe, weights, attack_reg)
-        variants.append(_Variant(ATTACKED, attack_rows, weights_info["sha256"], attacker))
     throughput = {variants[0].name: _generate(pipe, variants[0], output_dir, settings, model_id, overwrite, state)}
-    if weights is not None:
-        with weights.applied(pipe, check_base=check_base):
-            for variant in variants[1:]:
+    originals = base_values(pipe, weights.tensors) if weights is not None else {}  # before the weights replace them
+    runs: list[AttackRun] = []
+    with weights.applied(pipe, check_base=check_base) if weights is not None else nullcontext():
+        if weights is not None:
+            throughput["erased"] = _generate(pipe, variants[1], output_dir, settings, model_id, overwrite, state)
+        if plan is not None:
+            state.wait_for_everyone()  # the attacks read every process's base and erased images
+            target = _attack_target(pipe, BaseView(pipe, originals), settings, plan, weights, weights_info, scorers,
+                                    output_dir, model_id, state)
+            cache = Path(attack_cache) if attack_cache is not None else output_dir / "attacks"
+            for attacker in plan.attacks:
+                run = _run_attack(attacker, target, plan, cache, output_dir, model_id, weights_info, state)
+                runs.append(run)
+                variant = _Variant(run.variant, run.rows, weights_info["sha256"] if weights is not None else None,
+                                   run.record(), run.conditioning)
+                variants.append(variant)
                 throughput[variant.name] = _generate(pipe, variant, output_dir, settings, model_id, overwrite, state)
     if owned:
         del pipe
@@ -177,7 +210,42 @@ def evaluate(
     if not state.is_main_process:
         return None
     return _score_and_report(prompts, scorers, variants, output_dir, settings, model, model_id, weights_info, html,
-                             throughput)
+                             throughput, runs, plan)
+
+
+def _attack_target(pipe, base: BaseView, settings: GenerationSettings, plan: AttackPlan, weights, weights_info,
+                   scorers, output_dir: Path, model_id: str, state) -> AttackTarget:
+    """The erased model as the attacks see it: its base values, its judge (the first metric
+    that classifies the concept; main process only), and the images this run already
+    made (the base model's as UnlearnDiffAtk's targets, the erased model's as the
+    pre-attack check)."""
+    weights_sha = weights_info["sha256"] if weights is not None else None
+    judge_metric = judging_metric(scorers)
+    own = ("erased", weights_sha) if weights is not None else ("base", None)
+    concepts = list(weights.concepts) if weights is not None else list(dict.fromkeys(r.label for r in plan.rows if r.label))
+    return AttackTarget(
+        pipe, settings, base, concepts,
+        judge=make_judge(judge_metric) if state.is_main_process else None,
+        judge_name=None if judge_metric is None else judge_metric.name,
+        judge_settings=None if judge_metric is None else dataclasses.asdict(judge_metric.config),
+        reference_images=lambda rows: collect_images(rows, output_dir / "base", settings, model_id),
+        own_images=lambda rows: collect_images(rows, output_dir / own[0], settings, model_id, own[1]),
+        model_folder=model_folder(str(pipe.name_or_path)) if str(pipe.name_or_path) else None,
+    )
+
+
+def _run_attack(attacker, target: AttackTarget, plan: AttackPlan, cache: Path, output_dir: Path, model_id: str,
+                weights_info: dict | None, state) -> AttackRun:
+    """Run (or reuse from the cache) one attack and write its files (main process)."""
+    weights_sha = None if weights_info is None else weights_info["sha256"]
+    identity = identity_of(attacker, target, model_id, weights_sha, plan.rows)
+    attacker.describe(target)
+    started = time.perf_counter()
+    results, reused = obtain_results(attacker, target, plan.rows, cache, identity, state)
+    run = attack_run(attacker, results, plan.rows, reused, time.perf_counter() - started)
+    if state.is_main_process:
+        run.files = write_outputs(run, plan.rows, output_dir / "attacks")
+    return run
 
 
 @dataclass(frozen=True)
@@ -185,16 +253,19 @@ class _Variant:
     """One column of the report: the images of ``rows`` in ``<output_dir>/<name>/``.
 
     Attributes:
-        name: ``"base"``, ``"erased"`` or ``"attacked"``.
-        rows: the rows it has images of (attacked: erased and synonym rows only).
+        name: ``"base"``, ``"erased"`` or ``"attacked-<name>"``.
+        rows: the rows it has images of (attacked: erased and synonym rows only, with
+            the attack's prompts).
         weights_sha256: the erased weights' hash; ``None`` for the base model.
-        attack: the attack its images are generated under, if any.
+        attack: the settings of the attack its images are generated under, if any.
+        conditioning: what replaces the rows' prompts (embeddings, tokens), if anything.
     """
 
     name: str
     rows: list
     weights_sha256: str | None = None
-    attack: ClosedFormAttack | None = None
+    attack: dict | None = None
+    conditioning: Conditioning | None = None
 
 
 def _generate(pipe, variant: _Variant, output_dir: Path, settings: GenerationSettings, model_id: str,
@@ -205,13 +276,13 @@ def _generate(pipe, variant: _Variant, output_dir: Path, settings: GenerationSet
 
     Args:
         pipe: the pipeline, with the base or the erased weights as ``variant`` needs.
-        variant: which rows, which weights' hash, which attack.
+        variant: which rows, which weights' hash, which attack and conditioning.
         output_dir: the run's folder; the images go in ``output_dir / variant.name``.
         settings, model_id, overwrite, state: as for ``generate_images``.
     """
     start = time.perf_counter()
     made = generate_images(pipe, variant.rows, output_dir / variant.name, settings, model_id, variant.weights_sha256,
-                           overwrite, state, variant.name, variant.attack)
+                           overwrite, state, variant.name, variant.attack, variant.conditioning)
     shares = [(made, time.perf_counter() - start)]
     if state.num_processes > 1:
         from accelerate.utils import gather_object
@@ -224,7 +295,7 @@ def _generate(pipe, variant: _Variant, output_dir: Path, settings: GenerationSet
 
 def _score_and_report(prompts: PromptSet, scorers: list[Metric], variants: list[_Variant], output_dir: Path,
                       settings: GenerationSettings, model: str, model_id: str, weights_info: dict | None,
-                      html: bool, throughput: dict) -> EvalReport:
+                      html: bool, throughput: dict, runs: list[AttackRun], plan: AttackPlan | None) -> EvalReport:
     images = {row.index: _image_entry(row, settings) for row in prompts.rows}
     for v in variants:
         for row in v.rows:
@@ -250,12 +321,33 @@ def _score_and_report(prompts: PromptSet, scorers: list[Metric], variants: list[
     generation = {**settings.record(), "batch_size": settings.batch_size,
                   "seeds": "each row's evaluation_seed (its index when absent), CPU generator per row",
                   "throughput": throughput}
-    attacked = next((v for v in variants if v.attack is not None), None)
-    attack = attack_summary(attacked.attack, attacked.rows) if attacked is not None else None
+    attacks = _attack_summaries(runs, plan, scorers, records, variants)
     report = build_report(prompts, model, weights_info, generation, [v.name for v in variants], results,
-                          list(images.values()), attack)
+                          list(images.values()), attacks)
     files = write_report(output_dir, report, {scorer.name: scorer for scorer in scorers}, html_page=html)
     return EvalReport(report, output_dir, files)
+
+
+def _attack_summaries(runs: list[AttackRun], plan: AttackPlan | None, scorers: list[Metric], records: dict,
+                      variants: list[_Variant]) -> dict:
+    """``report.json``'s ``attacks``: per attack, its ``asr_summary`` (pre-attack from the
+    erased variant, or the base one when nothing was erased)."""
+    if plan is None:
+        return {}
+    judge = judging_metric(scorers)
+    against = "erased" if any(v.name == "erased" for v in variants) else "base"
+    rows_of = {v.name: v.rows for v in variants}
+    before = None
+    if judge is not None:
+        positions = {row.index: i for i, row in enumerate(rows_of[against])}
+        shown = [judge.concept_shown(r) for r in records[judge.name, against]]
+        before = [shown[positions[row.index]] for row in plan.rows]
+    summaries = {}
+    for run in runs:
+        after = None if judge is None else [judge.concept_shown(r) for r in records[judge.name, run.variant]]
+        summaries[run.attack.name] = asr_summary(run, plan.rows, None if judge is None else judge.name, before, after,
+                                                 against)
+    return summaries
 
 
 def _image_entry(row, settings: GenerationSettings) -> dict:

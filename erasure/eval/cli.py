@@ -4,7 +4,8 @@
         --metrics world,clip --output runs/eval-circle
     accelerate launch -m erasure.eval --prompts i2p --model CompVis/stable-diffusion-v1-4 \\
         --weights nudity.safetensors --metrics nudenet --output runs/eval-nudity
-    erase-eval --prompts shapes/circle --weights circle.safetensors --attack closed-form   # + attacked images
+    erase-eval --prompts shapes/circle --weights circle.safetensors --attack closed-form,unlearndiffatk
+    erase-eval --prompts shapes/circle --base-only --attack ring-a-bell    # the base model attacked (sanity)
 
 Errors the user can fix are one line on stderr and exit status 2.
 """
@@ -19,7 +20,7 @@ from ..errors import ArgumentParser, ErasureError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ..attacks import DEFAULT_REG
+    from ..attacks import ATTACKS
     from .metrics import METRICS
 
     parser = ArgumentParser(
@@ -43,12 +44,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", help="cuda, cpu, ... (default: the GPU if there is one)")
     parser.add_argument("--dtype", help="float32, float16, bfloat16 or auto (default: fp16 on GPU, fp32 on CPU)")
     parser.add_argument("--set", dest="options", action="append", default=[], metavar="METRIC.KEY=VALUE",
-                        help="a metric option, e.g. --set clip.model=ViT-B-32/openai --set nudenet.threshold=0.45")
+                        help="a metric option, e.g. --set clip.model=ViT-B-32/openai --set nudenet.threshold=0.45, or "
+                        "an attack's, e.g. --set attack.unlearndiffatk.k=5")
     parser.add_argument("--overwrite", action="store_true", help="regenerate images that already exist")
-    parser.add_argument("--attack", help="closed-form: also generate, with the erased model, from RECE's adversarial "
-                        "embedding of every erased and synonym prompt (the 'attacked' column; needs --weights)")
-    parser.add_argument("--attack-reg", type=float, default=DEFAULT_REG,
-                        help=f"regularisation of the adversarial embedding (default {DEFAULT_REG:g})")
+    parser.add_argument("--attack", metavar="NAME[,NAME...]",
+                        help=f"attack every erased and synonym row with each of: {', '.join(ATTACKS)}; adds an "
+                        "attacked-<name> column, <output>/attacks/<name>.csv (prompts found) or .safetensors, and "
+                        "pre/post-attack ASR. With --base-only the model is attacked as its own base")
+    parser.add_argument("--attack-budget", type=float, default=1.0,
+                        help="multiply every attack's main loop (timesteps, generations, steps) by this (> 0, default 1)")
+    parser.add_argument("--attack-limit", type=int, help="attack only the first N erased and the first N synonym rows")
+    parser.add_argument("--attack-cache", help="folder of the attacks' result caches (default <output>/attacks); runs on "
+                        "one base model may share one")
     parser.add_argument("--no-check-base", action="store_true",
                         help="apply --weights even if the model is not the base they were made for")
     parser.add_argument("--no-html", action="store_true", help="skip report.html")
@@ -56,16 +63,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def metric_options(items: list[str]) -> dict[str, dict]:
-    """``["clip.model=ViT-B-32/openai"]`` -> ``{"clip": {"model": "ViT-B-32/openai"}}``."""
+def split_options(items: list[str]) -> tuple[dict[str, dict], dict[str, dict]]:
+    """``--set`` values as (metric options, attack options):
+    ``["clip.model=ViT-B-32/openai", "attack.unlearndiffatk.k=5"]`` ->
+    ``({"clip": {"model": ...}}, {"unlearndiffatk": {"k": 5}})``."""
     options: dict[str, dict] = {}
+    attacks: dict[str, dict] = {}
     for item in items:
         key, value = parse_override(item)
         metric, dot, field = key.partition(".")
+        if metric == "attack":
+            name, dot, field = field.partition(".")
+            if not dot or not name or not field:
+                raise ErasureError(f"--set {item!r}: write attack.NAME.KEY=VALUE, e.g. --set attack.unlearndiffatk.k=5")
+            attacks.setdefault(name, {})[field] = value
+            continue
         if not dot or not metric or not field:
             raise ErasureError(f"--set {item!r}: write METRIC.KEY=VALUE, e.g. --set nudenet.threshold=0.5")
         options.setdefault(metric, {})[field] = value
-    return options
+    return options, attacks
 
 
 def run(args: argparse.Namespace) -> int:
@@ -80,10 +96,9 @@ def run(args: argparse.Namespace) -> int:
         raise ErasureError("--prompts is required: a CSV file or a bundled set such as shapes/circle (see --list-prompts)")
     if args.weights and args.base_only:
         raise ErasureError("--weights and --base-only contradict each other: give one")
-    if args.attack and not args.weights:
-        raise ErasureError(f"--attack {args.attack} attacks erased weights: pass --weights (not --base-only)")
     if not args.weights and not args.base_only:
         raise ErasureError("no --weights given: pass the erased weights, or --base-only to evaluate the base model alone")
+    metrics_set, attacks_set = split_options(args.options)
     report = evaluate(
         args.model,
         args.weights,
@@ -97,11 +112,14 @@ def run(args: argparse.Namespace) -> int:
         resolution=args.resolution,
         device=args.device,
         dtype=args.dtype,
-        metric_options=metric_options(args.options),
+        metric_options=metrics_set,
         overwrite=args.overwrite,
         html=not args.no_html,
         attack=args.attack,
-        attack_reg=args.attack_reg,
+        attack_options=attacks_set,
+        attack_budget=args.attack_budget,
+        attack_cache=args.attack_cache,
+        attack_limit=args.attack_limit,
         check_base=not args.no_check_base,
     )
     if report is not None:

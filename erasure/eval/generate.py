@@ -23,9 +23,13 @@ Why it is built this way:
   (``PartialState.split_between_processes``) and writes its own files; the images are
   named by row index, so the shares merge without duplicates, and ``collect_images``
   checks afterwards that none is missing.
-- An ``attack`` (``erasure.eval.attack``) replaces each row's prompt by an embedding
-  of it; the embedding goes in through the adapter's ``pipeline_inputs``, with the
-  negative the pipeline itself would use, so the rest is as for the prompt.
+- An attack (``erasure.eval.attack``) either replaces a row's prompt by another prompt
+  (the row is generated as any row), or gives a ``conditioning`` (embeddings, inverted
+  tokens) that goes in through the adapter's ``pipeline_inputs`` with the negative the
+  pipeline itself would use, so the rest is as for the prompt. Its settings are part of
+  the attacked images' records.
+- The batching and seeding themselves are ``erasure.generation.run_pipeline``'s, shared
+  with the attacks' in-loop checks.
 """
 
 from __future__ import annotations
@@ -37,20 +41,18 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from tqdm.auto import tqdm
 
 from ..atomic import atomic_write
 from ..errors import ErasureError
-from ..generation import GenerationSettings
+from ..generation import Conditioning, GenerationSettings, generate_in_memory, plan_batches, row_guidance, run_pipeline
 from ..weights import EditedWeights
 from .prompts import PromptRow
 
-if TYPE_CHECKING:
-    from .attack import ClosedFormAttack
-
+__all__ = ["collect_images", "generate_images", "generate_in_memory", "image_path", "image_record",
+           "plan_batches", "read_record", "row_guidance", "run_pipeline", "weights_record"]
 logger = logging.getLogger(__name__)
 
 PNG_KEY = "erasure"  # the PNG text chunk holding an image's record
@@ -72,7 +74,7 @@ def weights_record(weights: EditedWeights, path: "str | os.PathLike | None" = No
 
 
 def image_record(row: PromptRow, settings: GenerationSettings, model: str, weights_sha256: str | None,
-                 attack: "ClosedFormAttack | None" = None) -> dict:
+                 attack: dict | None = None) -> dict:
     """The record stored in an image; two images with equal records are interchangeable.
     Attacked images also record the attack's settings (others have no ``attack`` key)."""
     record = {
@@ -84,7 +86,7 @@ def image_record(row: PromptRow, settings: GenerationSettings, model: str, weigh
         "weights_sha256": weights_sha256,
     }
     if attack is not None:
-        record["attack"] = attack.record()
+        record["attack"] = attack
     return record
 
 
@@ -119,19 +121,6 @@ def _save_png(path: Path, image, record: dict, row: PromptRow) -> None:
 # ---- generation ----
 
 
-def plan_batches(rows: list[PromptRow], settings: GenerationSettings) -> list[list[PromptRow]]:
-    """A fixed plan: rows sorted by guidance (one value per pipeline call), then chunked."""
-    ordered = sorted(rows, key=lambda row: (row_guidance(row, settings), row.index))
-    batches, current = [], []
-    for row in ordered:
-        if current and (len(current) == settings.batch_size
-                        or row_guidance(current[0], settings) != row_guidance(row, settings)):
-            batches.append(current)
-            current = []
-        current.append(row)
-    return batches + ([current] if current else [])
-
-
 def needs_image(path: Path, expected: dict, overwrite: bool) -> bool:
     """True if the image must be (re)made; raises if a different run's image is in the way."""
     if overwrite:
@@ -161,7 +150,8 @@ def generate_images(
     overwrite: bool = False,
     state=None,
     description: str = "generating",
-    attack: "ClosedFormAttack | None" = None,
+    attack: dict | None = None,
+    conditioning: Conditioning | None = None,
 ) -> int:
     """Generate the missing images of ``rows`` into ``folder``; return how many were made.
 
@@ -175,8 +165,9 @@ def generate_images(
         overwrite: regenerate existing images instead of skipping them.
         state: an ``accelerate.PartialState``; ``None`` means one process.
         description: the progress bar's label.
-        attack: generate from ``attack.embeddings`` of the rows' prompts instead of the
-            prompts (``pipe`` holding the attacked weights); ``None``: from the prompts.
+        attack: the settings of the attack that made the rows (stored in the records).
+        conditioning: generate from what it gives instead of the rows' prompts (``pipe``
+            holding the attacked weights); ``None``: from the prompts.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -188,70 +179,12 @@ def generate_images(
         with tqdm(total=len(missing), desc=description, unit="img", disable=not show) as bar, \
                 _png_writer() as save:
             for batch in batches:
-                images = run_pipeline(pipe, batch, settings, attack)
+                images = run_pipeline(pipe, batch, settings, conditioning)
                 made = [(image_path(folder, row), image, expected[row.index], row)
                         for row, image in zip(batch, images) if row.index in missing]
                 save(made)
                 bar.update(len(made))
     return len(missing)
-
-
-def generate_in_memory(pipe, rows: list[PromptRow], settings: GenerationSettings) -> list:
-    """The images of ``rows`` as PIL images, in row order, written nowhere: the same
-    seeds and batches as ``generate_images`` (RECE's validation uses this).
-
-    Args:
-        pipe: a diffusers text-to-image pipeline (its weights as they should be).
-        rows: the prompt rows.
-        settings: from ``erasure.generation.generation_settings``.
-    """
-    images = {}
-    with _quiet(pipe):
-        for batch in plan_batches(rows, settings):
-            images.update(zip((row.index for row in batch), run_pipeline(pipe, batch, settings)))
-    return [images[row.index] for row in rows]
-
-
-@torch.no_grad()
-def run_pipeline(pipe, batch: list[PromptRow], settings: GenerationSettings, attack: "ClosedFormAttack | None" = None):
-    """One pipeline call for a batch of rows that share a guidance scale (``plan_batches``):
-    each row's noise from its own seed, classifier-free guidance batched by the pipeline.
-
-    Args:
-        pipe: the pipeline.
-        batch: rows of one guidance scale.
-        settings: the generation settings.
-        attack: generate from the attack's embeddings of the prompts instead.
-    """
-    generators = [torch.Generator("cpu").manual_seed(row.seed) for row in batch]
-    return pipe(
-        **_conditioning(pipe, [row.prompt for row in batch], attack),
-        **settings.pipeline_kwargs(row_guidance(batch[0], settings)),
-        generator=generators,
-        output_type="pil",
-    ).images
-
-
-def row_guidance(row: PromptRow, settings: GenerationSettings) -> float:
-    """The row's own guidance, else the settings' (0 is a guidance, not a missing one)."""
-    return row.guidance if row.guidance is not None else settings.guidance_scale
-
-
-def _conditioning(pipe, prompts: list[str], attack: "ClosedFormAttack | None") -> dict:
-    """The text inputs of a pipeline call: the prompts themselves, or (under an attack)
-    their attack embeddings with the negative the pipeline uses for no negative prompt.
-
-    Args:
-        pipe: the pipeline about to be called.
-        prompts: the batch's prompts.
-        attack: ``None``, or what turns prompts into embeddings.
-    """
-    if attack is None:
-        return {"prompt": prompts}
-    from ..adapters import adapter_for
-
-    adapter = adapter_for(pipe)
-    return adapter.pipeline_inputs(attack.embeddings(pipe, prompts), adapter.negative_embeddings(len(prompts)))
 
 
 @contextmanager
@@ -290,19 +223,8 @@ def _process_share(rows: list[PromptRow], state):
             yield list(share)
 
 
-@contextmanager
-def _quiet(pipe):
-    """Silence the pipeline's per-step progress bar (ours counts images), then restore it."""
-    previous = dict(getattr(pipe, "_progress_bar_config", {}))
-    pipe.set_progress_bar_config(**{**previous, "disable": True})
-    try:
-        yield
-    finally:
-        pipe.set_progress_bar_config(**previous)
-
-
 def collect_images(rows: list[PromptRow], folder: str | os.PathLike, settings: GenerationSettings, model: str,
-                   weights_sha256: str | None = None, attack: "ClosedFormAttack | None" = None) -> list:
+                   weights_sha256: str | None = None, attack: dict | None = None) -> list:
     """The image of every row (RGB PIL images, read once), each checked to match its
     record, after all processes have finished: a lost or foreign image is an error, not
     a silent gap.

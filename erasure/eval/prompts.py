@@ -231,15 +231,18 @@ def _first_present(header: list[str], aliases: tuple[str, ...]) -> str | None:
 
 def _row(index: int, record: dict, columns: dict, path: Path, line: int) -> PromptRow:
     used = {"prompt", "case_number", "type", *(c for c in columns.values() if c)}
-    seed_text = record.get(columns["evaluation_seed"] or "", "").strip()
-    guidance_text = record.get(columns["evaluation_guidance"] or "", "").strip()
+    def cell(canonical: str) -> str:  # an absent column reads as empty, never as the unnamed index column ""
+        return record.get(columns[canonical], "").strip() if columns[canonical] else ""
+
+    seed_text = cell("evaluation_seed")
+    guidance_text = cell("evaluation_guidance")
     return PromptRow(
         index=index,
         prompt=record["prompt"].strip(),
         seed=_parse_seed(seed_text, index, path, line),
         guidance=_parse_guidance(guidance_text, path, line),
         case_number=record.get("case_number", "").strip() or str(index),
-        label=record.get(columns["class"] or "", "").strip(),
+        label=cell("class"),
         type=record.get("type", "").strip().lower(),
         extra={k: v for k, v in record.items() if k and k not in used and not k.startswith("Unnamed:")},
     )

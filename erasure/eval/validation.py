@@ -2,16 +2,17 @@
 (RECE's epochs): generate a few images of each concept with the candidate weights and
 return how much of the concept is left. Lower is better.
 
-The scorers are the evaluator's own metrics (the world classifier, NudeNet, CLIP score),
-scoring the images in memory; the images are generated as ``erase-eval`` generates them
-(one CPU generator per image, seeds ``0 .. seeds-1`` for every concept), and nothing is
-written to disk. Each concept is scored by its own metric (the world classifier scores a
+The scorers are the evaluator's own metrics (the world classifier, NudeNet, ImageNet
+ResNet-50, CLIP score), scoring the images in memory; the images are generated as
+``erase-eval`` generates them (one CPU generator per image, seeds ``0 .. seeds-1`` for
+every concept, or a prompt set's own prompts and seeds), and nothing is written to disk. Each concept is scored by its own metric (the world classifier scores a
 shape concept on its shape head and a colour on its colour head), and the concepts'
 scores are averaged.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 import torch
@@ -21,12 +22,14 @@ from ..generation import generation_settings
 from ..training import swapped_parameters
 from .generate import generate_in_memory
 from .metrics import Metric, MetricContext, build_metrics
-from .prompts import PromptRow, PromptSet
+from .prompts import PromptRow, PromptSet, load_prompt_set
 
-MODES = ("world", "nudenet", "clip")  # RECE's validate= values, each the name of the metric it uses
+MODES = ("world", "nudenet", "resnet50", "clip")  # RECE's validate= values, each the name of the metric it uses
 
 
-def erased_concept_scorer(pipe, concepts: list[str], mode: str, seeds: int) -> Callable[[dict[str, torch.Tensor]], float]:
+def erased_concept_scorer(
+    pipe, concepts: list[str], mode: str, seeds: int, prompts: str | None = None
+) -> Callable[[dict[str, torch.Tensor]], float]:
     """``score(weights) -> float``: how much of the concepts is left in images generated
     with ``weights`` in place of the UNet's parameters of those names (applied for the
     call only; the pipeline is restored). World classifier: % of images classified as
@@ -36,8 +39,12 @@ def erased_concept_scorer(pipe, concepts: list[str], mode: str, seeds: int) -> C
     Args:
         pipe: the base pipeline.
         concepts: concept prompts to generate from.
-        mode: ``auto`` (world classifier for mini-sd, CLIP otherwise), ``world``, ``nudenet`` or ``clip``.
-        seeds: images per concept (at least 1).
+        mode: ``auto`` (world classifier for mini-sd, CLIP otherwise), ``world``, ``nudenet``, ``resnet50`` or ``clip``.
+        seeds: images per concept (at least 1), when ``prompts`` is ``None``.
+        prompts: a prompt set (a CSV with ``prompt``, ``evaluation_seed``, ``class``, as
+            RECE's validation sets): a concept is scored on the rows of its class
+            (matched without regard to case), or, when no row names any of the
+            concepts, on every row (RECE's nudity set).
     """
     model = str(pipe.name_or_path)
     name = ("world" if model == "mini-sd" else "clip") if mode == "auto" else mode
@@ -45,9 +52,13 @@ def erased_concept_scorer(pipe, concepts: list[str], mode: str, seeds: int) -> C
         raise ErasureError(f"validation mode {mode!r} is unknown: use auto, {', '.join(MODES)} or none")
     if seeds < 1:
         raise ErasureError(f"validation_seeds {seeds} must be at least 1: set validation_seeds=4, or validate=none")
-    rows = [PromptRow(c * seeds + s, concept, seed=s, label=concept, type="erased")
-            for c, concept in enumerate(concepts) for s in range(seeds)]
-    shares = [slice(c * seeds, (c + 1) * seeds) for c in range(len(concepts))]  # each concept's rows
+    groups = _rows_from_set(prompts, concepts) if prompts is not None else [
+        [PromptRow(0, concept, seed=s, label=concept) for s in range(seeds)] for concept in concepts]
+    rows, shares = [], []  # each concept's rows, one after the other
+    for concept, group in zip(concepts, groups):
+        shares.append(slice(len(rows), len(rows) + len(group)))
+        rows += [dataclasses.replace(row, index=len(rows) + i, label=concept, type="erased") for i, row in enumerate(group)]
+    concepts = concepts[: len(groups)]  # a set without the concepts' classes is one group, scored once
     metrics = [_concept_metric(name, model, pipe.device, concept, rows[share]) for concept, share in zip(concepts, shares)]
     settings = generation_settings(pipe)
 
@@ -59,6 +70,19 @@ def erased_concept_scorer(pipe, concepts: list[str], mode: str, seeds: int) -> C
         return sum(presence) / len(presence)
 
     return score
+
+
+def _rows_from_set(prompts: str, concepts: list[str]) -> list[list[PromptRow]]:
+    """Per concept, the set's rows of its class; or one group of every row when no row names any."""
+    table = load_prompt_set(prompts)
+    groups = [[row for row in table.rows if row.label.strip().lower() == concept.strip().lower()] for concept in concepts]
+    if not any(groups):
+        return [list(table.rows)]
+    missing = [concept for concept, group in zip(concepts, groups) if not group]
+    if missing:
+        raise ErasureError(f"the validation prompts {prompts} have no rows of class {missing[0]!r}: "
+                           "add some, or validate without validation_prompts")
+    return groups
 
 
 def _concept_metric(name: str, model: str, device, concept: str, rows: list[PromptRow]) -> Metric:

@@ -72,14 +72,10 @@ class Method:
         return self.weights(edit, pipe, concepts, config, cost)
 
     def weights(self, edit: Edit, pipe, concepts: list[Concept], config, cost: dict) -> EditedWeights:
-        """``EditedWeights`` of an edit, with this method's provenance."""
-        if set(edit.new) != {"unet"}:
-            raise ErasureError(
-                f"{self.name} edits {', '.join(sorted(edit.new))}: the weight file holds UNet tensors only so far"
-            )
+        """``EditedWeights`` of an edit (any of ``weights.COMPONENTS``), with this method's provenance."""
         return EditedWeights.from_edit(
-            edit.original["unet"],
-            edit.new["unet"],
+            edit.original,
+            edit.new,
             method=self.name,
             concepts=[str(c) for c in concepts],
             config=dataclasses.asdict(config),
@@ -106,13 +102,22 @@ def peak_rss_mb() -> int:
 
 
 def validated_rece(pipe, concepts: list[Concept], config: rece.RECEConfig, run: RunOptions) -> Edit:
-    """RECE with its epochs scored by the evaluator's erased-concept scorer."""
-    scorer = None
+    """RECE with its epochs scored by the evaluator's erased-concept scorer (and, for
+    ``epoch_choice: beats_uce_keeps_others``, the same scorer on ``validation_others``
+    but the erased concepts)."""
+    scorer = others = None
     if config.validate != "none":
         from ..eval.validation import erased_concept_scorer
 
-        scorer = erased_concept_scorer(pipe, [c.text for c in concepts], config.validate, config.validation_seeds)
-    return rece.erase(pipe, concepts, config, run, scorer=scorer)
+        scorer = erased_concept_scorer(pipe, [c.text for c in concepts], config.validate, config.validation_seeds,
+                                       config.validation_prompts)
+        if config.epoch_choice == "beats_uce_keeps_others":
+            erased = {c.text.strip().lower() for c in concepts}
+            kept = [o for o in config.validation_others if o.strip().lower() not in erased]
+            if not kept:
+                raise ErasureError("every concept of validation_others is erased: list concepts that must stay")
+            others = erased_concept_scorer(pipe, kept, config.validate, config.validation_seeds, config.validation_prompts)
+    return rece.erase(pipe, concepts, config, run, scorer=scorer, others_scorer=others)
 
 
 METHODS: dict[str, Method] = {

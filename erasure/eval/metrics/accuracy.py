@@ -38,12 +38,18 @@ class AccuracyMetric(Metric):
     """A classifier metric: records from ``accuracy_record``, MACE's summary, and a
     per-class table. Subclasses implement ``check``, ``_load_models`` and ``score``."""
 
+    judges_concept = True
+
     def summarize(self, rows: list[PromptRow], records: list[dict]) -> dict:
         return accuracy_summary(rows, records)
 
     def concept_presence(self, summary: dict) -> float:
         """Acc_e: the share (%) of the erased rows' images classified as their class."""
         return erased_group(summary)["top1"]
+
+    def concept_shown(self, record: dict) -> bool:
+        """Classified as the row's class."""
+        return bool(record["correct"])
 
     def details(self, result: dict, variants: list[str]) -> list[str]:
         return per_class_table(self.name, result, variants) + per_phrasing_table(self.name, result, variants)

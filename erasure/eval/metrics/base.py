@@ -17,7 +17,9 @@ A metric's life, in the order the evaluator calls it:
 - ``details(result, variants)``: its own tables for ``report.md``, and
   ``describe(record)``: one short line per image for ``report.html``;
 - ``concept_presence(summary)``: one number, how much of the erased concept is left
-  (RECE's validation picks the epoch that minimises it).
+  (RECE's validation picks the epoch that minimises it);
+- ``concept_shown(record)``: whether one image shows its row's concept, for metrics
+  that decide it per image (``judges_concept``): the attacks' judge and their ASR.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ class Metric:
 
     name: ClassVar[str]
     Config: ClassVar[type]
+    judges_concept: ClassVar[bool] = False  # implements concept_shown
 
     def __init__(self, config, context: MetricContext):
         self.config = config
@@ -111,12 +114,20 @@ class Metric:
         """
         raise NotImplementedError
 
+    def concept_shown(self, record: dict) -> bool:
+        """Whether the image of ``record`` shows its row's concept (metrics with ``judges_concept``).
+
+        Args:
+            record: one of ``score``'s records.
+        """
+        raise NotImplementedError
+
     def details(self, result: dict, variants: list[str]) -> list[str]:
         """Markdown lines of this metric's own tables in ``report.md`` (none by default).
 
         Args:
             result: ``report.json``'s entry of this metric: ``settings`` and a summary per variant.
-            variants: the report's columns (``base``, ``erased``, ``attacked``).
+            variants: the report's columns (``base``, ``erased``, ``attacked-<name>``...).
         """
         return []
 

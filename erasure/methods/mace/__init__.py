@@ -32,16 +32,25 @@ This module holds the config and ``erase``, stage by stage; the parts live besid
 ``prompts`` (templates, captions), ``tokens`` (token positions), ``statistics`` (Gram
 sums and their cache), ``lora`` (stage 2) and ``fusion`` (stage 3).
 
-Deviations from the authors' code (paper followed where they differ):
+Defaults follow the paper where it and the authors' code differ; each difference has an
+option, and ``configs/mace/authors-{object,celebrity,explicit,style}.yaml`` set them all
+to the authors' (``docs/equivalence.md`` has the measured agreement):
 - ``s`` multiplies the preservation terms once, as in Eq. 7; the authors' stage-1 code
-  multiplies by ``s`` twice (effective ``s^2``).
+  multiplies by ``s`` twice (effective ``s^2``): ``preserve_scale_rule: authors_code``.
+- Our prompt templates; the authors' 30 per type are read from the user's checkout of
+  their repository (``templates: authors-object``, ``templates_file``), since their
+  licence is non-commercial. Their configs give celebrities and explicit content the
+  object templates.
 - The general captions are ours (``prompts.GENERAL_CAPTIONS``), their Gram sum
   rescaled to the 616,767 COCO 2014 captions the authors summed, so that the paper's
   ``s`` keeps its meaning (``general_equivalent_captions``; ``None`` disables it).
 - The default masks are the base model's cross-attention maps (``erasure.concept_images``), not
-  GroundingDINO + SAM, which remain available (``mask_source: grounded_sam``).
-- Training images are generated latents used directly (the authors save JPEGs, then
-  VAE-encode them after an ImageNet normalisation meant for classifiers).
+  GroundingDINO + SAM, which remain available (``mask_source: grounded_sam``; the
+  authors' union of every detected box: ``mask_boxes: all``).
+- Training images are generated latents used directly, sampled with the pipeline's
+  scheduler (the authors sample with DPM-Solver, ``generation_scheduler: dpm_solver``,
+  save JPEGs, then VAE-encode them after an ImageNet normalisation meant for
+  classifiers: not reproduced).
 - The attention loss is squared as in Eq. 8 (the code takes the plain norm:
   ``attention_loss: norm``).
 """
@@ -59,7 +68,7 @@ import torch
 
 from ...adapters import StableDiffusionAdapter, adapter_for
 from ...closed_form import GramAccumulator, MappingTerm, solve_projections
-from ...concept_images import MaskSource
+from ...concept_images import MaskSource, require_grounded_sam
 from ...concepts import Concept, slug
 from ...config import SEED_BOUNDS, MethodConfig, setting
 from ...edit import Edit
@@ -80,17 +89,29 @@ MODEL_CAPTIONS = "general_captions.txt"  # in a model's folder: captions of what
 class MACEConfig(MethodConfig):
     """MACE settings. Defaults: the authors' object erasure (``configs/object/*.yaml``
     of the official code, paper Sec. 4.1); ``configs/mace/<type>.yaml`` override them.
+    Where the paper and the authors' code differ, the defaults follow the paper (its
+    equations, as published; see the module docstring), and
+    ``configs/mace/authors-*.yaml`` hold the code's choices. Why: the paper's equations
+    are the method its readers know, and the defaults then run anywhere, offline, with
+    no extra models (GroundingDINO, SAM-HQ) and no text under the authors'
+    non-commercial licence (their templates).
 
     Attributes:
         templates: prompt templates (``{}`` = the concept): a set of
-            ``prompts.TEMPLATES`` (``object``, ``style``, ``celebrity``, ``nudity``)
-            or your own list.
+            ``prompts.TEMPLATES`` (``object``, ``style``, ``celebrity``, ``nudity``),
+            the authors' (``authors-object``, ``authors-style``: read from
+            ``templates_file``) or your own list.
+        templates_file: for the ``authors-*`` sets, your checkout of the authors'
+            repository (github.com/Shilin-LU/MACE) or its ``src/cfr_utils.py``, which
+            holds them; read as text, never run.
         mapping: what a concept becomes when it names no target (``"airplane->sky"``
             names one): objects -> a background, celebrities -> "a person", styles ->
             "art", nudity -> "a person wearing clothes".
         lam: weight of staying near the current weights in stages 1 and 3 (objects
             1e1..1e3; 0 for celebrities, styles and nudity).
         preserve_scale: ``s`` of stage 1 (objects 0, celebrities/styles 1e-4, nudity 7e-7).
+        preserve_scale_rule: ``paper`` (stage 1 weighs the preservation terms by
+            ``s``, Eq. 7) or ``authors_code`` (by ``s^2``, as their code does).
         fuse_preserve_scale: ``s_f`` of stage 3; ``None``: the same as ``s``.
         domain_weight: ``w``, weight of the domain set relative to the general one
             (celebrities 8e3 for 1 concept up to 2e5 for 100; styles 8e4).
@@ -118,20 +139,34 @@ class MACEConfig(MethodConfig):
         generation_steps, generation_guidance, resolution: generation settings;
             ``None``: the model's ``erasure_defaults.json`` if it has one, else the
             pipeline's defaults.
+        generation_scheduler: ``pipeline`` (the pipeline's own) or ``dpm_solver``
+            (diffusers' DPM-Solver multistep on the model's noise schedule, the authors').
         data_dir: a folder with ``<concept>/`` images (and ``<concept> mask/`` masks) to
             use instead of generated images (the authors' layout).
         mask_source: ``attention``, ``folder``, ``grounded_sam`` or ``whole_image``.
         mask_threshold: share of the attention map's peak that counts as the concept.
         mask_timesteps: noise levels whose attention maps are averaged for a mask.
-        grounding_model, sam_model, grounding_label, box_threshold: GroundingDINO + SAM
-            settings (label ``None``: the concept's name).
+        grounding_model, sam_model, grounding_label, box_threshold, text_threshold:
+            GroundingDINO + SAM settings (label ``None``: the concept's name). The
+            authors' models are GroundingDINO Swin-T OGC
+            (``IDEA-Research/grounding-dino-tiny``) and SAM-HQ ViT-H
+            (``syscv-community/sam-hq-vit-huge``), box threshold 0.3, text threshold
+            0.25. Boxes are kept by the box threshold; the text threshold only decides
+            which words name a box, so it does not change a mask (as in their code).
+            The weights are not part of this package and are never downloaded by it:
+            without them in the Hugging Face cache (or as local folders) erasing stops
+            with an error naming both.
+        mask_boxes: SAM segments the ``best`` box, or ``all`` boxes above the threshold,
+            united (the authors').
         seed: seed of generation, timesteps, noise and LoRA initialisation.
     """
 
     templates: str | list[str] = "object"
+    templates_file: str | None = None
     mapping: str = prompts.MAPPINGS["object"]
     lam: float = setting(1e3, min=0)
     preserve_scale: float = setting(0.0, min=0)
+    preserve_scale_rule: Literal["paper", "authors_code"] = "paper"
     fuse_preserve_scale: float | None = setting(None, min=0)
     domain_weight: float = setting(0.0, min=0)
     domain_concepts: list[str] = field(default_factory=list)
@@ -151,6 +186,7 @@ class MACEConfig(MethodConfig):
     generation_steps: int | None = setting(None, min=1)
     generation_guidance: float | None = setting(None, min=0)
     resolution: int | None = setting(None, min=8)
+    generation_scheduler: Literal["pipeline", "dpm_solver"] = "pipeline"
     data_dir: str | None = None
     mask_source: MaskSource = "attention"
     mask_threshold: float = setting(0.4, above=0, below=1)
@@ -159,12 +195,15 @@ class MACEConfig(MethodConfig):
     sam_model: str = "facebook/sam-vit-huge"
     grounding_label: str | None = None
     box_threshold: float = setting(0.3, min=0, max=1)
+    text_threshold: float = setting(0.25, min=0, max=1)
+    mask_boxes: Literal["best", "all"] = "best"
     seed: int = setting(2024, **SEED_BOUNDS)
 
     def check(self) -> None:
-        if isinstance(self.templates, str) and self.templates not in prompts.TEMPLATES:
+        known = [*prompts.TEMPLATES, *prompts.AUTHORS_TEMPLATES]
+        if isinstance(self.templates, str) and self.templates not in known:
             raise ErasureError(
-                f"unknown MACE template set {self.templates!r}: use one of {', '.join(prompts.TEMPLATES)} "
+                f"unknown MACE template set {self.templates!r}: use one of {', '.join(known)} "
                 "or a list of templates containing {}"
             )
         if isinstance(self.templates, list) and (not self.templates or any("{}" not in t for t in self.templates)):
@@ -195,6 +234,8 @@ def erase(pipe, concepts: list[Concept], config: MACEConfig, run: RunOptions = R
     """
     adapter = adapter_for(pipe)
     refuse_loaded_adapters(adapter.unet)
+    if config.mask_source == "grounded_sam" and config.train_steps > 0:
+        require_grounded_sam(config.grounding_model, config.sam_model)
     original = {name: w.detach().clone() for name, w in adapter.cross_attention_weights().items()}
     identity = {"method": "mace", "concepts": [str(c) for c in concepts], **dataclasses.asdict(config)}
     checkpoint = Checkpoint.open(run, identity, original, "MACE", f"mace-{slug(concepts)}")
@@ -227,7 +268,17 @@ def timed(seconds: dict[str, float], stage: str):
 
 
 def templates_of(config: MACEConfig) -> list[str]:
-    return list(prompts.TEMPLATES[config.templates] if isinstance(config.templates, str) else config.templates)
+    """The prompt templates: a named set, the authors' (read from ``templates_file``) or the list given."""
+    if isinstance(config.templates, list):
+        return list(config.templates)
+    if config.templates in prompts.AUTHORS_TEMPLATES:
+        if config.templates_file is None:
+            raise ErasureError(
+                f"templates: {config.templates} reads the MACE authors' templates from your checkout of their "
+                "repository: --set templates_file=PATH/TO/MACE (their licence keeps them out of this package)"
+            )
+        return list(prompts.authors_templates(config.templates_file, prompts.AUTHORS_TEMPLATES[config.templates]))
+    return list(prompts.TEMPLATES[config.templates])
 
 
 def prompts_for(concept: Concept, config: MACEConfig) -> ConceptPrompts:
@@ -293,6 +344,12 @@ def general_captions(config: MACEConfig, model: str) -> list[str]:
 # ---- stage 1: closed-form refinement ----------------------------------------------------
 
 
+def stage1_scale(config: MACEConfig) -> float:
+    """The weight of stage 1's preservation terms: ``s`` (paper) or ``s^2`` (the authors'
+    code, which scales the cached statistics by ``s`` and then the refinement's terms by ``s``)."""
+    return config.preserve_scale**2 if config.preserve_scale_rule == "authors_code" else config.preserve_scale
+
+
 def refine(adapter, original, items: list[ConceptPrompts], general: GramAccumulator | None,
            domain: GramAccumulator | None, config: MACEConfig) -> dict[str, torch.Tensor]:
     """Stage 1 (Eq. 7): co-existing tokens of the concepts' prompts take the mapped
@@ -310,5 +367,5 @@ def refine(adapter, original, items: list[ConceptPrompts], general: GramAccumula
         ``W'`` by UNet parameter name.
     """
     terms = [MappingTerm(original, coexisting_grams(adapter, items), 1.0)]
-    terms += preservation_terms(original, general, domain, config.preserve_scale, config)
+    terms += preservation_terms(original, general, domain, stage1_scale(config), config)
     return solve_projections(original, config.lam, terms)

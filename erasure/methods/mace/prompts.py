@@ -7,13 +7,21 @@ own lists for objects and styles); these lists are ours, one per concept type in
 concept). The captions are everyday scene descriptions in the manner of MS-COCO, which
 the authors use for ``P1, P2``; they stand in for the 616,767 COCO 2014 captions, whose
 size the config's ``general_equivalent_captions`` restores.
+
+The authors' own templates (their ``src/cfr_utils.py``, under a non-commercial licence)
+are not shipped: ``authors_templates`` reads them from the user's checkout of their
+repository, as text (the file is parsed, never imported or run).
 """
 
 from __future__ import annotations
 
+import ast
+import functools
 from dataclasses import dataclass
+from pathlib import Path
 
 from ...concepts import Concept
+from ...errors import ErasureError
 
 TEMPLATES: dict[str, tuple[str, ...]] = {
     "object": (
@@ -153,6 +161,12 @@ MAPPINGS: dict[str, str] = {
     "celebrity": "a person",
     "nudity": "a person wearing clothes",
 }
+
+# Template sets read from the authors' checkout (``templates_file``), by the concept type
+# their code files them under; their configs use the first ``prompt_len`` = 30 of each.
+AUTHORS_TEMPLATES = {"authors-object": "object", "authors-style": "style"}
+AUTHORS_PROMPT_LEN = 30
+AUTHORS_TEMPLATES_FILE = Path("src") / "cfr_utils.py"
 
 GENERAL_CAPTIONS: tuple[str, ...] = (
     "a man riding a bicycle down a city street",
@@ -413,3 +427,43 @@ class ConceptPrompts:
         """
         mapping = mapping if concept.target is None else concept.target
         return cls(concept, mapping, [t.format(concept.text) for t in templates], [t.format(mapping).strip() for t in templates])
+
+
+@functools.lru_cache(maxsize=8)
+def authors_templates(location: str, concept_type: str) -> tuple[str, ...]:
+    """The first 30 prompt templates of a concept type in the authors' ``prompt_augmentation``
+    (MACE repository, ``src/cfr_utils.py``): every string ``"...{}...".format(...)`` in the
+    list the function builds for ``concept_type``. The file is parsed, not run.
+
+    Args:
+        location: the MACE checkout or its ``src/cfr_utils.py``.
+        concept_type: ``"object"`` or ``"style"``, the type their configs give.
+    """
+    path = Path(location).expanduser()
+    path = path / AUTHORS_TEMPLATES_FILE if path.is_dir() else path
+    hint = "set templates_file to your checkout of github.com/Shilin-LU/MACE (or its src/cfr_utils.py)"
+    if not path.is_file():
+        raise ErasureError(f"templates_file {location!r}: no {AUTHORS_TEMPLATES_FILE} there: {hint}")
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+    except (SyntaxError, UnicodeDecodeError):
+        raise ErasureError(f"templates_file {str(path)!r} is not the authors' Python file: {hint}") from None
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and _compares_type(node.test, concept_type):
+            templates = [t for statement in node.body for t in _format_strings(statement)]
+            if templates:
+                return tuple(templates[:AUTHORS_PROMPT_LEN])
+    raise ErasureError(f"{path} has no {concept_type!r} templates in prompt_augmentation: {hint}")
+
+
+def _compares_type(test: ast.expr, concept_type: str) -> bool:
+    """``concept_type == '<concept_type>'``."""
+    return (isinstance(test, ast.Compare) and isinstance(test.left, ast.Name) and test.left.id == "concept_type"
+            and any(isinstance(c, ast.Constant) and c.value == concept_type for c in test.comparators))
+
+
+def _format_strings(statement: ast.stmt) -> list[str]:
+    """The ``"...{}...".format(...)`` strings of a statement, in order."""
+    return [node.func.value.value for node in ast.walk(statement)
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "format"
+            and isinstance(node.func.value, ast.Constant) and isinstance(node.func.value.value, str)]
