@@ -760,10 +760,15 @@ def retention_lines(data: dict, tasks: list[str], names: list[str]) -> list[str]
         if verdicts:
             parts.append(f"{name}: {', '.join(verdicts)}")
     lines = [f"Retention from N = {small} to N = {large} (holds: the two 95% intervals overlap): " + "; ".join(parts) + "."]
-    methods = {name: data["results"][tasks[0]][name]["method"] for name in names if name != "base"}
+    methods = {name: next(data["results"][t][name]["method"] for t in tasks if name in data["results"][t])
+               for name in names if name != "base"}
     mace = [n for n, method in methods.items() if method == "mace"]
     others = [n for n, method in methods.items() if method in ("uce", "esd")]
-    if mace and others:
+    unmeasured = [n for n in mace + others if retention(data, tasks, n, "acc_neighbour") is None]
+    if mace and others and unmeasured:
+        lines.append(f"MACE's claim (its retention holds as N grows while UCE's and ESD's fall): not measured here, "
+                     f"no rows at both N = {small} and N = {large} for {', '.join(unmeasured)}.")
+    elif mace and others:
         holds = all(retention(data, tasks, n, k) == "holds" for n in mace for k in ("acc_neighbour", "acc_far"))
         fall = all(any(retention(data, tasks, n, k) == "falls" for k in ("acc_neighbour", "acc_far")) for n in others)
         verdict = "true" if holds and fall else "false"

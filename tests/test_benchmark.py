@@ -134,6 +134,9 @@ def test_the_mass_table_says_whether_retention_holds_and_whether_maces_claim_is_
     assert "mace: neighbours 95.0 -> 93.0 holds" in text and "measured here: true" in text
     data = _mass_data({"mace": (95, 60), "uce": (95, 50)})
     assert "measured here: false (MACE holds: no" in "\n".join(benchmark.render_mass(data, ["pairs-1", "pairs-24"]))
+    del data["results"]["pairs-24"]["mace"]  # a run stopped before MACE erased 24 pairs: no verdict
+    text = "\n".join(benchmark.render_mass(data, ["pairs-1", "pairs-24"]))
+    assert "not measured here, no rows at both N = 1 and N = 24 for mace" in text and "measured here: false" not in text
 
 
 @pytest.mark.parametrize("content, message", [
