@@ -21,6 +21,7 @@ from erasure.errors import ErasureError
 from erasure.methods import mace, rece, uce
 from erasure.methods.mace import lora
 from erasure.methods.rece import RECEConfig, choose_epoch, rece_epochs
+from erasure.methods.esd import ESDConfig
 from erasure.methods.uce import UCEConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -53,6 +54,21 @@ MACE_COMMON = {
     "text_threshold": 0.25, "mask_boxes": "all", "seed": 2024,
 }
 
+ESD_2023 = dict(  # train-scripts/train-esd.py (CompVis), its argument defaults
+    iterations=1000, lr=1e-5, negative_guidance=1.0, start_guidance=3.0, ddim_steps=50,
+    sample_from="edited", target_base="anchor", parameter_rules="2023", erase_from=None,
+    batch_size=1, latent_size=None, seed=0, mixed_precision="no", timestep_scheme="compvis-2023",
+    refresh_every=1, bank_size=8,
+)
+ESD_2025 = dict(  # esd_sd.py (diffusers), its argument defaults and 1024 px
+    iterations=200, lr=5e-5, negative_guidance=2.0, start_guidance=3.0, ddim_steps=50,
+    sample_from="frozen", target_base="prompt", parameter_rules="2025", erase_from=None,
+    batch_size=1, latent_size=128, seed=0, mixed_precision="bf16-pure", timestep_scheme="aligned",
+    refresh_every=1, bank_size=8,
+)
+# Their --train_method is required: the concept type's config picks the variant.
+ESD_VARIANTS = {"object": "esd-u", "nudity": "esd-u", "style": "esd-x", "celebrity": "esd-x"}
+
 PINS = {
     ("uce", "authors-2023", "object"): UCE_2023,
     ("uce", "authors-2023", "style"): {**UCE_2023, "guide": "art"},
@@ -80,6 +96,9 @@ PINS = {
         "image_prompt": "a photo in the style of {}", "mask_source": "whole_image",
         "grounding_model": "IDEA-Research/grounding-dino-base", "sam_model": "facebook/sam-vit-huge",
         "mask_boxes": "best"},
+    **{("esd", preset, concept_type): {**settings, "variant": variant}
+       for preset, settings in (("authors-2023", ESD_2023), ("authors-2025", ESD_2025))
+       for concept_type, variant in ESD_VARIANTS.items()},
 }
 
 
@@ -95,6 +114,16 @@ def test_each_preset_resolves_to_its_pinned_config(method, preset, concept_type)
 def test_every_authors_preset_is_pinned():
     shipped = {(path.parent.name, path.stem) for path in configs_dir().glob("*/authors-*.yaml")}
     assert shipped == {(method, preset) for method, preset, _ in PINS}
+
+
+def test_the_esd_presets_differ_from_the_defaults_only_where_the_release_does():
+    defaults = dataclasses.asdict(ESDConfig())
+    differs = lambda preset: sorted(k for k, v in preset.items() if defaults[k] != v)  # noqa: E731
+    assert differs(ESD_2023) == ["timestep_scheme"]
+    assert differs(ESD_2025) == [
+        "iterations", "latent_size", "lr", "mixed_precision", "negative_guidance", "parameter_rules", "sample_from",
+        "target_base",
+    ]
 
 
 def test_uce_defaults_are_the_2023_code_that_made_the_papers_tables():
