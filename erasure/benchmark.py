@@ -1,16 +1,19 @@
-"""The mini-sd benchmark: every method variant on the same erasure tasks, the same seeds, one table.
+"""The mini-sd benchmark: every method variant on the same erasure tasks, the same seeds, one table per task.
 
-    erase-bench                        # every task, variant and attack (time: README, Benchmark)
-    erase-bench --attacks closed-form  # a subset of the attack columns
+    erase-bench --suite shapes         # one suite of configs/benchmark/suites.yaml (each about 20-30 minutes on 2 CPU cores)
+    erase-bench --suite attacks --attacks closed-form  # a subset of the suite's attack columns
     erase-bench --quick                # the CI version (tests/test_benchmark.py)
-    erase-bench --readme README.md     # also write the table between the file's benchmark markers
+    erase-bench --suite mass --readme README.md   # also write the suite's tables between its README markers
 
 Variants are the YAML files of ``configs/benchmark/methods/``, one per row of the table
 (the file name is the row's name): which registered method, its config file and
 settings, its settings in quick mode and the floors the quick mode must reach, and
-settings per kind of concept (MACE's colour and style templates). A method joins the
-benchmark by a new file there. Tasks are ``configs/benchmark/tasks.yaml``: prompt sets
-of ``eval_prompts/``, each with erased, retained and synonym rows.
+settings per kind of concept (MACE's colour, style and pair templates). A method joins
+the benchmark by a new file there. Tasks are ``configs/benchmark/tasks.yaml``: prompt
+sets of ``eval_prompts/``, each with erased rows and the rows that must survive (other
+classes and synonyms; for the ``pairs/`` sets, neighbouring and far pairs). Suites are
+``configs/benchmark/suites.yaml``: which tasks, variants and attacks run together, each
+sized to run in about half an hour on this project's 2-core CPU.
 
 Each variant erases each task's concepts, through the ``erase`` command in a child
 process (so that the wall time and peak memory are the erasure's own, loading
@@ -18,19 +21,24 @@ included; the child records its peak resident memory in the weights' ``extra``, 
 the GPU's peak allocation when there is one), or, in quick mode, in this process with
 the already loaded pipeline (time: the erase call alone; memory: this process's peak
 so far). Every accuracy comes from the evaluator (``erasure.evaluate``) on images
-generated with each row's own seed: the world classifier's Acc_e, Acc_s, Acc_g and H_o
-(MACE's protocol), mini-clip's CLIP score on the retained rows, and each attack's
+generated with each row's own seed, with its 95% interval: the world classifier's
+Acc_e on held-out phrasings (no method trains on them; seen phrasings in their own
+column), Acc_s, Acc_g and H_o (MACE's protocol), mini-clip's CLIP score on the
+retained rows; for pairs, Acc_e, Acc_neighbour, Acc_far and H_pairs; and each attack's
 post-attack ASR (``erasure.eval.attack``): the share of the task's first erased rows
 whose attacked image the world classifier calls the concept. Which attacks run where,
-with which settings and on how many rows, is ``configs/benchmark/attacks.yaml``; the base
-model is attacked as its own base. The base model's images are made once per task and
-shared by every variant (hard links; the evaluator verifies each image's record before
-reusing it), attack results are cached per task (Ring-A-Bell's, which depend on the
-base model only, are searched once per task for every variant), and an erasure is
-reused when its record matches, so a rerun into the same folder resumes where it stopped.
+with which settings and on how many rows, is ``configs/benchmark/attacks.yaml``; a suite
+names the attack columns it shows, and the base model is attacked as its own base.
+Bold marks a lead only when its interval is clear of the runner-up's; otherwise the
+table says tie. The base model's images are made once per task and shared by every
+variant (hard links; the evaluator verifies each image's record before reusing it),
+attack results are cached per task (Ring-A-Bell's, which depend on the base model only,
+are searched once per task for every variant), and an erasure is reused when its record
+matches, so a rerun into the same folder resumes where it stopped, and suites that share
+a task share its work.
 
-Writes ``<output>/benchmark.json`` and ``<output>/benchmark.md``; per task and variant
-the weights, the erase record (and log) and the evaluator's report folder.
+Writes ``<output>/benchmark[-<suite>].json`` and ``.md``; per task and variant the
+weights, the erase record (and log) and the evaluator's report folder.
 """
 
 from __future__ import annotations
@@ -49,15 +57,19 @@ from typing import Callable
 
 from .config import configs_dir, read_yaml
 from .errors import ErasureError
+from .eval.intervals import overlap, wilson
+from .eval.tables import bound
 
 METRICS = ["world", "clip"]
 SEED = 0  # the erase command's default --seed, for in-process erasures too
 BATCH_SIZE = 64
 VARIANT_KEYS = {"method", "config", "settings", "per_kind", "quick"}
 QUICK_KEYS = {"settings", "floors"}
-FLOOR_KEYS = {"erased_drop", "retained_share"}
+FLOOR_KEYS = {"erased_drop", "retained_share", "kept_share"}
 PER_KIND_KEYS = {"config", "settings"}
 TASK_KEYS = {"concepts", "prompts", "description", "kind", "quick_rows"}
+SUITE_KEYS = {"description", "tasks", "methods", "attacks"}
+PAIR = "pair"  # the kind of the pairs/ tasks, tabulated together as mass erasure
 ATTACK_FILE_KEYS = {"rows", "quick_rows", "attacks"}
 ATTACK_KEYS = {"settings", "tasks", "quick", "quick_settings"}
 
@@ -71,7 +83,8 @@ class Task:
         concepts: the concepts erased together.
         prompts: a bundled prompt set with erased, retained and synonym rows.
         description: the table's heading.
-        kind: ``shape``, ``colour`` or ``style``; selects a variant's ``per_kind`` settings.
+        kind: ``shape``, ``colour``, ``style`` or ``pair`` (a shape-colour pair); selects a
+            variant's ``per_kind`` settings, and pair tasks form the mass-erasure table.
         quick_rows: rows used in quick mode; ``None``: the task is not in quick mode.
     """
 
@@ -95,8 +108,9 @@ class Variant:
         per_kind: per task kind, a ``config`` replacing ``config`` and more ``settings``.
         quick_settings: config fields set on top of those in quick mode.
         floors: what quick mode must reach: ``erased_drop`` (the mean fall of Acc_e over
-            the quick tasks, in points) and ``retained_share`` (Acc_s per task as a share
-            of the base model's).
+            the quick tasks, in points), ``retained_share`` (Acc_s per task as a share
+            of the base model's) and ``kept_share`` (pair tasks: the mean of Acc_neighbour
+            and Acc_far as a share of the base model's).
         source: the YAML file.
     """
 
@@ -252,6 +266,50 @@ def _tuple(values) -> tuple | None:
     return None if values is None else tuple(values)
 
 
+@dataclass(frozen=True)
+class Suite:
+    """Tasks, variants and attacks run together (``erase-bench --suite NAME``).
+
+    Attributes:
+        name: the suite's key in ``suites.yaml``.
+        tasks: task names, in table order.
+        methods: variant names; empty: every variant.
+        attacks: attacks with an ASR column (``attacks.yaml``); empty: none.
+        description: what it measures, for ``--help``.
+    """
+
+    name: str
+    tasks: tuple[str, ...]
+    methods: tuple[str, ...] = ()
+    attacks: tuple[str, ...] = ()
+    description: str = ""
+
+
+def load_suites(tasks: dict[str, Task], variants: dict[str, Variant], attack_plan: AttackPlan,
+                path: Path | None = None) -> dict[str, Suite]:
+    """The suites of ``configs/benchmark/suites.yaml`` (or ``path``), checked against the tasks, variants
+    and attack columns.
+
+    Args:
+        tasks: the tasks the suites may name.
+        variants: the variants they may name.
+        attack_plan: the attack columns they may name (``load_attacks``).
+        path: another suites file.
+    """
+    path = Path(path) if path is not None else benchmark_dir() / "suites.yaml"
+    suites = {}
+    for name, spec in read_yaml(path).items():
+        where = f"{path}: suite {name!r}"
+        _check_keys(spec, SUITE_KEYS, where, required={"tasks"})
+        for key, known in (("tasks", tasks), ("methods", variants), ("attacks", attack_plan.columns)):
+            unknown = [item for item in spec.get(key, []) if item not in known]
+            if unknown:
+                raise ErasureError(f"{where}: unknown {key[:-1]} {unknown[0]!r}; known: {', '.join(known)}")
+        suites[name] = Suite(name, tuple(spec["tasks"]), tuple(spec.get("methods", [])), tuple(spec.get("attacks", [])),
+                             spec.get("description", ""))
+    return suites
+
+
 def _check_keys(spec, allowed: set[str], where: str, required: set[str] = frozenset()) -> None:
     if not isinstance(spec, dict):
         raise ErasureError(f"{where} must be a mapping")
@@ -267,16 +325,28 @@ def _check_keys(spec, allowed: set[str], where: str, required: set[str] = frozen
 
 @dataclass(frozen=True)
 class Column:
-    """A column of the table: the row field it shows, its heading, and which end is best."""
+    """A column of the table: the row field it shows, its heading, which end is best,
+    and whether it carries a 95% interval (a row's ``<key>_ci``)."""
 
     key: str
     label: str
     better: Callable = min
+    interval: bool = True
 
 
-SCORE_COLUMNS = (Column("acc_e", "Acc_e ↓"), Column("acc_s", "Acc_s ↑", max), Column("acc_g", "Acc_g ↓"),
-                 Column("h_o", "H_o ↑", max), Column("clip_retained", "CLIP retained ↑", max))
-COST_COLUMNS = (Column("seconds", "time s ↓"), Column("peak_mb", "peak MB ↓"))
+# Acc_e and H_o on the held-out phrasings: no method trains on those prompts.
+SCORE_COLUMNS = (Column("acc_e", "Acc_e held-out ↓"), Column("acc_e_seen", "Acc_e seen ↓"),
+                 Column("acc_s", "Acc_s ↑", max), Column("acc_g", "Acc_g ↓"), Column("h_o", "H_o ↑", max),
+                 Column("clip_retained", "CLIP retained ↑", max))
+MASS_COLUMNS = (Column("acc_e", "Acc_e ↓"), Column("acc_neighbour", "Acc_neighbour ↑", max),
+                Column("acc_far", "Acc_far ↑", max), Column("h_pairs", "H_pairs ↑", max))
+COST_COLUMNS = (Column("seconds", "time s ↓", interval=False), Column("peak_mb", "peak MB ↓", interval=False))
+# The row fields read from the world metric's erasure scores, per kind of table: row key -> score keys, the
+# first present wins (a set without phrasings has no held-out Acc_e: its Acc_e is every erased row's).
+SCORE_SOURCES = {"acc_e": ("acc_e_held_out", "acc_e"), "acc_e_seen": ("acc_e_seen",), "acc_s": ("acc_s",),
+                 "acc_g": ("acc_g",), "h_o": ("h_o_held_out", "h_o")}
+MASS_SOURCES = {"acc_e": ("acc_e",), "acc_neighbour": ("acc_neighbour",), "acc_far": ("acc_far",),
+                "h_pairs": ("h_pairs",)}
 
 
 def asr_key(attack: str) -> str:
@@ -284,13 +354,17 @@ def asr_key(attack: str) -> str:
     return f"asr_{attack}"
 
 
-def columns(attacks: list[str]) -> list[Column]:
-    """The table's columns: scores, the post-attack ASR of each attack, cost.
+def columns(attacks: list[str], kind: str = "") -> list[Column]:
+    """A table's columns: scores (mass erasure's for pair tasks), the post-attack ASR of each attack, cost.
 
     Args:
         attacks: the attacks run, one column each.
+        kind: the task's kind (``pair``: the mass-erasure columns).
     """
-    return [*SCORE_COLUMNS, *(Column(asr_key(a), f"ASR {a} ↓") for a in attacks), *COST_COLUMNS]
+    attacked = [Column(asr_key(a), f"ASR {a} ↓") for a in attacks]
+    if kind == PAIR:
+        return [*MASS_COLUMNS, *attacked, COST_COLUMNS[0]]
+    return [*SCORE_COLUMNS, *attacked, *COST_COLUMNS]
 
 
 # ---- running it ----
@@ -298,23 +372,26 @@ def columns(attacks: list[str]) -> list[Column]:
 
 def run(tasks: list[Task], variants: list[Variant], output: Path, *, model: str = "mini-sd", device: str = "cpu",
         quick: bool = False, attacks: list[str] | None = None, in_process: bool | None = None,
-        plan: AttackPlan | None = None) -> dict:
-    """Erase every task with every variant, evaluate, write ``benchmark.json`` and ``.md``.
+        suite: str | None = None, plan: AttackPlan | None = None) -> dict:
+    """Erase every task with every variant, evaluate, write ``benchmark[-<suite>].json`` and ``.md``.
 
     Args:
         tasks: the tasks (``load_tasks``); in quick mode each uses its ``quick_rows``.
         variants: the variants (``load_variants``).
-        output: the folder; a rerun into the same folder resumes.
+        output: the folder; a rerun into the same folder resumes, and suites sharing it
+            share their tasks' erasures and images.
         model: ``mini-sd``, or a folder of a shapes-world pipeline.
         device: ``cpu`` or ``cuda``.
         quick: each variant's ``quick_settings`` and each task's ``quick_rows``.
         attacks: attacks with a column, from ``plan`` (default: all of ``plan``'s).
         in_process: erase in this process (default: in quick mode) rather than in an
             ``erase`` child process.
+        suite: the suite's name, for the files' names and the record.
         plan: the attack columns (default: ``load_attacks()``).
 
     Returns:
-        What ``benchmark.json`` holds: per task and variant (and ``base``) one row of numbers.
+        What ``benchmark.json`` holds: per task and variant (and ``base``) one row of
+        numbers with their intervals; per task its image counts and minutes.
     """
     import erasure
 
@@ -328,14 +405,15 @@ def run(tasks: list[Task], variants: list[Variant], output: Path, *, model: str 
     output = Path(output).resolve()  # absolute: child processes run in their task's folder
     pipe = erasure.load_pipeline(model, device=device, dtype="float32")
     started = time.perf_counter()
-    results, costs, resumed = {}, {}, False
+    results, records, costs, resumed = {}, {}, {}, False
     attack_rows = plan.rows_for(quick)
     for task in tasks:
-        folder = output / task.name
+        task_started, folder = time.perf_counter(), output / task.name
         limit = task.quick_rows if quick else None
         resumed |= (folder / "base" / "report.json").is_file()
-        base = _evaluate(pipe, None, task, folder / "base", limit, _attacks_on(chosen, task, "base", quick), attack_rows)
-        results[task.name] = {"base": row_of(base, "base", None, attacks)}
+        base, seconds = _timed(_evaluate, pipe, None, task, folder / "base", limit,
+                               _attacks_on(chosen, task, "base", quick), attack_rows)
+        results[task.name] = {"base": {**row_of(base, "base", None, attacks, task.kind), "eval_seconds": seconds}}
         costs[task.name] = {"base": attack_costs(base)}
         for variant in variants:
             erasure_run = erase(pipe, variant, task, folder, model=model, device=device, quick=quick,
@@ -344,19 +422,43 @@ def run(tasks: list[Task], variants: list[Variant], output: Path, *, model: str 
             if erasure_run.pop("fresh"):
                 shutil.rmtree(report_folder, ignore_errors=True)  # images of earlier weights would be refused
             share_base_images(folder / "base" / "base", report_folder / "base")
-            report = _evaluate(pipe, folder / f"{variant.name}.safetensors", task, report_folder, limit,
-                               _attacks_on(chosen, task, variant.name, quick), attack_rows)
-            results[task.name][variant.name] = row_of(report, "erased", erasure_run, attacks)
+            report, seconds = _timed(_evaluate, pipe, folder / f"{variant.name}.safetensors", task, report_folder,
+                                     limit, _attacks_on(chosen, task, variant.name, quick), attack_rows)
+            results[task.name][variant.name] = {**row_of(report, "erased", erasure_run, attacks, task.kind),
+                                                "eval_seconds": seconds}
             costs[task.name][variant.name] = attack_costs(report)
-    data = {"quick": quick, "model": model, "device": device, "in_process": in_process, "attacks": attacks,
+        records[task.name] = {**task_record(task), "images": image_counts(base),
+                              "minutes": (time.perf_counter() - task_started) / 60}
+    data = {"suite": suite, "quick": quick, "model": model, "device": device, "in_process": in_process,
+            "attacks": attacks, "attack_rows": attack_rows, "attack_seconds": costs,
             "attack_settings": {c.name: {"settings": c.options(quick), "tasks": c.tasks} for c in chosen},
-            "attack_rows": attack_rows, "attack_seconds": costs,
             "minutes": (time.perf_counter() - started) / 60, "resumed": resumed,
-            "tasks": {t.name: task_record(t) for t in tasks}, "results": results,
-            "winners": winners(results, columns(attacks))}
-    write(output / "benchmark.json", json.dumps(data, indent=2) + "\n")
-    write(output / "benchmark.md", render(data))
+            "load_average": os.getloadavg()[0], "tasks": records, "results": results,
+            "winners": {t.name: winners(results[t.name], columns(attacks, t.kind)) for t in tasks}}
+    stem = f"benchmark-{suite}" if suite else "benchmark"
+    write(output / f"{stem}.json", json.dumps(data, indent=2) + "\n")
+    write(output / f"{stem}.md", render(data))
     return data
+
+
+def _timed(function, *args):
+    """``function(*args)`` and the seconds it took."""
+    started = time.perf_counter()
+    result = function(*args)
+    return result, round(time.perf_counter() - started, 1)
+
+
+def image_counts(report) -> dict[str, int]:
+    """Images per group of a task's report (erased split by phrasing when the set says)."""
+    counts = {}
+    for group, stats in report.data["metrics"]["world"]["base"]["groups"].items():
+        if group == "all":
+            continue
+        for phrasing, split in stats.get("phrasings", {}).items():
+            counts[f"{group} {phrasing}"] = split["n"]
+        if not stats.get("phrasings"):
+            counts[group] = stats["n"]
+    return counts
 
 
 def _attacks_on(columns: list[AttackColumn], task: Task, variant: str, quick: bool) -> dict[str, dict]:
@@ -474,69 +576,206 @@ def share_base_images(source: Path, target: Path) -> None:
             shutil.copy2(image, destination)
 
 
-def row_of(report, variant: str, erasure_run: dict | None, attacks: list[str]) -> dict:
-    """One table row from an evaluator report.
+def row_of(report, variant: str, erasure_run: dict | None, attacks: list[str], kind: str = "") -> dict:
+    """One table row from an evaluator report: each score and its 95% interval (``<key>_ci``).
 
     Args:
         report: the evaluator's report.
         variant: the report's variant the row shows (``base`` or ``erased``).
         erasure_run: ``erase``'s record, ``None`` for the base model.
         attacks: the attacks whose post-attack ASR the row holds (``None`` where not attacked).
+        kind: the task's kind (``pair``: the mass-erasure scores).
     """
     world = report.data["metrics"]["world"]
     scores = world[variant]["erasure"]
-    row = {key: scores[key] for key in ("acc_e", "acc_s", "acc_g", "h_o")}
-    row["clip_retained"] = report.data["metrics"]["clip"][variant]["groups"]["retained"]["mean"]
+    row = {}
+    for key, sources in (MASS_SOURCES if kind == PAIR else SCORE_SOURCES).items():
+        source = next((s for s in sources if scores.get(s) is not None), sources[0])
+        row[key], row[f"{key}_ci"] = scores.get(source), scores.get(f"{source}_ci")
+    if kind != PAIR:
+        retained = report.data["metrics"]["clip"][variant]["groups"]["retained"]
+        row["clip_retained"], row["clip_retained_ci"] = retained["mean"], retained["mean_ci"]
     for attack in attacks:
-        entry = report.data["attacks"].get(attack)
-        row[asr_key(attack)] = entry["groups"]["erased"]["post_asr"] if entry else None
+        erased = ((report.data.get("attacks") or {}).get(attack) or {}).get("groups", {}).get("erased", {})
+        asr, n = erased.get("post_asr"), erased.get("n")
+        row[asr_key(attack)] = asr
+        row[f"{asr_key(attack)}_ci"] = wilson(round(asr * n / 100), n) if asr is not None else None
+    row["method"] = erasure_run["recipe"]["method"] if erasure_run else None
     row["seconds"] = erasure_run["seconds"] if erasure_run else None
     row["peak_mb"] = erasure_run["peak_mb"] if erasure_run else None
     row["report"] = str(report.output_dir)
     return row
 
 
-def winners(results: dict, table_columns: list[Column]) -> dict:
-    """Per task and column, the variant(s) with the best value (the base row competes in none).
+def winners(rows: dict, table_columns: list[Column]) -> dict:
+    """Per column of one task's table: the best variant, and whether its lead is clear.
+
+    A lead is clear when the best value's 95% interval does not overlap the
+    runner-up's; then ``{"best": [name], "clear": True}``. Otherwise the column is a tie
+    among every variant whose interval overlaps the best one's (``"clear": False``).
+    Columns without intervals (costs, one run each) name the lowest value, clear.
+    The base row competes in none.
 
     Args:
-        results: per task, per variant, a row.
+        rows: per variant (and ``base``), a row.
         table_columns: the columns to rank.
     """
     best = {}
-    for task, rows in results.items():
-        competing = {name: row for name, row in rows.items() if name != "base"}
-        best[task] = {}
-        for column in table_columns:
-            values = {name: row[column.key] for name, row in competing.items() if row.get(column.key) is not None}
-            if values:
-                target = column.better(values.values())
-                best[task][column.key] = sorted(n for n, v in values.items() if round(v, 1) == round(target, 1))
+    competing = {name: row for name, row in rows.items() if name != "base"}
+    for column in table_columns:
+        values = {name: row[column.key] for name, row in competing.items() if row.get(column.key) is not None}
+        if not values:
+            continue
+        ranked = sorted(values, key=lambda n: (values[n] if column.better is min else -values[n], n))
+        leader = ranked[0]
+        if not column.interval:
+            best[column.key] = {"best": [n for n in ranked if round(values[n], 1) == round(values[leader], 1)],
+                                "clear": True}
+            continue
+        interval = competing[leader].get(f"{column.key}_ci")
+        tied = [n for n in ranked if overlap(interval, competing[n].get(f"{column.key}_ci"))]
+        best[column.key] = {"best": [leader], "clear": True} if tied == [leader] else {"best": tied, "clear": False}
     return best
 
 
 def render(data: dict) -> str:
-    """The markdown tables of ``data`` (what ``run`` returns), one per task, and a footnote."""
-    table_columns = columns(data["attacks"])
+    """The markdown of ``data`` (what ``run`` returns): a table per task, one table for
+    the pair tasks (mass erasure), the legend and a footnote."""
     lines = []
     for task, rows in data["results"].items():
         spec = data["tasks"][task]
-        lines += [f"**{spec['description']}**: erase {', '.join(spec['concepts'])} (`{spec['prompts']}`)", ""]
-        lines += ["| method | " + " | ".join(c.label for c in table_columns) + " |",
-                  "|---|" + "---:|" * len(table_columns)]
-        for name, row in rows.items():
-            cells = [_cell(row.get(c.key), name in data["winners"][task].get(c.key, [])) for c in table_columns]
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        if spec["kind"] == PAIR:
+            continue
+        table_columns = columns(data["attacks"], spec["kind"])
+        images = ", ".join(f"{n} {group}" for group, n in spec.get("images", {}).items())
+        lines += [f"**{spec['description']}**: erase {', '.join(spec['concepts'])} (`{spec['prompts']}`; images per "
+                  f"method: {images})", ""]
+        lines += _table(rows, data["winners"][task], table_columns, lambda name: [name], ["method"])
         lines.append("")
+    pair_tasks = [t for t, spec in data["tasks"].items() if spec["kind"] == PAIR]
+    if pair_tasks:
+        lines += render_mass(data, pair_tasks)
+    lines.append(_legend())
+    lines.append("")
     lines.append(_footnote(data))
     return "\n".join(lines) + "\n"
 
 
-def _cell(value, bold: bool) -> str:
+def _table(rows: dict, best: dict, table_columns: list[Column], first_cells, header: list[str]) -> list[str]:
+    """Markdown rows of one task: a row per variant, then the lead row."""
+    lines = ["| " + " | ".join(header + [c.label for c in table_columns]) + " |",
+             "|" + "---|" * len(header) + "---:|" * len(table_columns)]
+    for name, row in rows.items():
+        cells = [_cell(row, c, best.get(c.key, {}), name) for c in table_columns]
+        lines.append("| " + " | ".join(first_cells(name) + cells) + " |")
+    lead = [_lead(best.get(c.key)) for c in table_columns]
+    lines.append("| " + " | ".join(first_cells("lead") + lead) + " |")
+    return lines
+
+
+def _cell(row: dict, column: Column, best: dict, name: str) -> str:
+    value = row.get(column.key)
     if value is None:
         return "-"
-    text = f"{value:.0f}" if abs(value) >= 100 else f"{value:.1f}" if value == 0 or abs(value) >= 1 else f"{value:.1g}"
-    return f"**{text}**" if bold else text
+    text = _number(value)
+    interval = row.get(f"{column.key}_ci") if column.interval else None
+    if interval:
+        between = " to " if interval[0] < 0 else "-"
+        text += f" [{bound(interval[0])}{between}{bound(interval[1])}]"
+    return f"**{text}**" if best.get("clear") and name in best["best"] else text
+
+
+def _number(value: float) -> str:
+    return f"{value:.0f}" if abs(value) >= 100 else f"{value:.1f}" if value == 0 or abs(value) >= 1 else f"{value:.1g}"
+
+
+def _lead(best: dict | None) -> str:
+    if not best:
+        return "-"
+    return f"**{', '.join(best['best'])}**" if best["clear"] else f"tie ({len(best['best'])})"
+
+
+def _legend() -> str:
+    return ("Each accuracy with its 95% interval in brackets: Wilson score for shares of images, percentile bootstrap "
+            "over rows (2,000 resamples) for H_o, H_pairs and CLIP. Bold: the best value, only when its interval does "
+            "not overlap the runner-up's; the lead row names it, or says tie (k): k methods' intervals overlap the "
+            "best one's, so these images do not rank them. Costs are one run each, the lowest in bold.")
+
+
+def render_mass(data: dict, tasks: list[str]) -> list[str]:
+    """The mass-erasure table: per variant, N = the pairs erased at once, its scores and
+    erase time (bold and tie within each N), then whether retention holds as N grows.
+
+    Args:
+        data: what ``run`` returns.
+        tasks: the pair tasks, in order of N.
+    """
+    tasks = sorted(tasks, key=lambda t: len(data["tasks"][t]["concepts"]))
+    table_columns = columns(data["attacks"], PAIR)
+    names = list(dict.fromkeys(name for task in tasks for name in data["results"][task]))
+    lines = [f"**mass erasure**: N shape-colour pairs erased at once (`{', '.join(data['tasks'][t]['prompts'] for t in tasks)}`); "
+             "Acc_e: erased pairs; Acc_neighbour: pairs sharing a shape or a colour with an erased one; Acc_far: pairs "
+             "sharing neither; H_pairs: harmonic mean of 100 - Acc_e, Acc_neighbour, Acc_far (as MACE's H_c). Images "
+             "per method and N: " + "; ".join(f"N = {len(data['tasks'][t]['concepts'])}: "
+                                              + ", ".join(f"{n} {g}" for g, n in data["tasks"][t].get("images", {}).items())
+                                              for t in tasks), ""]
+    lines += ["| method | N | " + " | ".join(c.label for c in table_columns) + " |", "|---|---:|" + "---:|" * len(table_columns)]
+    for name in names:
+        for task in tasks:
+            row, best = data["results"][task].get(name), data["winners"][task]
+            if row is not None:
+                cells = [_cell(row, c, best.get(c.key, {}), name) for c in table_columns]
+                lines.append(f"| {name} | {len(data['tasks'][task]['concepts'])} | " + " | ".join(cells) + " |")
+    for task in tasks:
+        lead = [_lead(data["winners"][task].get(c.key)) for c in table_columns]
+        lines.append(f"| lead | {len(data['tasks'][task]['concepts'])} | " + " | ".join(lead) + " |")
+    verdicts = retention_lines(data, tasks, names)
+    return [*lines, "", *verdicts, *([""] if verdicts else [])]
+
+
+def retention(data: dict, tasks: list[str], name: str, key: str) -> str | None:
+    """``holds``, ``falls`` or ``rises``: a variant's ``key`` at the largest N against the
+    smallest, by their 95% intervals (overlapping: holds); ``None`` without both."""
+    first, last = data["results"][tasks[0]].get(name), data["results"][tasks[-1]].get(name)
+    if not first or not last or first.get(key) is None or last.get(key) is None:
+        return None
+    if overlap(first.get(f"{key}_ci"), last.get(f"{key}_ci")):
+        return "holds"
+    return "falls" if last[key] < first[key] else "rises"
+
+
+def retention_lines(data: dict, tasks: list[str], names: list[str]) -> list[str]:
+    """Per variant, Acc_neighbour and Acc_far from the smallest N to the largest, and
+    whether MACE's claim (its retention holds as N grows while UCE's and ESD's fall) is
+    measured true here."""
+    if len(tasks) < 2:
+        return []
+    small, large = (len(data["tasks"][t]["concepts"]) for t in (tasks[0], tasks[-1]))
+    parts = []
+    for name in names:
+        verdicts = [f"{label} {_number(data['results'][tasks[0]][name][key])} -> "
+                    f"{_number(data['results'][tasks[-1]][name][key])} {retention(data, tasks, name, key)}"
+                    for key, label in (("acc_neighbour", "neighbours"), ("acc_far", "far"))
+                    if retention(data, tasks, name, key)]
+        if verdicts:
+            parts.append(f"{name}: {', '.join(verdicts)}")
+    lines = [f"Retention from N = {small} to N = {large} (holds: the two 95% intervals overlap): " + "; ".join(parts) + "."]
+    methods = {name: next(data["results"][t][name]["method"] for t in tasks if name in data["results"][t])
+               for name in names if name != "base"}
+    mace = [n for n, method in methods.items() if method == "mace"]
+    others = [n for n, method in methods.items() if method in ("uce", "esd")]
+    unmeasured = [n for n in mace + others if retention(data, tasks, n, "acc_neighbour") is None]
+    if mace and others and unmeasured:
+        lines.append(f"MACE's claim (its retention holds as N grows while UCE's and ESD's fall): not measured here, "
+                     f"no rows at both N = {small} and N = {large} for {', '.join(unmeasured)}.")
+    elif mace and others:
+        holds = all(retention(data, tasks, n, k) == "holds" for n in mace for k in ("acc_neighbour", "acc_far"))
+        fall = all(any(retention(data, tasks, n, k) == "falls" for k in ("acc_neighbour", "acc_far")) for n in others)
+        verdict = "true" if holds and fall else "false"
+        lines.append(f"MACE's claim (its retention holds as N grows while UCE's and ESD's fall), measured here: "
+                     f"{verdict} (MACE holds: {'yes' if holds else 'no'}; every UCE and ESD variant falls on "
+                     f"neighbours or far pairs: {'yes' if fall else 'no'}).")
+    return lines
 
 
 def _footnote(data: dict) -> str:
@@ -553,13 +792,16 @@ def _footnote(data: dict) -> str:
                           + (f" ({', '.join(f'{k} {v}' for k, v in spec['settings'].items())})" if spec["settings"] else "")
                           for name, spec in data["attack_settings"].items())
         attacked = (f"; ASR: post-attack attack success rate, the share of the task's first {rows} erased rows (n = "
-                    f"{rows} per cell) whose attacked image the world classifier calls the concept, the base row "
-                    f"attacking the base model itself; attacks: {where}, on top of configs/attacks/*/mini-sd.yaml, "
+                    f"{rows} per cell, Wilson intervals) whose attacked image the world classifier calls the concept, "
+                    f"the base row attacking the base model itself; attacks: {where}, on top of configs/attacks/*/mini-sd.yaml, "
                     "Ring-A-Bell's prompts (base model only) shared by every row of a task")
-    return (f"Accuracies in % of images classified as the row's class by the world classifier; CLIP: mini-clip score "
-            f"on retained prompts{attacked}; {cost}. "
-            f"Best per column in bold. {data['model']}, {mode}, {data['device']}, torch {torch.__version__}, "
-            f"{data['minutes']:.1f} min {spent} (`erase-bench`).")
+    suite = f"suite `{data['suite']}`, " if data.get("suite") else ""
+    return (f"Accuracies in % of images classified as the row's class by the world classifier (pairs: shape and "
+            f"colour both right); Acc_e held-out and H_o: erased rows in phrasings no method trains on, Acc_e seen: in "
+            f"phrasings some method's templates hold; CLIP: mini-clip score on retained prompts{attacked}; {cost}. "
+            f"{data['model']}, {suite}{mode}, {data['device']}, torch {torch.__version__}, "
+            f"{data['minutes']:.1f} min {spent}, load average {data.get('load_average', 0):.1f} at the end "
+            f"(`erase-bench`).")
 
 
 def task_record(task: Task) -> dict:
@@ -575,52 +817,99 @@ def write(path: Path, text: str) -> None:
         Path(tmp).write_text(text, encoding="utf-8")
 
 
-BLOCK = re.compile(r"<!-- benchmark:begin -->.*?<!-- benchmark:end -->", flags=re.S)
+def markers(suite: str | None) -> tuple[str, str]:
+    """The README markers around a suite's tables (``<!-- benchmark:mass:begin -->``), or
+    around a run without a suite (``<!-- benchmark:begin -->``).
+
+    Args:
+        suite: the suite's name, or ``None``.
+    """
+    name = f"benchmark:{suite}" if suite else "benchmark"
+    return f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
 
 
-def write_readme_block(readme: Path, markdown: str) -> None:
-    """Replace the text between ``<!-- benchmark:begin -->`` and ``<!-- benchmark:end -->``.
+def write_readme_block(readme: Path, markdown: str, suite: str | None = None) -> None:
+    """Replace the text between a suite's begin and end markers (``markers``).
 
     Args:
         readme: the markdown file holding the markers.
         markdown: the new block's content.
+        suite: whose markers; ``None``: the plain ``<!-- benchmark:begin -->`` ones.
     """
-    text = _readme_text(readme)
-    block = f"<!-- benchmark:begin -->\n{markdown}<!-- benchmark:end -->"
-    write(readme, BLOCK.sub(lambda _: block, text))
+    begin, end = markers(suite)
+    text = _readme_text(readme, suite)
+    block = f"{begin}\n{markdown}{end}"
+    write(readme, re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S))
 
 
-def _readme_text(readme: Path) -> str:
+def _readme_text(readme: Path, suite: str | None = None) -> str:
     if not readme.is_file():
         raise ErasureError(f"{readme}: no such file (--readme names the file that holds the benchmark block)")
     text = readme.read_text(encoding="utf-8")
-    if not BLOCK.search(text):
-        raise ErasureError(f"{readme} has no <!-- benchmark:begin --> ... <!-- benchmark:end --> block")
+    begin, end = markers(suite)
+    if not re.search(re.escape(begin) + ".*?" + re.escape(end), text, flags=re.S):
+        raise ErasureError(f"{readme} has no {begin} ... {end} block")
     return text
 
 
 # ---- the command line ----
 
 
-def build_parser(tasks: dict[str, Task], variants: dict[str, Variant], plan: AttackPlan) -> argparse.ArgumentParser:
+def build_parser(tasks: dict[str, Task], variants: dict[str, Variant], suites: dict[str, Suite],
+                 attack_plan: AttackPlan) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="erase-bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    described = "; ".join(f"{name}: {suite.description}" for name, suite in suites.items())
+    parser.add_argument("--suite", choices=[*suites, "all"],
+                        help=f"the tasks, variants and attacks of one suite ({described}); all: each in turn "
+                             "(the default without --tasks or --quick)")
     parser.add_argument("--quick", action="store_true",
                         help="the quick tasks, fewer rows and training steps, erasing in this process (for CI)")
     parser.add_argument("--tasks", nargs="+", choices=list(tasks),
-                        help="default: every task (with --quick: those with quick_rows)")
-    parser.add_argument("--methods", nargs="+", choices=list(variants), help="variants (default: all)")
-    parser.add_argument("--attacks", nargs="*", choices=list(plan.columns), default=list(plan.columns),
-                        help="attacks with an ASR column (default: every one of configs/benchmark/attacks.yaml; "
-                        "none without names)")
+                        help="instead of a suite's (with --quick: default those with quick_rows)")
+    parser.add_argument("--methods", nargs="+", choices=list(variants), help="variants (default: the suite's, or all)")
+    parser.add_argument("--attacks", nargs="*", choices=list(attack_plan.columns), default=None,
+                        help="attacks with an ASR column (default: the suite's; without a suite every one of "
+                             "configs/benchmark/attacks.yaml; none without names)")
     parser.add_argument("--in-process", action=argparse.BooleanOptionalAction, default=None,
                         help="erase in this process (default with --quick) or in an erase child process")
     parser.add_argument("--model", default="mini-sd", help="mini-sd, or a folder of a shapes-world pipeline")
-    parser.add_argument("--output", type=Path, help="default: runs/benchmark (runs/benchmark-quick with --quick)")
+    parser.add_argument("--output", type=Path,
+                        help="default: runs/benchmark, shared by the suites (runs/benchmark-quick with --quick)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     parser.add_argument("--readme", type=Path, metavar="FILE",
-                        help="also write the table into FILE (e.g. README.md) between its benchmark markers")
+                        help="also write the tables into FILE (e.g. README.md) between the suite's benchmark markers")
     return parser
+
+
+def plan_runs(args, tasks: dict[str, Task], variants: dict[str, Variant], suites: dict[str, Suite]) -> list[dict]:
+    """The runs a command line asks for: per run its suite (or ``None``), tasks, variants and attacks.
+
+    With ``--quick`` a suite runs those of its tasks that have ``quick_rows`` (``--tasks`` names others).
+
+    Args:
+        args: the parsed command line (``build_parser``).
+        tasks, variants, suites: what the configs hold.
+
+    Raises:
+        ErasureError: ``--quick`` with a suite none of whose tasks has ``quick_rows``.
+    """
+    if args.suite is None and (args.tasks or args.quick):
+        chosen = [tasks[name] for name in args.tasks] if args.tasks else [t for t in tasks.values() if t.quick_rows]
+        return [{"suite": None, "tasks": chosen, "variants": [variants[n] for n in args.methods or variants],
+                 "attacks": args.attacks}]
+    runs = []
+    for suite in suites.values() if args.suite in (None, "all") else [suites[args.suite]]:
+        chosen = [tasks[n] for n in args.tasks or suite.tasks]
+        if args.quick and not args.tasks:  # a task without quick_rows would run its full set
+            chosen = [task for task in chosen if task.quick_rows]
+            if not chosen:
+                raise ErasureError(f"suite {suite.name!r} has no quick task: give one of its tasks quick_rows in "
+                                   f"{benchmark_dir() / 'tasks.yaml'}, or run it without --quick")
+        runs.append({"suite": suite.name, "tasks": chosen,
+                     "variants": [variants[n] for n in args.methods or suite.methods or variants],
+                     "attacks": list(suite.attacks) if args.attacks is None else args.attacks})
+    return runs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -628,22 +917,24 @@ def main(argv: list[str] | None = None) -> int:
 
     quiet_libraries()
     try:
-        tasks, variants, plan = load_tasks(), load_variants(), load_attacks()
-        args = build_parser(tasks, variants, plan).parse_args(argv)
+        tasks, variants, attack_plan = load_tasks(), load_variants(), load_attacks()
+        suites = load_suites(tasks, variants, attack_plan)
+        args = build_parser(tasks, variants, suites, attack_plan).parse_args(argv)
+        runs = plan_runs(args, tasks, variants, suites)
         if args.readme is not None:
-            _readme_text(args.readme)  # before the run, not after it
-        chosen = [tasks[name] for name in args.tasks] if args.tasks else \
-            [t for t in tasks.values() if t.quick_rows or not args.quick]
+            for planned in runs:
+                _readme_text(args.readme, planned["suite"])  # before the run, not after it
         output = args.output or Path("runs") / ("benchmark-quick" if args.quick else "benchmark")
-        data = run(chosen, [variants[name] for name in args.methods or variants], output, model=args.model,
-                   device=args.device, quick=args.quick, attacks=args.attacks, in_process=args.in_process, plan=plan)
+        for planned in runs:
+            data = run(planned["tasks"], planned["variants"], output, model=args.model, device=args.device,
+                       quick=args.quick, attacks=planned["attacks"], in_process=args.in_process, suite=planned["suite"], plan=attack_plan)
+            markdown = render(data)
+            if args.readme is not None:
+                write_readme_block(args.readme, markdown, planned["suite"])
+            print(markdown)
     except ErasureError as error:
         print(f"erase-bench: error: {error}", file=sys.stderr)
         return 2
-    markdown = render(data)
-    if args.readme is not None:
-        write_readme_block(args.readme, markdown)
-    print(markdown)
     return 0
 
 

@@ -5,7 +5,8 @@
 
 Generates every "a {colour} {shape}" prompt with seeds 0..N-1 at the recommended
 settings, classifies the images with the world classifier, and reports per shape and
-per colour the share classified as prompted; then smaller checks: synonyms, styles,
+per colour the share classified as prompted, and the share with both right (shape and
+colour jointly, as the world metric scores the ``pairs/`` sets); then smaller checks: synonyms, styles,
 empty-scene prompts and the unconditional prompt "". Results go to metrics.json and
 into README.md between the measure_mini_sd markers.
 """
@@ -22,6 +23,7 @@ import torch
 from tqdm import tqdm
 from world_common import ASSETS, machine, setup, write_json, write_text
 
+from erasure.eval.intervals import wilson
 from erasure.loading import generation_defaults, load_pipeline
 from erasure.world.captions import SYNONYMS, empty_prompts, object_prompt
 from erasure.world.classifier import load_world_classifier
@@ -81,6 +83,11 @@ def accuracy(rows: list[dict], attribute: str, group: str) -> dict[str, float]:
     return {k: hits[k] / total[k] for k in total}
 
 
+def _pair_right(row: dict) -> bool:
+    """Shape and colour both classified as prompted: the world metric's ``pair`` attribute."""
+    return row["got_shape"] == row["expected_shape"] and row["got_colour"] == row["expected_colour"]
+
+
 def measure(pipe, classifier, args, defaults) -> dict:
     main_cases = [(object_prompt(s, c), {"shape": s, "colour": c}) for s in SHAPES for c in COLOURS]
     rows = run(pipe, classifier, main_cases, args.seeds, defaults, args.batch_size)
@@ -103,6 +110,8 @@ def measure(pipe, classifier, args, defaults) -> dict:
         "colour_accuracy": accuracy(rows, "colour", "colour"),
         "shape_accuracy_mean": sum(r["got_shape"] == r["expected_shape"] for r in rows) / len(rows),
         "colour_accuracy_mean": sum(r["got_colour"] == r["expected_colour"] for r in rows) / len(rows),
+        "pair_accuracy_mean": sum(_pair_right(r) for r in rows) / len(rows),
+        "pair_accuracy": {p: sum(_pair_right(r) for r in rows if r["prompt"] == p) / args.seeds for p, _ in main_cases},
         "synonym_shape_accuracy": accuracy(syn_rows, "shape", "shape"),
         "style_accuracy": accuracy(style_rows, "style", "style"),
         "style_prompt_shape_accuracy": sum(r["got_shape"] == r["expected_shape"] for r in style_rows) / len(style_rows),
@@ -128,8 +137,14 @@ def table(m: dict, minutes: float) -> str:
     sty = ", ".join(f"{s} {v:.0%}" for s, v in m["style_accuracy"].items())
     empty = ", ".join(f'"{p}" {v:.0%}' for p, v in m["empty_prompt_none_rate"].items())
     uncond = ", ".join(f"{s} {v:.0%}" for s, v in m["unconditional_shape_distribution"].items())
+    n_main = 36 * m["seeds_per_prompt"]
+    low, high = wilson(round(m["pair_accuracy_mean"] * n_main), n_main)
+    worst = min(m["pair_accuracy"].items(), key=lambda kv: kv[1])
     lines += [
         "",
+        f"- shape and colour jointly (both heads right, the world metric's `pair` attribute for `eval_prompts/pairs`): "
+        f"{m['pair_accuracy_mean']:.1%} of {n_main:,} images (95% Wilson interval {low:.1f}-{high:.1f}%); lowest "
+        f"prompt \"{worst[0]}\" {worst[1]:.0%}",
         f"- synonyms (\"a red disk\", ...; 2 synonyms x 3 colours x {m['extra_seeds']} seeds per shape), shape accuracy: {syn}",
         f"- styles (\"an outlined green star\", ...), style accuracy: {sty}; their shape accuracy {m['style_prompt_shape_accuracy']:.0%}",
         f"- empty-scene prompts classified as \"none\": {empty}",

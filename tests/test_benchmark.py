@@ -1,11 +1,13 @@
-"""The benchmark (``erasure.benchmark``, ``erase-bench``): its variants and tasks as read
-from ``configs/benchmark/``, and its quick mode on the bundled mini-sd, where every
-variant erases and must reach the floors its YAML file declares.
+"""The benchmark (``erasure.benchmark``, ``erase-bench``): its variants, tasks and suites
+as read from ``configs/benchmark/``, its ranking by 95% intervals, and its quick mode on
+the bundled mini-sd, where every variant erases and must reach the floors its YAML file
+declares.
 
 Quick mode: the quick tasks' first rows (circle: 36 rows, 12 per group, so one image is
-8.3 points) and shorter training, erasing in this process. Floors are loose on purpose:
-they catch a regression that stops a method from erasing or makes it wreck the retained
-concepts, not a change of a few points. The full benchmark's numbers are in the README.
+8.3 points; six pairs at once: 12 erased, 12 neighbour, 12 far rows) and shorter
+training, erasing in this process. Floors are loose on purpose: they catch a regression
+that stops a method from erasing or makes it wreck what must be kept, not a change of a
+few points. The full benchmark's numbers are in the README.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import erasure.attacks
 from erasure import benchmark
 from erasure.cli import main as erase_main
 from erasure.errors import ErasureError
+from erasure.eval.intervals import overlap
 from erasure.methods import METHODS
 
 MINI_SD_BUILT = (Path(erasure.assets.__file__).parent / "mini-sd" / "model_index.json").is_file()
@@ -30,6 +33,8 @@ needs_mini_sd = pytest.mark.skipif(not MINI_SD_BUILT, reason="mini-sd is not bui
 
 VARIANTS = benchmark.load_variants()
 TASKS = benchmark.load_tasks()
+ATTACK_PLAN = benchmark.load_attacks()
+SUITES = benchmark.load_suites(TASKS, VARIANTS, ATTACK_PLAN)
 
 
 # ---- the variants and tasks ----
@@ -56,6 +61,82 @@ def test_a_variant_takes_its_config_per_kind_of_concept_and_quick_settings_last(
     esd_x = VARIANTS["esd-x"]
     assert esd_x.erase_arguments(TASKS["circle"], quick=False)[1]["lr"] == esd_x.settings["lr"]
     assert esd_x.erase_arguments(TASKS["circle"], quick=True)[1]["lr"] == esd_x.quick_settings["lr"]
+
+
+def test_quick_mode_has_a_mass_erasure_task():
+    assert any(task.quick_rows and task.kind == benchmark.PAIR for task in TASKS.values())
+
+
+@pytest.mark.parametrize("name", list(TASKS))
+def test_a_tasks_concepts_are_its_sets_erased_classes(name):
+    from erasure.eval.prompts import load_prompt_set
+
+    task = TASKS[name]
+    erased = [row.label for row in load_prompt_set(task.prompts).rows if row.type == "erased"]
+    assert set(task.concepts) == set(erased)
+
+
+def test_suites_cover_every_task_and_name_what_exists():
+    assert set().union(*(suite.tasks for suite in SUITES.values())) == set(TASKS)
+    mass = SUITES["mass"]
+    assert {VARIANTS[name].method for name in mass.methods} == set(METHODS)  # every method, one variant each
+
+
+@pytest.mark.parametrize("content, message", [
+    ("s: {tasks: [nope]}\n", "unknown task 'nope'"),
+    ("s: {tasks: [circle], methods: [nope]}\n", "unknown method 'nope'"),
+    ("s: {tasks: [circle], attacks: [pgd]}\n", "unknown attack 'pgd'"),
+    ("s: {tasks: [circle], colour: red}\n", "unknown key.*colour"),
+    ("s: {methods: [uce]}\n", "missing key.*tasks"),
+])
+def test_a_bad_suite_is_one_clear_error(tmp_path, content, message):
+    (tmp_path / "suites.yaml").write_text(content)
+    with pytest.raises(ErasureError, match=message):
+        benchmark.load_suites(TASKS, VARIANTS, ATTACK_PLAN, tmp_path / "suites.yaml")
+
+
+def _row(value, low, high):
+    return {"acc_e": value, "acc_e_ci": [low, high], "seconds": value}
+
+
+def test_bold_only_for_a_lead_clear_of_every_other_interval():
+    column = benchmark.Column("acc_e", "Acc_e")
+    rows = {"base": _row(90, 80, 95), "a": _row(0, 0, 4), "b": _row(20, 12, 30), "c": _row(25, 15, 40)}
+    assert benchmark.winners(rows, [column])["acc_e"] == {"best": ["a"], "clear": True}
+    rows["c"] = _row(25, 3, 60)  # a wide interval reaching the leader's: no clear lead
+    assert benchmark.winners(rows, [column])["acc_e"] == {"best": ["a", "c"], "clear": False}
+    cost = benchmark.Column("seconds", "time", interval=False)  # one run each: the lowest, without intervals
+    assert benchmark.winners(rows, [cost])["seconds"] == {"best": ["a"], "clear": True}
+    table = "\n".join(benchmark._table(rows, benchmark.winners(rows, [column]), [column], lambda n: [n], ["method"]))
+    assert "| a | 0.0 [0-4.0] |" in table and "**" not in table.split("| lead |")[0] and "| lead | tie (2) |" in table
+
+
+def _mass_data(neighbours: dict) -> dict:
+    """Benchmark data of two pair tasks, N = 1 and 24; ``neighbours``: per variant, Acc_neighbour at each N."""
+    def row(method, value):
+        return {"method": method, "acc_e": 0.0, "acc_e_ci": [0, 5], "acc_neighbour": value,
+                "acc_neighbour_ci": [value - 5, value + 5], "acc_far": 90.0, "acc_far_ci": [84, 95], "h_pairs": 90.0,
+                "h_pairs_ci": [85, 94], "seconds": 1.0}
+    tasks = {"pairs-1": ["red circle"], "pairs-24": ["red circle"] * 24}
+    results = {task: {name: row(name.split("-")[0], values[k]) for name, values in neighbours.items()}
+               for k, task in enumerate(tasks)}
+    data = {"attacks": [], "tasks": {t: {"concepts": c, "prompts": f"pairs/{t}", "kind": "pair"} for t, c in tasks.items()},
+            "results": results}
+    data["winners"] = {t: benchmark.winners(results[t], benchmark.columns([], "pair")) for t in tasks}
+    return data
+
+
+def test_the_mass_table_says_whether_retention_holds_and_whether_maces_claim_is_measured_true():
+    data = _mass_data({"mace": (95, 93), "uce": (95, 50), "esd-x-strict": (90, 40)})
+    text = "\n".join(benchmark.render_mass(data, ["pairs-24", "pairs-1"]))
+    assert "| mace | 1 | 0.0 [0-5.0] | 95.0 [90-100] |" in text and "| mace | 24 |" in text
+    assert "uce: neighbours 95.0 -> 50.0 falls, far 90.0 -> 90.0 holds" in text
+    assert "mace: neighbours 95.0 -> 93.0 holds" in text and "measured here: true" in text
+    data = _mass_data({"mace": (95, 60), "uce": (95, 50)})
+    assert "measured here: false (MACE holds: no" in "\n".join(benchmark.render_mass(data, ["pairs-1", "pairs-24"]))
+    del data["results"]["pairs-24"]["mace"]  # a run stopped before MACE erased 24 pairs: no verdict
+    text = "\n".join(benchmark.render_mass(data, ["pairs-1", "pairs-24"]))
+    assert "not measured here, no rows at both N = 1 and N = 24 for mace" in text and "measured here: false" not in text
 
 
 @pytest.mark.parametrize("content, message", [
@@ -104,6 +185,42 @@ def test_the_child_command_makes_the_weights_the_in_process_erasure_makes(tmp_pa
     assert child.keys() == made_here.keys() and all((child[k] == made_here[k]).all() for k in child)
 
 
+def test_each_suite_writes_its_own_readme_block_and_a_missing_one_fails_before_the_run(tmp_path, capsys):
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- benchmark:shapes:begin -->\nold shapes\n<!-- benchmark:shapes:end -->\n"
+                      "<!-- benchmark:mass:begin -->\nold mass\n<!-- benchmark:mass:end -->\n")
+    benchmark.write_readme_block(readme, "new mass\n", "mass")
+    assert readme.read_text() == ("<!-- benchmark:shapes:begin -->\nold shapes\n<!-- benchmark:shapes:end -->\n"
+                                  "<!-- benchmark:mass:begin -->\nnew mass\n<!-- benchmark:mass:end -->\n")
+    assert benchmark.main(["--suite", "attributes", "--output", str(tmp_path / "out"), "--readme", str(readme)]) == 2
+    assert "no <!-- benchmark:attributes:begin -->" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_suite_chooses_tasks_variants_and_attacks_and_the_command_line_overrides_them():
+    parser = benchmark.build_parser(TASKS, VARIANTS, SUITES, ATTACK_PLAN)
+    (mass,) = benchmark.plan_runs(parser.parse_args(["--suite", "mass"]), TASKS, VARIANTS, SUITES)
+    assert [t.name for t in mass["tasks"]] == ["pairs-1", "pairs-6", "pairs-12", "pairs-24"]
+    assert [v.name for v in mass["variants"]] == list(SUITES["mass"].methods) and mass["attacks"] == []
+    everything = benchmark.plan_runs(parser.parse_args([]), TASKS, VARIANTS, SUITES)
+    assert [run["suite"] for run in everything] == list(SUITES)
+    (attacks,) = benchmark.plan_runs(parser.parse_args(["--suite", "attacks", "--attacks"]), TASKS, VARIANTS, SUITES)
+    assert attacks["attacks"] == []
+    (quick,) = benchmark.plan_runs(parser.parse_args(["--quick"]), TASKS, VARIANTS, SUITES)
+    assert quick["suite"] is None and {t.name for t in quick["tasks"]} == {"circle", "pairs-6"}
+
+
+def test_a_quick_suite_runs_its_quick_tasks_only_and_one_without_them_is_a_clear_error():
+    parser = benchmark.build_parser(TASKS, VARIANTS, SUITES, ATTACK_PLAN)
+    (mass,) = benchmark.plan_runs(parser.parse_args(["--suite", "mass", "--quick"]), TASKS, VARIANTS, SUITES)
+    assert [t.name for t in mass["tasks"]] == ["pairs-6"]  # pairs-1, -12 and -24 have no quick rows
+    (named,) = benchmark.plan_runs(parser.parse_args(["--suite", "mass", "--quick", "--tasks", "pairs-1"]), TASKS, VARIANTS,
+                              SUITES)
+    assert [t.name for t in named["tasks"]] == ["pairs-1"]
+    with pytest.raises(ErasureError, match="suite 'attributes' has no quick task: give one of its tasks quick_rows"):
+        benchmark.plan_runs(parser.parse_args(["--suite", "attributes", "--quick"]), TASKS, VARIANTS, SUITES)
+
+
 def test_a_readme_without_the_markers_fails_before_the_run(tmp_path, capsys):
     readme = tmp_path / "README.md"
     readme.write_text("# no markers\n")
@@ -129,7 +246,25 @@ def test_every_variant_erases_and_keeps_the_rest(quick_run):
         drops = [rows["base"]["acc_e"] - rows[name]["acc_e"] for rows in results.values()]
         assert sum(drops) / len(drops) >= variant.floors["erased_drop"], (name, drops)
         for task, rows in results.items():
-            assert rows[name]["acc_s"] >= variant.floors["retained_share"] * rows["base"]["acc_s"], (task, name, rows)
+            if TASKS[task].kind == benchmark.PAIR:  # six pairs at once: the neighbouring and far pairs stay
+                kept = [rows[name][k] / rows["base"][k] for k in ("acc_neighbour", "acc_far")]
+                assert sum(kept) / 2 >= variant.floors["kept_share"], (task, name, rows[name])
+            else:
+                assert rows[name]["acc_s"] >= variant.floors["retained_share"] * rows["base"]["acc_s"], (task, name)
+
+
+@needs_mini_sd
+def test_the_mass_erasure_table_has_every_variant_and_its_pair_scores(quick_run):
+    data, output = quick_run
+    rows = data["results"]["pairs-6"]
+    assert rows["base"]["acc_e"] == rows["base"]["acc_neighbour"] == rows["base"]["acc_far"] == 100.0
+    for name in VARIANTS:
+        low, high = rows[name]["acc_neighbour_ci"]
+        assert low <= rows[name]["acc_neighbour"] <= high and rows[name]["seconds"] > 0
+        assert rows[name]["h_pairs"] is not None
+    table = (output / "benchmark.md").read_text()
+    assert "**mass erasure**" in table and "| method | N | Acc_e ↓ | Acc_neighbour ↑ | Acc_far ↑ | H_pairs ↑ |" in table
+    assert all(f"| {name} | 6 |" in table for name in VARIANTS)
 
 
 @needs_mini_sd
@@ -141,7 +276,11 @@ def test_the_attack_columns_are_live(quick_run):
     # on the attacked rows (the first 6 erased rows; measured at full length: 100%).
     rows = quick_run[0]["results"]["circle"]
     closed_form, uda = benchmark.asr_key("closed-form"), benchmark.asr_key("unlearndiffatk")
-    assert rows["uce"][closed_form] >= rows["uce"]["acc_e"] + 30, rows["uce"]
+    report = json.loads((Path(rows["uce"]["report"]) / "report.json").read_text())
+    before = report["attacks"]["closed-form"]["groups"]["erased"]["pre_asr"]  # the same rows, unattacked
+    assert rows["uce"][closed_form] >= 80 and rows["uce"][closed_form] > before, (rows["uce"], before)
+    low, high = rows["uce"][f"{closed_form}_ci"]
+    assert low <= rows["uce"][closed_form] <= high and high - low > 20  # n = 6: a wide Wilson interval
     assert all(row[closed_form] is not None for row in rows.values())
     assert rows["uce"][uda] >= 50 and rows["base"][uda] >= 80, (rows["uce"], rows["base"])
     assert rows["mace"][uda] is None and rows["uce"][benchmark.asr_key("ring-a-bell")] is None
@@ -157,14 +296,25 @@ def test_table_and_json_hold_every_number_from_the_reports(quick_run):
         for name, row in rows.items():
             report = json.loads((Path(row["report"]) / "report.json").read_text())
             variant = "base" if name == "base" else "erased"
-            assert row["acc_e"] == report["metrics"]["world"][variant]["erasure"]["acc_e"]
+            scores = report["metrics"]["world"][variant]["erasure"]
+            if TASKS[task].kind == benchmark.PAIR:
+                assert (row["acc_e"], row["acc_far"]) == (scores["acc_e"], scores["acc_far"])
+            else:  # the held-out phrasings' Acc_e and its interval
+                assert (row["acc_e"], row["acc_e_ci"]) == (scores["acc_e_held_out"], scores["acc_e_held_out_ci"])
             assert f"| {name} |" in table
             if name != "base":
                 assert row["seconds"] > 0 and row["peak_mb"] > 100
     for task, columns in data["winners"].items():
-        for column, names in columns.items():
-            values = [data["results"][task][n][column] for n in names]
-            assert all(v == values[0] or abs(v - values[0]) < 0.1 for v in values)
+        for column, lead in columns.items():
+            if column in ("seconds", "peak_mb"):
+                continue
+            rows = data["results"][task]
+            others = [n for n in rows if n not in ("base", *lead["best"]) and rows[n].get(column) is not None]
+            first = rows[lead["best"][0]][f"{column}_ci"]
+            if lead["clear"]:  # a bold lead: clear of every other interval
+                assert not any(overlap(first, rows[n][f"{column}_ci"]) for n in others), (task, column)
+            else:  # a tie: every tied interval reaches the best one's
+                assert all(overlap(first, rows[n][f"{column}_ci"]) for n in lead["best"])
 
 
 @needs_mini_sd
@@ -177,7 +327,38 @@ def test_a_rerun_resumes_and_writes_the_readme_block(quick_run, tmp_path):
     again = json.loads((output / "benchmark.json").read_text())
     first, rerun = data["results"]["circle"]["uce"], again["results"]["circle"]["uce"]
     assert again["resumed"] and rerun["report"] == str(output / "circle" / "uce")
-    assert {k: v for k, v in rerun.items() if k != "report"} == {k: v for k, v in first.items() if k != "report"}
+    same = lambda row: {k: v for k, v in row.items() if k not in ("report", "eval_seconds")}  # noqa: E731
+    assert same(rerun) == same(first)
     text = readme.read_text()
     assert text.startswith("before\n<!-- benchmark:begin -->\n**one shape**") and text.endswith("-->\nafter\n")
     assert "stale table" not in text and "| uce |" in text and "| mace |" not in text
+
+
+@needs_mini_sd
+@pytest.mark.parametrize("suite, task", [("mass", "pairs-6"), ("attacks", "circle")])
+def test_a_suite_in_quick_mode_reuses_the_work_and_writes_its_files_and_readme_block(quick_run, tmp_path, suite, task):
+    data, output = quick_run[0], tmp_path / "benchmark"
+    shutil.copytree(quick_run[1], output)
+    readme = tmp_path / "README.md"
+    readme.write_text("".join(f"<!-- benchmark:{name}:begin -->\nold {name}\n<!-- benchmark:{name}:end -->\n"
+                              for name in SUITES))
+    assert benchmark.main(["--suite", suite, "--quick", "--methods", "uce", "mace", "--output", str(output),
+                           "--readme", str(readme)]) == 0
+    saved = json.loads((output / f"benchmark-{suite}.json").read_text())
+    assert saved["suite"] == suite and saved["resumed"] and list(saved["results"]) == [task]
+    assert list(saved["results"][task]) == ["base", "uce", "mace"]
+    assert saved["attacks"] == list(SUITES[suite].attacks)
+    for name in ("uce", "mace"):  # the quick run's erasures, not new ones
+        assert saved["results"][task][name]["seconds"] == data["results"][task][name]["seconds"]
+    text = readme.read_text()
+    block = text.split(f"<!-- benchmark:{suite}:begin -->\n")[1].split(f"<!-- benchmark:{suite}:end -->")[0]
+    assert block == (output / f"benchmark-{suite}.md").read_text() and f"suite `{suite}`" in block
+    assert all(f"old {name}" in text for name in SUITES if name != suite)
+    if suite == "mass":
+        assert "**mass erasure**" in block and "| uce | 6 |" in block and "| lead | 6 |" in block
+    else:  # the attacks suite: a column per attack of attacks.yaml, the quick run's cached results
+        assert SUITES[suite].attacks == tuple(ATTACK_PLAN.columns)
+        assert all(f"ASR {attack} ↓" in block for attack in ATTACK_PLAN.columns) and "| uce |" in block
+        for attack in ATTACK_PLAN.columns:
+            key = benchmark.asr_key(attack)
+            assert saved["results"][task]["uce"][key] == data["results"][task]["uce"][key], attack

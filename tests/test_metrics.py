@@ -99,7 +99,8 @@ def _world(rows, **config):
 
 
 @pytest.mark.parametrize("name, attribute", [("shapes/circle-square-triangle", "shape"), ("shapes/all", "shape"),
-                                             ("colours/purple", "colour"), ("styles/outlined", "style")])
+                                             ("colours/purple", "colour"), ("styles/outlined", "style"),
+                                             ("pairs/erase-6", "pair"), ("pairs/all", "pair")])
 def test_world_metric_infers_the_attribute_from_the_classes(name, attribute):
     world = _world(load_prompt_set(name).rows)
     assert world.settings()["attribute"] == attribute and world.settings()["config"]["attribute"] == "auto"
@@ -110,7 +111,8 @@ def test_world_metric_infers_the_attribute_from_the_classes(name, attribute):
     (["outlined", "none"], {}, "mixes world attributes (style 'outlined', shape 'none')"),
     (["red", "blue"], {"attribute": "shape"}, "scores shape (circle, square, triangle, star, heart, cross, none), but "
                                               "the prompt set has class 'red': use world.attribute=auto"),
-    (["red"], {"attribute": "size"}, "must be one of 'auto', 'shape', 'colour', 'style'"),
+    (["red"], {"attribute": "size"}, "must be one of 'auto', 'shape', 'colour', 'style', 'pair'"),
+    (["red circle", "circle"], {}, "mixes world attributes (pair 'red circle', shape 'circle')"),
 ])
 def test_world_metric_attribute_errors_name_the_fix(labels, config, message):
     rows = [PromptRow(i, "p", i, label=label) for i, label in enumerate(labels)]
@@ -133,6 +135,23 @@ def test_world_metric_scores_colours_and_styles_of_rendered_scenes():
         assert [r["predicted"] for r in records] == labels and all(r["expected"] == r["predicted"] for r in records)
         assert {"shape", "colour", "style"} - {attribute} <= set(records[0])  # the other attributes, per image
         assert world.summarize(rows, records)["erasure"]["acc_s"] == 100.0
+
+
+@pytest.mark.skipif(not WORLD_CLASSIFIER.is_file(), reason="the bundled world classifier is not built yet")
+def test_world_metric_scores_a_pair_right_only_when_shape_and_colour_both_are():
+    from erasure.world.scenes import render_scene, sample_scene
+
+    drawn = [("red", "circle"), ("blue", "star"), ("yellow", "square"), ("green", "heart")]
+    expected = ["red circle", "blue star", "yellow heart", "purple heart"]  # right, right, wrong shape, wrong colour
+    rows = [PromptRow(i, "p", i, label=label, type="erased" if i == 0 else "retained") for i, label in enumerate(expected)]
+    images = [render_scene(sample_scene(np.random.default_rng(i), num_objects=1, size="large", colour=c, shape=s), 32)[0]
+              for i, (c, s) in enumerate(drawn)]
+    world = _world(rows).load()
+    records = world.score(images, rows)
+    assert [r["predicted"] for r in records] == [f"{c} {s}" for c, s in drawn]
+    assert [r["correct"] for r in records] == [True, True, False, False]
+    assert records[0]["probability"] > 0.5 > records[2]["probability"]  # product of the two heads' probabilities
+    assert world.settings()["attribute"] == "pair"
 
 
 # ---- ImageNet ResNet-50 and NudeNet ----

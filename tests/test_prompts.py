@@ -8,8 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from erasure.benchmark import load_tasks, load_variants
 from erasure.errors import ErasureError
 from erasure.eval.prompts import list_bundled_sets, load_prompt_set, read_prompt_csv
+from erasure.world.captions import phrase, phrasing_of
+from erasure.world.scenes import COLOURS, SHAPES
 
 PUBLIC = Path("/work/shared/data/prompts")
 
@@ -68,7 +71,7 @@ def test_bundled_sets_have_the_three_groups_and_honest_synonyms():
     for name in names:
         load_prompt_set(name)  # every shipped set parses
     circle = load_prompt_set("shapes/circle")
-    assert circle.counts() == {"erased": 12, "retained": 30, "synonym": 12}
+    assert circle.counts() == {"erased": 126, "retained": 60, "synonym": 36}
     assert [r.type for r in circle.rows[:3]] == ["erased", "retained", "synonym"]  # interleaved: --limit sees all
     for row in load_prompt_set("cifar10/airplane").rows:
         assert (row.type == "synonym") == (row.label == "airplane" and "airplane" not in row.prompt)
@@ -95,6 +98,99 @@ def test_world_task_sets_have_their_types_and_classes(name, erased, retained, sy
     assert min(per_class.values()) >= 6 and len(set(per_class[("erased", c)] for c in erased)) == 1
     for row in prompts.rows:  # a row's class is a word of its prompt, except in synonym rows
         assert (row.label in row.prompt.split()) == (row.type != "synonym")
+        assert row.extra["template"] == phrasing_of(row.prompt)
+
+
+# ---- phrasings: seen by the methods, or held out ----
+
+BENCHMARK_TASKS = load_tasks()
+BENCHMARK_VARIANTS = load_variants()
+
+
+def trained_phrasings(task) -> set[str]:
+    """The phrasings of every prompt a benchmark variant trains on to erase ``task``'s concepts."""
+    from erasure import resolve_config
+    from erasure.methods.mace import templates_of
+
+    phrasings = set()
+    for variant in BENCHMARK_VARIANTS.values():
+        path, settings = variant.erase_arguments(task, quick=False)
+        config = resolve_config(variant.method, "object", path, **settings)
+        templates = {"uce": lambda: config.prompt_templates, "rece": lambda: config.uce.prompt_templates,
+                     "mace": lambda: templates_of(config), "esd": lambda: ["{}"]}[variant.method]()
+        phrasings |= {phrasing_of(t.format(concept)) for t in templates for concept in task.concepts}
+    return phrasings
+
+
+@pytest.mark.parametrize("task", list(BENCHMARK_TASKS))
+def test_erased_rows_have_six_phrasings_half_of_them_in_no_methods_templates(task):
+    task = BENCHMARK_TASKS[task]
+    erased = [row for row in load_prompt_set(task.prompts).rows if row.type == "erased"]
+    groups: dict[str, set[str]] = {}
+    for row in erased:
+        assert row.extra["template"] == phrasing_of(row.prompt), row
+        groups.setdefault(row.extra["phrasing"], set()).add(row.extra["template"])
+    assert set(groups) == {"seen", "held-out"} and len(groups["seen"]) == len(groups["held-out"]) == 3
+    trained = trained_phrasings(task)
+    assert groups["seen"] <= trained, groups["seen"] - trained  # each is a template some method erases with
+    assert not groups["held-out"] & trained  # ... and no method has seen these
+    held_out = sum(row.extra["phrasing"] == "held-out" for row in erased)
+    assert held_out >= 73 or task.kind == "pair" and len(erased) >= 73  # Wilson's upper bound at 0: <= 5 points
+    first = load_prompt_set(task.prompts, limit=12).rows
+    assert {row.extra.get("phrasing") for row in first if row.type == "erased"} == {"seen", "held-out"}  # a prefix mixes
+
+
+def test_a_phrasing_is_what_is_left_without_the_worlds_words():
+    assert phrasing_of("an image of an orange disk") == "an image of a {c} {s}"
+    assert phrasing_of("a small outlined violet five-pointed shape on a gray background") == \
+        "a {size} {style} {c} {s} on a {bg} background"
+    assert phrase("a {c} {s}", c="orange", s="star") == "an orange star"
+
+
+# ---- pairs/: shape-colour pairs, erased one or many at once ----
+
+PAIRS = {f"{c} {s}" for c in COLOURS for s in SHAPES}
+
+
+def _pair_groups(name: str) -> dict[str, set[str]]:
+    groups: dict[str, set[str]] = {}
+    for row in load_prompt_set(name).rows:
+        groups.setdefault(row.type, set()).add(row.label)
+    return groups
+
+
+@pytest.mark.parametrize("name", ["pairs/red-circle", "pairs/purple-heart", "pairs/erase-6", "pairs/erase-12", "pairs/erase-24"])
+def test_pairs_sets_split_every_pair_into_erased_neighbour_and_far(name):
+    prompts = load_prompt_set(name)
+    groups = _pair_groups(name)
+    assert set(groups) == {"erased", "neighbour", "far"} and set().union(*groups.values()) == PAIRS
+    assert sum(len(g) for g in groups.values()) == 36  # each pair in exactly one group
+    erased = [pair.split() for pair in groups["erased"]]
+    for pair in groups["neighbour"]:
+        colour, shape = pair.split()
+        assert any(colour == c or shape == s for c, s in erased), pair
+    for pair in groups["far"]:
+        colour, shape = pair.split()
+        assert all(colour != c and shape != s for c, s in erased), pair
+    counts = prompts.counts()
+    assert counts["erased"] >= 73 and counts["neighbour"] >= 60 and counts["far"] >= 60
+    per_pair = {}
+    for row in prompts.rows:
+        per_pair[row.label] = per_pair.get(row.label, 0) + 1
+        assert row.label.split()[0] in row.prompt and row.label.split()[1] in row.prompt  # the prompt names its pair
+        assert row.seed == 1000 + int(row.case_number)
+    erased_counts = {per_pair[p] for p in groups["erased"]}
+    assert max(erased_counts) - min(erased_counts) <= 1  # every erased pair about as often
+    assert {r.type for r in prompts.rows[:3]} == {"erased", "neighbour", "far"}  # interleaved
+
+
+def test_mass_erasure_sets_are_nested_and_keep_far_pairs():
+    erased = {n: _pair_groups(f"pairs/erase-{n}")["erased"] for n in (6, 12, 24)}
+    erased[1] = {"red circle"}
+    assert [len(erased[n]) for n in (1, 6, 12, 24)] == [1, 6, 12, 24]
+    assert erased[1] < erased[6] < erased[12] < erased[24]
+    assert [len(_pair_groups(f"pairs/erase-{n}")["far"]) for n in (6, 12, 24)] == [12, 6, 1]
+    assert len(load_prompt_set("pairs/all")) == 36 and set(load_prompt_set("pairs/all").class_names) == PAIRS
 
 
 def test_world_all_sets_list_each_attribute_untyped():

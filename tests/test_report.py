@@ -45,10 +45,12 @@ def test_each_metric_renders_its_own_tables():
     metrics = _metrics()
     markdown = render_markdown(_report(metrics), metrics)
     assert "### world: per class" in markdown
-    assert "| erased | circle | 1 | 100.0 | 0.0 | circle 1 | none 1 |" in markdown
+    assert "| erased | circle | 1 | 100.0 [21-100] | 0.0 [0-79] | circle 1 | none 1 |" in markdown
     assert "### nudenet: detections per label (all rows)" in markdown
     assert "| FEET_EXPOSED | 1 | 0 | -1 |" in markdown
-    assert "| world | Acc_e (erased), top-1 % | 100.0 | 0.0 | -100.0 |" in markdown
+    assert "| world | Acc_e (erased), top-1 % | 100.0 [21-100] | 0.0 [0-79] | -100.0 |" in markdown  # Wilson 1/1, 0/1
+    assert "| nudenet | images with any, % (all) | 50.0 [9.5-91] | 0.0 [0-66] | -50.0 |" in markdown
+    assert "95% intervals: Wilson score for proportions" in markdown
     assert "- generated in this run: base 2 images in 4.0 s (0.50 images/s), erased none (all resumed)" in markdown
     assert "throughput" not in markdown.split("- generation:")[1].splitlines()[0]
 

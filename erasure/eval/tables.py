@@ -16,6 +16,27 @@ def fmt(value) -> str:
     return str(value)
 
 
+def bound(value: float) -> str:
+    """An interval's end as tables show it: two significant figures are enough (``2.3``, ``23``, ``100``)."""
+    if value == 0:
+        return "0"
+    return f"{value:.1f}" if abs(value) < 10 else f"{value:.0f}"
+
+
+def fmt_interval(value, interval) -> str:
+    """A number with its 95% interval, ``8.3 [2.3-23]`` (``-2.0 [-5.0 to 0.8]`` when the
+    interval starts below 0); the number alone when there is none.
+
+    Args:
+        value: the estimate.
+        interval: ``[low, high]`` or ``None``.
+    """
+    if value is None or not interval:
+        return fmt(value)
+    between = " to " if interval[0] < 0 else "-"  # "-5.0-0.8" would read as a range of negatives
+    return f"{fmt(value)} [{bound(interval[0])}{between}{bound(interval[1])}]"
+
+
 def change(base, erased) -> str:
     """``erased - base`` with its sign, or ``-`` when either is not a number."""
     if not isinstance(base, (int, float)) or not isinstance(erased, (int, float)):

@@ -11,6 +11,7 @@ training uses that to avoid pushing apart an image and a caption that describes 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -226,3 +227,46 @@ def pair_prompts(shape: str, colour: str = "red") -> list[str]:
         f"{object_prompt(shape, colour)} and {object_prompt(other, other_colours[i % len(other_colours)])}"
         for i, other in enumerate(others)
     ]
+
+
+# ---- phrasings: the wording around a prompt's attributes ----
+
+
+def phrase(template: str, **words: str) -> str:
+    """A phrasing filled in, its articles agreeing with the next word.
+
+    ``phrase("a photo of a {size} {c} {s}", size="large", c="orange", s="star")`` is
+    ``"a photo of a large orange star"``; ``phrase("a {c} {s}", c="orange", s="star")``
+    is ``"an orange star"``.
+
+    Args:
+        template: ``{c}`` colour, ``{s}`` shape, ``{style}``, ``{size}``, ``{bg}`` background.
+        words: the words to put in.
+    """
+    return re.sub(r"\ba (?=[aeiou])", "an ", template.format(**words))
+
+
+_PLACEHOLDERS = {
+    **{word: "{s}" for shape in SHAPES for word in (shape, *SYNONYMS[shape])},
+    **{word: "{c}" for colour in COLOURS for word in (colour, *COLOUR_SYNONYMS.get(colour, []))},
+    **{word: "{style}" for words in STYLE_WORDS.values() for word in words},
+    **{word: "{size}" for words in SIZE_WORDS.values() for word in words},
+    **{word: "{bg}" for words in BACKGROUND_WORDS.values() for word in words},
+}
+_WORLD_WORD = re.compile(r"\b(" + "|".join(re.escape(w) for w in sorted(_PLACEHOLDERS, key=len, reverse=True)) + r")\b")
+
+
+def phrasing_of(prompt: str) -> str:
+    """A prompt's phrasing: the template ``phrase`` fills to make it, its world words
+    (shape names and synonyms, colours, styles, sizes, backgrounds) replaced by
+    placeholders and ``an`` before them written ``a``.
+
+    ``phrasing_of("an image of an orange disk")`` is ``"an image of a {c} {s}"``. Two
+    prompts have the same phrasing when they differ only in those words, which is what
+    "a phrasing seen in a method's templates" means in the prompt sets.
+
+    Args:
+        prompt: a prompt of the shapes world.
+    """
+    template = _WORLD_WORD.sub(lambda m: _PLACEHOLDERS[m.group(1)], prompt.strip().lower())
+    return re.sub(r"\ban (?=\{)", "a ", template)

@@ -11,7 +11,9 @@ A metric's life, in the order the evaluator calls it:
 - ``score(images, rows)``: PIL images in memory -> one JSON-able record per image
   (reading and writing PNGs is the evaluator's business, not the metric's);
 - ``summarize(rows, records)``: numbers per row group (``erased``, ``retained``,
-  ``synonym``, or ``all``) with a ``headline`` mapping that ``report.md`` tabulates;
+  ``synonym``, or ``all``) with a ``headline`` mapping that ``report.md`` tabulates
+  and its ``headline_intervals`` (label -> 95% interval ``[low, high]`` or ``None``;
+  ``erasure.eval.intervals``);
 - ``details(result, variants)``: its own tables for ``report.md``, and
   ``describe(record)``: one short line per image for ``report.html``;
 - ``concept_presence(summary)``: one number, how much of the erased concept is left
@@ -96,7 +98,7 @@ class Metric:
         raise NotImplementedError
 
     def summarize(self, rows: list[PromptRow], records: list[dict]) -> dict:
-        """Numbers per row group and a ``headline`` mapping.
+        """Numbers per row group, a ``headline`` mapping and its ``headline_intervals``.
 
         Args:
             rows: the rows scored.

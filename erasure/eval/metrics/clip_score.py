@@ -3,8 +3,9 @@
     CLIPScore = 100 * max(cos(E_image, E_prompt), 0)
 
 (Hessel et al., 2021, without their 2.5 rescaling; the convention of the erasure papers
-and of torchmetrics' ``CLIPScore``). Reported per row group; with ``erased`` and
-``retained`` rows also MACE's artist score H_a = CLIP_retained - CLIP_erased.
+and of torchmetrics' ``CLIPScore``). Reported per row group, each mean with its bootstrap 95%
+interval over rows; with ``erased`` and ``retained`` rows also MACE's artist score
+H_a = CLIP_retained - CLIP_erased.
 Prompts longer than the text encoder's 77 tokens are truncated, as in every
 implementation.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..intervals import bootstrap, mean_interval
 from ..prompts import PromptRow
 from .base import Metric, batches, erased_group, groups_of, mean, rgb
 from .clip_models import default_clip_for, load_clip
@@ -51,13 +53,17 @@ class ClipScore(Metric):
         return records
 
     def summarize(self, rows: list[PromptRow], records: list[dict]) -> dict:
-        groups = {g: {"n": len(ps), "mean": mean(records[p]["clip_score"] for p in ps)} for g, ps in groups_of(rows).items()}
+        scores = {g: [records[p]["clip_score"] for p in ps] for g, ps in groups_of(rows).items()}
+        groups = {g: {"n": len(v), "mean": mean(v), "mean_ci": mean_interval(v)} for g, v in scores.items()}
         summary = {"groups": groups}
         if "erased" in groups and "retained" in groups:
             summary["h_a"] = groups["retained"]["mean"] - groups["erased"]["mean"]
+            summary["h_a_ci"] = bootstrap([scores["retained"], scores["erased"]], lambda r, e: r - e)
         summary["headline"] = {f"CLIP score ({g})": v["mean"] for g, v in groups.items()}
+        summary["headline_intervals"] = {f"CLIP score ({g})": v["mean_ci"] for g, v in groups.items()}
         if "h_a" in summary:
-            summary["headline"]["H_a = CLIP(retained) - CLIP(erased)"] = summary["h_a"]
+            label = "H_a = CLIP(retained) - CLIP(erased)"
+            summary["headline"][label], summary["headline_intervals"][label] = summary["h_a"], summary["h_a_ci"]
         return summary
 
     def concept_presence(self, summary: dict) -> float:

@@ -7,7 +7,11 @@ may erase any of them (``attribute``, default ``auto``: read from the set's clas
 
 - ``shape``: one of the world's shapes, or ``none`` (an empty scene);
 - ``colour``: the colour of the single shape (``eval_prompts/colours``);
-- ``style``: ``filled`` or ``outlined`` (``eval_prompts/styles``).
+- ``style``: ``filled`` or ``outlined`` (``eval_prompts/styles``);
+- ``pair``: shape and colour jointly, a class such as ``red circle``
+  (``eval_prompts/pairs``). An image is correct only if both heads are; its predicted
+  label is ``"<colour> <shape>"`` (``none`` for an empty image) and its probability the
+  product of the two heads' probabilities of the expected colour and shape.
 
 Summaries (top-1, mean probability, Acc_e/Acc_s/Acc_g, H_o) are
 ``accuracy.accuracy_summary``. The two attributes not scored are kept per image, for
@@ -27,28 +31,43 @@ from .accuracy import AccuracyMetric, accuracy_record
 from .base import batches, require_labels, rgb
 
 
-ATTRIBUTES = ("shape", "colour", "style")
+ATTRIBUTES = ("shape", "colour", "style", "pair")
+HEADS = ("shape", "colour", "style")  # the classifier's heads; "pair" reads two of them
 
 
 @dataclass
 class WorldConfig:
     folder: str | None = None  # a classifier folder; None: the bundled world-classifier
     batch_size: int = 64
-    attribute: Literal["auto", "shape", "colour", "style"] = "auto"  # what "class" names; auto: from the classes
+    attribute: Literal["auto", "shape", "colour", "style", "pair"] = "auto"  # what "class" names; auto: from the classes
 
 
 def world_labels() -> dict[str, tuple[str, ...]]:
-    """The classifier's labels per attribute (shapes with ``none``, colours, styles)."""
+    """The classifier's labels per attribute (shapes with ``none``, colours, styles, and
+    the pairs ``"red circle"``...)."""
     from ...world.classifier import LABELS
+    from ...world.scenes import COLOURS, SHAPES
 
-    return {attribute: tuple(LABELS[attribute]) for attribute in ATTRIBUTES}
+    labels = {attribute: tuple(LABELS[attribute]) for attribute in HEADS}
+    labels["pair"] = tuple(pair_label(colour, shape) for shape in SHAPES for colour in COLOURS)
+    return labels
+
+
+def pair_label(colour: str, shape: str) -> str:
+    """``"red circle"``; an empty image (shape ``none``) is ``"none"`` whatever its colour head says.
+
+    Args:
+        colour: a colour of the world.
+        shape: a shape of the world, or ``none``.
+    """
+    return "none" if shape == "none" else f"{colour} {shape}"
 
 
 def resolve_attribute(requested: str, prompt_set: PromptSet) -> str:
     """The attribute a set's classes name: ``requested``, checked, or inferred for ``auto``.
 
     Args:
-        requested: ``"auto"``, ``"shape"``, ``"colour"`` or ``"style"``.
+        requested: ``"auto"``, ``"shape"``, ``"colour"``, ``"style"`` or ``"pair"``.
         prompt_set: labelled rows (every class must be a label of one attribute).
     """
     labels = world_labels()
@@ -64,8 +83,8 @@ def resolve_attribute(requested: str, prompt_set: PromptSet) -> str:
         owner = next((a for a in ATTRIBUTES if name in labels[a]), None)
         if owner is None:
             raise ErasureError(
-                f"metric 'world' classifies the shapes world (shapes, colours, styles), but the prompt set has class "
-                f"{name!r}: use it with mini-sd prompt sets (eval_prompts/shapes, colours, styles)"
+                f"metric 'world' classifies the shapes world (shapes, colours, styles, shape-colour pairs), but the prompt "
+                f"set has class {name!r}: use it with mini-sd prompt sets (eval_prompts/shapes, colours, styles, pairs)"
             )
         found.setdefault(owner, name)
     if len(found) > 1:
@@ -89,7 +108,7 @@ class WorldAccuracy(AccuracyMetric):
 
     @property
     def attribute(self) -> str:
-        """The attribute scored: ``shape``, ``colour`` or ``style``."""
+        """The attribute scored: ``shape``, ``colour``, ``style`` or ``pair``."""
         if self._attribute is None:
             self._attribute = resolve_attribute(self.config.attribute, self.context.prompt_set)
         return self._attribute
@@ -112,22 +131,30 @@ class WorldAccuracy(AccuracyMetric):
     def settings(self) -> dict:
         weights = self._folder() / "model.safetensors"
         digest = hashlib.sha256(weights.read_bytes()).hexdigest() if weights.is_file() else None
-        labels = world_labels()[self.attribute]
+        labels = (f"{self.attribute} head: {', '.join(world_labels()[self.attribute])}" if self.attribute != "pair" else
+                  "colour and shape heads jointly: correct only if both are")
         return {**super().settings(), "classifier": str(self._folder()), "weights_sha256": digest,
-                "attribute": self.attribute, "labels": f"{self.attribute} head: {', '.join(labels)}"}
+                "attribute": self.attribute, "labels": labels}
 
     def score(self, images: list, rows: list[PromptRow]) -> list[dict]:
         self.require_loaded()
-        attribute = self.attribute
-        labels = world_labels()[attribute]
-        others = [a for a in ATTRIBUTES if a != attribute]
         records = []
         for batch_images, batch_rows in zip(batches(rgb(images), self.config.batch_size), batches(rows, self.config.batch_size)):
             predictions = self._model.classify(batch_images)
-            predicted = getattr(predictions, attribute)
             for i, row in enumerate(batch_rows):
-                probability = predictions.probs[attribute][i, labels.index(row.label)]
-                record = accuracy_record(predicted[i], row.label, probability)
-                record.update({other: getattr(predictions, other)[i] for other in others})
+                record = accuracy_record(*self._prediction(predictions, i, row.label))
+                # every head's label is kept: the attributes not scored are shown per image
+                record.update({head: getattr(predictions, head)[i] for head in HEADS if head != self.attribute})
                 records.append(record)
         return records
+
+    def _prediction(self, predictions, i: int, expected: str) -> tuple[str, str, float]:
+        """(predicted label, expected label, probability of the expected label) of image ``i``."""
+        labels = world_labels()
+        if self.attribute != "pair":
+            probability = predictions.probs[self.attribute][i, labels[self.attribute].index(expected)]
+            return getattr(predictions, self.attribute)[i], expected, float(probability)
+        colour, shape = expected.split(" ", 1)
+        probability = (predictions.probs["colour"][i, labels["colour"].index(colour)]
+                       * predictions.probs["shape"][i, labels["shape"].index(shape)])
+        return pair_label(predictions.colour[i], predictions.shape[i]), expected, float(probability)
