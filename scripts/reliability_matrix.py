@@ -34,6 +34,7 @@ def _load_table():
     """The rows of ``tests/test_reliability.py`` (the one table: the test and this script share it)."""
     spec = importlib.util.spec_from_file_location("reliability_table", REPO / "tests" / "test_reliability.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while it executes
     spec.loader.exec_module(module)
     return module
 
