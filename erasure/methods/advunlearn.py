@@ -224,19 +224,22 @@ def erase(pipe, concepts: list[Concept], config: AdvUnlearnConfig, run: RunOptio
             tensors={**trained, **{f"attack/{i}": d for i, d in enumerate(delta)}},
             optimizer=torch.optim.Adam(params, lr=config.lr),
             generator=generator,
-            extra={"seconds": {"inner_attack": 0.0, "outer": 0.0}},
+            extra={"seconds": {"inner_attack": 0.0, "outer": 0.0}, "attack_losses": []},
         )
         loop = Loop(adapter, scheduler, concept_bank, retain_bank, candidates, delta, config, state)
         losses = run_steps(loop.step, state, config.iterations, checkpoint, run.checkpoint_every, unit="iteration")
     seconds = {"bank": round(bank_seconds, 3), **{k: round(v, 3) for k, v in state.extra["seconds"].items()}}
     extra = {
-        "parameters": sorted(original), "final_loss": losses[-1], "losses": losses, "seconds": seconds,
+        "parameters": sorted(n for n in original if not torch.equal(trained[n], original[n])), "final_loss": losses[-1], "losses": losses, "seconds": seconds,
+        "attack_losses": state.extra["attack_losses"],
         "bank": {"concept_trajectories": len(concept_bank), "retain_trajectories": len(retain_bank),
                  "steps": concept_bank.steps},
         "attack_vocabulary": vocabulary, "concept_prompts": concept_prompts, "retain_prompts": len(retain),
     }
     by_component: dict[str, tuple[dict, dict]] = {}
-    for name in original:
+    # Tensors no gradient reached stay out (SDXL's first encoder: the UNet reads its
+    # penultimate layer, so the last layer and final norm never train).
+    for name in [n for n in original if not torch.equal(trained[n], original[n])]:
         component, parameter = name.split(".", 1)
         new, old = by_component.setdefault(component, ({}, {}))
         new[parameter], old[parameter] = trained[name], original[name]
@@ -399,10 +402,11 @@ class Loop:
         adversarial = index >= config.warmup
         if adversarial and (index - config.warmup) % config.attack_every == 0:
             started = time.perf_counter()
-            found = self.attack()
+            found, losses = self.attack()
             for current, new in zip(self.delta, found):
                 current.copy_(new)
             seconds["inner_attack"] += time.perf_counter() - started
+            self.state.extra["attack_losses"].append([losses[0], losses[-1]])
         started = time.perf_counter()
         loss = self.outer_step(adversarial)
         seconds["outer"] += time.perf_counter() - started
@@ -420,14 +424,16 @@ class Loop:
             return self.adapter.encode_ids(self.adapter.tokenize(prompts))
         return encode_with_prefix(self.adapter, prompts, [p.expand(len(prompts), -1, -1) for p in prefix])
 
-    def attack(self) -> list[torch.Tensor]:
+    def attack(self) -> tuple[list[torch.Tensor], list[float]]:
         """The inner level: ``attack_steps`` steps on free prefix vectors minimising
-        ``|| eps(x_t, t, T([delta; c])) - eps*(x_t, t, c) ||^2`` at bank draws."""
+        ``|| eps(x_t, t, T([delta; c])) - eps*(x_t, t, c) ||^2`` at bank draws. Returns
+        the vectors found and the loss of each step."""
         config, adapter, bank = self.config, self.adapter, self.concept_bank
         start = self.delta if config.attack_init == "latest" else \
             random_prefix(adapter, self.candidates, config.attack_tokens, self.state.generator)
         vectors = [d.clone().requires_grad_(True) for d in start]
         optimizer = torch.optim.Adam(vectors, lr=config.attack_lr)
+        losses = []
         for _ in range(config.attack_steps):
             rows, step = self.draw(bank)
             on_device = rows.to(bank.latents.device)
@@ -435,11 +441,12 @@ class Loop:
                 cond = self.encode([bank.prompts[int(rows[0])]], vectors)
                 prediction = adapter.predict_noise(bank.latents[step, on_device], self.scheduler.timesteps[step], cond)
             loss = F.mse_loss(prediction.float(), bank.conditional[step, on_device])
+            losses.append(loss.item())
             grads = torch.autograd.grad(loss, vectors)  # to delta only: the model's weights get none
             for vector, grad in zip(vectors, grads):
                 vector.grad = grad.sign() if config.attack == "fast" else grad
             optimizer.step()
-        return [v.detach() for v in vectors]
+        return [v.detach() for v in vectors], losses
 
     def outer_step(self, adversarial: bool) -> float:
         """ESD's loss on the (adversarial) concept prompt plus ``gamma`` times the retain
