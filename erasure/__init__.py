@@ -20,9 +20,10 @@ from .config import build_config, packaged_overrides, read_yaml
 from .errors import ErasureError
 from .loading import load_pipeline
 from .training import RunOptions
-from .weights import EditedWeights, apply
+from .weights import BaseMismatchWarning, EditedWeights, apply
 
 __all__ = [
+    "BaseMismatchWarning",
     "CONCEPT_TYPES",
     "Concept",
     "EditedWeights",

@@ -112,11 +112,13 @@ def run(args: argparse.Namespace) -> int:
         edited.save(output, overwrite=args.overwrite)
         exports = [_export(kind, edited, pipe, output, args.overwrite) for kind in args.export]
 
-    total = sum(p.numel() for p in pipe.unet.parameters())
+    total = sum(p.numel() for c in edited.components for p in getattr(pipe, c).parameters())
     changed = sum(t.numel() for t in edited.tensors.values())
+    labels = {"unet": "UNet", "text_encoder": "text-encoder", "text_encoder_2": "second-text-encoder"}
+    where = " and ".join(f"{len(values)} {labels[component]}" for component, values in edited.components.items())
     names = ", ".join(_short(str(c)) for c in concepts[:5]) + (f" and {len(concepts) - 5} more" if len(concepts) > 5 else "")
     print(
-        f"erased {len(concepts)} concept(s) ({names}) with {args.method}: changed {len(edited.tensors)} UNet tensors "
+        f"erased {len(concepts)} concept(s) ({names}) with {args.method}: changed {where} tensors "
         f"({changed:,} of {total:,} parameters) in {edited.extra['erase_seconds']:.1f} s "
         f"(load {loaded - started:.1f} s) -> {output}" + "".join(f", {e}" for e in exports)
     )
@@ -240,8 +242,8 @@ def _export(kind: str, edited, pipe, output: Path, overwrite: bool) -> str:
         return f"pipeline folder {path}"
     from .lora_export import export_lora
 
-    report = export_lora(edited, path, overwrite=overwrite)
-    return f"LoRA {path} (rank {report['rank']}, relative error {report['relative_error']:.2e})"
+    report = export_lora(edited, pipe, path, overwrite=overwrite)
+    return f"LoRA {path} (rank {report.rank}, relative error {report.relative_error:.2e})"
 
 
 if __name__ == "__main__":

@@ -15,9 +15,9 @@ import torch
 class Edit:
     """Tensors a method changed, per pipeline component.
 
-    Components are the pipeline's attribute names: ``"unet"`` today, ``"text_encoder"``
-    for a method that edits the text encoder (AdvUnlearn). The weight file holds UNet
-    tensors only, so the registry refuses other components until the format grows.
+    Components are the pipeline's attribute names (``"unet"``, ``"text_encoder"``,
+    ``"text_encoder_2"``: ``erasure.weights.COMPONENTS``), parameter names those of
+    ``getattr(pipe, component).named_parameters()``; a method may edit several.
 
     Attributes:
         new: ``{component: {parameter name: new value}}``.
@@ -38,4 +38,17 @@ class Edit:
             new: new values under the same names.
             extra: method-specific results.
         """
-        return cls({"unet": new}, {"unet": original}, dict(extra or {}))
+        return cls.of("unet", original, new, extra)
+
+    @classmethod
+    def of(cls, component: str, original: dict[str, torch.Tensor], new: dict[str, torch.Tensor],
+           extra: dict | None = None) -> "Edit":
+        """An edit of one component's tensors (``Edit.of("text_encoder", ...)``).
+
+        Args:
+            component: the pipeline attribute, e.g. ``"text_encoder"``.
+            original: original values by the component's parameter name.
+            new: new values under the same names.
+            extra: method-specific results.
+        """
+        return cls({component: new}, {component: original}, dict(extra or {}))

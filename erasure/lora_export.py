@@ -78,6 +78,12 @@ def export_lora(
         raise ErasureError(f"{path} already exists: pass --overwrite (overwrite=True) to replace it")
     if rank < 1:
         raise ErasureError(f"LoRA rank must be at least 1, got {rank}")
+    others = [c for c in edited.components if c != "unet"]
+    if others:
+        raise ErasureError(
+            f"these weights edit the {others[0]}: a LoRA export covers UNet tensors only; share the .safetensors "
+            "weights file or a pipeline folder (--export diffusers) instead"
+        )
     edited.check_finite()
     original = _base_tensors(edited, base)
     tensors, squared_error, squared_norm, base_norm, worst, used = {}, 0.0, 0.0, 0.0, 0.0, 0
@@ -130,5 +136,5 @@ def _base_tensors(edited: EditedWeights, base) -> dict[str, torch.Tensor]:
     unet = getattr(base, "unet", base)
     if not isinstance(unet, torch.nn.Module):
         raise ErasureError("base must be a pipeline, a UNet or a dict of the original UNet tensors")
-    edited.check_base(unet)
+    edited.check_base(base)
     return dict(unet.named_parameters())

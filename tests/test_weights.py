@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 import erasure
 from erasure.adapters import adapter_for
 from erasure.tiny import build_tiny_pipeline
-from erasure.weights import EditedWeights, export_pipeline
+from erasure.weights import BaseMismatchWarning, EditedWeights, export_pipeline
 
 
 def _noise_prediction(pipe):
@@ -40,7 +40,9 @@ def test_plain_load_state_dict_works(sd1_pipe, tmp_path):
     edited = erasure.erase(sd1_pipe, "uce", "airplane")
     path = edited.save(tmp_path / "w.safetensors")
     plain = build_tiny_pipeline("sd1")
-    result = plain.unet.load_state_dict(load_file(path), strict=False)
+    unet_part = {key.removeprefix("unet."): value for key, value in load_file(path).items()}
+    assert len(unet_part) == len(load_file(path)) == len(edited.tensors)  # every key has the unet. prefix
+    result = plain.unet.load_state_dict(unet_part, strict=False)
     assert not result.unexpected_keys
     assert torch.equal(_noise_prediction(plain), _noise_prediction(erasure.apply(build_tiny_pipeline("sd1"), path)))
 
@@ -49,7 +51,8 @@ def test_metadata_records_provenance(sd1_pipe, tmp_path):
     path = erasure.erase(sd1_pipe, "uce", "airplane; car", lam=0.25).save(tmp_path / "w.safetensors")
     with safe_open(str(path), framework="pt") as handle:
         meta = handle.metadata()
-    assert meta["format"] == "erasure" and meta["format_version"] == "1"
+    assert meta["format"] == "erasure" and meta["format_version"] == "2"
+    assert json.loads(meta["components"]) == ["unet"] and json.loads(meta["key_layout"]) == {}
     assert meta["method"] == "uce"
     assert json.loads(meta["concepts"]) == ["airplane", "car"]
     assert json.loads(meta["config"])["lam"] == 0.25
@@ -74,7 +77,7 @@ def test_a_half_precision_copy_of_the_base_is_accepted(sd1_pipe, tmp_path):
     for dtype in (torch.float16, torch.bfloat16):
         pipe = build_tiny_pipeline("sd1").to(dtype=dtype)
         erasure.apply(pipe, path)
-        name = next(iter(load_file(path)))
+        name = next(iter(EditedWeights.load(path).tensors))
         assert pipe.unet.get_parameter(name).dtype == dtype
 
 
@@ -173,7 +176,8 @@ def test_a_fingerprint_must_cover_exactly_the_tensors(sd1_pipe, change, message)
     with pytest.raises(erasure.ErasureError, match=message) as error:
         edited.apply(sd1_pipe)
     assert "--no-check-base" in str(error.value) and "check_base=False" in str(error.value)
-    edited.apply(sd1_pipe, check_base=False)  # the caller may still choose to apply unchecked
+    with pytest.warns(BaseMismatchWarning, match="cannot be checked"):
+        edited.apply(sd1_pipe, check_base=False)  # the caller may still choose to apply unchecked
     assert all(torch.equal(sd1_pipe.unet.get_parameter(n), v) for n, v in edited.tensors.items())
 
 
@@ -187,14 +191,15 @@ def test_a_file_without_a_fingerprint_loads_and_is_refused_only_when_checked(edi
     pipe = build_tiny_pipeline(edited.base_model.split("-")[1])
     with pytest.raises(erasure.ErasureError, match="no base fingerprint"):
         erasure.apply(pipe, tmp_path / "bare.safetensors")
-    erasure.apply(pipe, bare, check_base=False)
+    with pytest.warns(BaseMismatchWarning, match=r"cannot be checked \(no base fingerprint\)"):
+        erasure.apply(pipe, bare, check_base=False)
 
 
 def test_the_fingerprint_covers_only_the_changed_tensors():
-    original = {"a": torch.ones(4), "b": torch.zeros(4)}
-    edited = EditedWeights.from_edit(original, {"a": torch.ones(4) * 2}, method="uce", concepts=["c"], config={},
-                                     base_model="m")
-    assert set(edited.base_fingerprint) == {"a"}
+    original = {"unet": {"a": torch.ones(4), "b": torch.zeros(4)}, "text_encoder": {"c": torch.ones(2)}}
+    new = {"unet": {"a": torch.ones(4) * 2}, "text_encoder": {"c": torch.zeros(2)}}
+    edited = EditedWeights.from_edit(original, new, method="uce", concepts=["c"], config={}, base_model="m")
+    assert set(edited.base_fingerprint) == set(edited.tensors) == {"a", "text_encoder.c"}
 
 
 def test_saving_into_a_folder_or_exporting_over_a_file_is_refused(sd1_pipe, tmp_path):
@@ -208,3 +213,16 @@ def test_saving_into_a_folder_or_exporting_over_a_file_is_refused(sd1_pipe, tmp_
     with pytest.raises(erasure.ErasureError, match="already exists"):
         export_pipeline(edited, sd1_pipe, tmp_path / "pipe")
     assert (tmp_path / "pipe").read_text() == "not a folder"
+
+
+def test_erase_export_lora_writes_a_lora_of_the_edit(tiny_pipeline_folder, tmp_path, capsys):
+    from erasure.cli import main
+
+    output = tmp_path / "w.safetensors"
+    assert main(["--method", "mace", "--concepts", "cat", "--model", str(tiny_pipeline_folder), "--output", str(output),
+                 "--set", "images_per_concept=1", "--set", "generation_steps=1", "--set", "train_steps=1",
+                 "--export", "lora"]) == 0
+    assert f"LoRA {tmp_path / 'w-lora.safetensors'} (rank " in capsys.readouterr().out
+    edited = EditedWeights.load(output)
+    lora = load_file(tmp_path / "w-lora.safetensors")
+    assert {key.rsplit(".lora_", 1)[0] for key in lora} == {f"unet.{n.removesuffix('.weight')}" for n in edited.tensors}

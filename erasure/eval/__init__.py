@@ -175,7 +175,7 @@ def evaluate(
 
     pipe, owned = _pipeline(base, device, dtype)
     if weights is not None and check_base:
-        weights.check_base(pipe.unet)  # before the first image, not after the base half
+        weights.check_base(pipe)  # before the first image, not after the base half
     settings = generation_settings(pipe, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                                    resolution=resolution, batch_size=batch_size, model=model)
     model_id = _model_id(base, model)

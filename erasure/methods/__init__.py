@@ -72,14 +72,10 @@ class Method:
         return self.weights(edit, pipe, concepts, config, cost)
 
     def weights(self, edit: Edit, pipe, concepts: list[Concept], config, cost: dict) -> EditedWeights:
-        """``EditedWeights`` of an edit, with this method's provenance."""
-        if set(edit.new) != {"unet"}:
-            raise ErasureError(
-                f"{self.name} edits {', '.join(sorted(edit.new))}: the weight file holds UNet tensors only so far"
-            )
+        """``EditedWeights`` of an edit (any of ``weights.COMPONENTS``), with this method's provenance."""
         return EditedWeights.from_edit(
-            edit.original["unet"],
-            edit.new["unet"],
+            edit.original,
+            edit.new,
             method=self.name,
             concepts=[str(c) for c in concepts],
             config=dataclasses.asdict(config),
