@@ -8,7 +8,9 @@ import signal
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
+import erasure
 from erasure.adapters import adapter_for
 from erasure.concepts import Concept
 from erasure.errors import ErasureError
@@ -107,6 +109,43 @@ def test_the_inner_attack_lowers_its_objective(monkeypatch):
         rounds = edit.extra["attack_losses"]
         assert len(rounds) == FAST["iterations"] - FAST["warmup"]
         assert all(last < first for first, last in rounds), (attack, rounds)
+
+
+def noise_predictions(pipe) -> torch.Tensor:
+    """The UNet's predictions for prompts encoded by the pipeline's text encoder as it is."""
+    adapter = adapter_for(pipe)
+    latents = torch.randn((2, *adapter.latent_shape), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        return adapter.predict_noise(latents, 400, adapter.encode(["a circle", "a square"]))
+
+
+def test_weights_round_trip_through_save_apply_and_plain_diffusers(tmp_path):
+    pipe = build_tiny_pipeline("sd1")
+    edited = erasure.erase(pipe, "advunlearn", "circle", **FAST)
+    path = edited.save(tmp_path / "circle.safetensors")
+    with swapped_parameters(pipe.text_encoder, edited.components["text_encoder"]):
+        trained = noise_predictions(pipe)
+    assert not torch.equal(trained, noise_predictions(pipe))
+
+    applied = build_tiny_pipeline("sd1")
+    erasure.apply(applied, path)
+    assert torch.equal(noise_predictions(applied), trained)
+
+    plain = build_tiny_pipeline("sd1")  # diffusers alone, as the README shows
+    state = load_file(str(path))
+    part = {key.split(".", 1)[1]: value for key, value in state.items() if key.startswith("text_encoder.")}
+    assert part and len(part) == len(state)
+    assert not plain.text_encoder.load_state_dict(part, strict=False).unexpected_keys
+    assert torch.equal(noise_predictions(plain), trained)
+
+
+def test_the_wrong_base_is_refused(tmp_path):
+    path = erasure.erase(build_tiny_pipeline("sd1"), "advunlearn", "circle", **FAST).save(tmp_path / "circle.safetensors")
+    other = build_tiny_pipeline("sd1", seed=1)
+    before = {n: v.clone() for n, v in other.text_encoder.state_dict().items()}
+    with pytest.raises(ErasureError, match="base"):
+        erasure.apply(other, path)
+    assert all(torch.equal(before[n], v) for n, v in other.text_encoder.state_dict().items())
 
 
 def test_resume_after_ctrl_c_is_bit_identical(monkeypatch, tmp_path):
