@@ -199,12 +199,7 @@ def erase(pipe, concepts: list[Concept], config: AdvUnlearnConfig, run: RunOptio
 
     started = time.perf_counter()
     scheduler = adapter.ddim_scheduler(config.ddim_steps)
-    bank_generator = torch.Generator().manual_seed(config.seed)
-    with torch.no_grad(), esd.autocast(adapter, config):
-        concept_bank = TrajectoryBank.sample(adapter, scheduler, concept_prompts, config.bank_size,
-                                             config.start_guidance, bank_generator, keep_unconditional=True)
-        retain_bank = TrajectoryBank.sample(adapter, scheduler, retain, len(retain), config.start_guidance,
-                                            bank_generator, keep_unconditional=False)
+    concept_bank, retain_bank = sample_banks(adapter, scheduler, concept_prompts, retain, config)
     bank_seconds = time.perf_counter() - started
 
     trained = {name: value.clone() for name, value in original.items()}
@@ -230,20 +225,41 @@ def erase(pipe, concepts: list[Concept], config: AdvUnlearnConfig, run: RunOptio
         losses = run_steps(loop.step, state, config.iterations, checkpoint, run.checkpoint_every, unit="iteration")
     seconds = {"bank": round(bank_seconds, 3), **{k: round(v, 3) for k, v in state.extra["seconds"].items()}}
     extra = {
-        "parameters": sorted(n for n in original if not torch.equal(trained[n], original[n])), "final_loss": losses[-1], "losses": losses, "seconds": seconds,
-        "attack_losses": state.extra["attack_losses"],
+        "final_loss": losses[-1], "losses": losses, "seconds": seconds, "attack_losses": state.extra["attack_losses"],
         "bank": {"concept_trajectories": len(concept_bank), "retain_trajectories": len(retain_bank),
                  "steps": concept_bank.steps},
         "attack_vocabulary": vocabulary, "concept_prompts": concept_prompts, "retain_prompts": len(retain),
     }
-    by_component: dict[str, tuple[dict, dict]] = {}
-    # Tensors no gradient reached stay out (SDXL's first encoder: the UNet reads its
-    # penultimate layer, so the last layer and final norm never train).
-    for name in [n for n in original if not torch.equal(trained[n], original[n])]:
+    return edit_of(original, trained, extra)
+
+
+def sample_banks(adapter: StableDiffusionAdapter, scheduler, concept_prompts: list[str], retain: list[str],
+                 config: AdvUnlearnConfig) -> tuple["TrajectoryBank", "TrajectoryBank"]:
+    """The frozen model's concept trajectories (``bank_size``, with the ``""`` predictions
+    ESD's target needs) and one trajectory per retain prompt, noise drawn from ``seed``."""
+    generator = torch.Generator().manual_seed(config.seed)
+    with torch.no_grad(), esd.autocast(adapter, config):
+        concept = TrajectoryBank.sample(adapter, scheduler, concept_prompts, config.bank_size, config.start_guidance,
+                                        generator, keep_unconditional=True)
+        retained = TrajectoryBank.sample(adapter, scheduler, retain, len(retain), config.start_guidance, generator,
+                                         keep_unconditional=False)
+    return concept, retained
+
+
+def edit_of(original: dict[str, torch.Tensor], trained: dict[str, torch.Tensor], extra: dict) -> Edit:
+    """The ``Edit`` of the tensors that changed (``component.name`` keys), by component.
+
+    Tensors no gradient reached stay out: SDXL's first encoder gives the UNet its
+    penultimate layer, so its last layer and final norm never train.
+    """
+    changed = [name for name in original if not torch.equal(trained[name], original[name])]
+    new: dict[str, dict[str, torch.Tensor]] = {}
+    old: dict[str, dict[str, torch.Tensor]] = {}
+    for name in changed:
         component, parameter = name.split(".", 1)
-        new, old = by_component.setdefault(component, ({}, {}))
-        new[parameter], old[parameter] = trained[name], original[name]
-    return Edit({c: pair[0] for c, pair in by_component.items()}, {c: pair[1] for c, pair in by_component.items()}, extra)
+        new.setdefault(component, {})[parameter] = trained[name]
+        old.setdefault(component, {})[parameter] = original[name]
+    return Edit(new, old, {"parameters": changed, **extra})
 
 
 def run_identity(concepts: list[Concept], config: AdvUnlearnConfig) -> dict:
