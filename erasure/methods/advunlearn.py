@@ -1,5 +1,5 @@
 """AdvUnlearn: Defensive Unlearning with Adversarial Training for Robust Concept Erasure in
-Diffusion Models (Zhang, Chen, Jia, Zhang, Fan, Liu, Liu; NeurIPS 2024; OPTML-Group/AdvUnlearn).
+Diffusion Models (Zhang et al., NeurIPS 2024; OPTML-Group/AdvUnlearn).
 
 A bi-level loop. The outer level is ESD's objective (``erasure.methods.esd``): prompted
 with the concept ``c``, the edited model should predict what the frozen model predicts
