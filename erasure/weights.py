@@ -1,20 +1,22 @@
 """The one weight format: a ``.safetensors`` file of the changed tensors of a pipeline's
 UNet and text encoders.
 
-Format 2 (written now): every key is ``<component>.<parameter name>``, the component
-being the pipeline attribute (``unet``, ``text_encoder``, ``text_encoder_2``, diffusers'
-own prefixes) and the parameter name the component's ``state_dict()`` name in the
-libraries that wrote it. Metadata ``components`` lists the components held and
+Format 2 (written now): UNet keys are the diffusers UNet parameter names, bare as in
+format 1, so ``pipe.unet.load_state_dict(load_file(path), strict=False)`` keeps
+loading every UNet tensor; text-encoder keys are ``text_encoder.<name>`` and
+``text_encoder_2.<name>`` (diffusers' component names; no UNet parameter name starts
+with them), ``<name>`` being the encoder's ``state_dict()`` name in the transformers
+that wrote it. Diffusers' own ``unet.`` prefix is left out on purpose: with it, that
+plain UNet load would silently load nothing. Metadata ``components`` lists the components held and
 ``key_layout`` records, per text encoder, whether its names carry transformers 4.x's
 ``text_model.`` prefix (transformers 5 dropped it for ``CLIPTextModel``): a
 ``load_state_dict(..., strict=False)`` with the other layout loads nothing and says so
 only in ``unexpected_keys``. ``apply`` matches every name to a parameter of the
 pipeline at hand, adding or removing that prefix, and refuses a name that matches none.
-Format 1 (UNet only, keys without prefix) still loads.
+Format 1 (UNet only, no component metadata) still loads.
 
-In memory (``EditedWeights.tensors``) UNet names stay bare, as in format 1 and
-``pipe.unet.state_dict()``, and text-encoder names keep their component prefix
-(``text_encoder.encoder.layers.0.mlp.fc1.weight``); ``components`` groups them.
+In memory (``EditedWeights.tensors``) names are the file's keys; ``components`` groups
+them by component.
 The header metadata records what made the file and which base model it belongs to;
 ``erasure.apply`` checks that before touching a pipeline.
 
@@ -23,7 +25,10 @@ tensor the file replaces, in every component, compared with a tolerance rather t
 loaded in float16 or bfloat16 is the same base model, another checkpoint is not. It
 must cover exactly the tensors the file holds: a tensor without one would be applied
 unchecked, so a missing, empty or malformed fingerprint is refused unless the caller
-asks for no check (``check_base=False``, ``erase-eval --no-check-base``).
+asks for no check (``check_base=False``, ``erase-eval --no-check-base``). Unchecked, a
+base that differs (or cannot be checked) is applied with a ``BaseMismatchWarning``:
+that is how a text encoder is transferred to another model of its family. Shapes are
+checked either way: another family is refused.
 
 NaN or infinite values are never saved, loaded or applied: a diverged edit is an error
 naming the settings that produced it, not a model that scores as a perfect erasure.
@@ -125,16 +130,6 @@ def joined_name(component: str, name: str) -> str:
         name: the parameter's name inside that component.
     """
     return name if component == "unet" else f"{component}.{name}"
-
-
-def _file_key(name: str) -> str:
-    return "{}.{}".format(*split_name(name))
-
-
-def _memory_name(key: str) -> str | None:
-    """The in-memory name of a format-2 file key, ``None`` for a key without a component."""
-    head, dot, rest = key.partition(".")
-    return joined_name(head, rest) if dot and head in COMPONENTS else None
 
 
 def _key_layout(names) -> str:
@@ -406,10 +401,7 @@ class EditedWeights:
             "concepts": json.dumps(self.concepts),
             "config": json.dumps(self.config, sort_keys=True),
             "base_model": self.base_model,
-            "base_fingerprint": json.dumps(
-                {_file_key(name): value for name, value in self.base_fingerprint.items()}
-                if isinstance(self.base_fingerprint, dict) else self.base_fingerprint
-            ),
+            "base_fingerprint": json.dumps(self.base_fingerprint),
             "extra": json.dumps(self.extra, sort_keys=True),
             "versions": json.dumps(_versions()),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -437,9 +429,8 @@ class EditedWeights:
             raise ErasureError(f"{path} already exists: pass --overwrite (overwrite=True) to replace it")
         self.check_finite()
         remove_orphans(path)
-        tensors = {_file_key(name): value for name, value in self.tensors.items()}
         with reported_write_errors(path):
-            atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=self.metadata()), replace=overwrite)
+            atomic_write(path, lambda tmp: save_file(self.tensors, tmp, metadata=self.metadata()), replace=overwrite)
         return path
 
     @classmethod
@@ -466,8 +457,6 @@ class EditedWeights:
                 f"{path} has format version {version}, this erasure reads {', '.join(READABLE_VERSIONS)}: upgrade erasure"
             )
         prints = _read_fingerprint(meta.get("base_fingerprint"))
-        if version != "1":
-            tensors, prints = _from_file_keys(path, tensors, prints)
         try:
             weights = cls(
                 tensors=tensors,
@@ -488,22 +477,6 @@ class EditedWeights:
             raise ErasureError(f"{path} is unusable: {error}") from None
         return weights
 
-
-def _from_file_keys(path: Path, tensors: dict, prints):
-    """Format-2 keys (``unet.<name>``...) as in-memory names; a fingerprint name without a
-    component is kept as it is, for ``check_base`` to refuse as a tensor not held."""
-    named = {}
-    for key, value in tensors.items():
-        name = _memory_name(key)
-        if name is None:
-            raise ErasureError(
-                f"{path} holds {key!r}, whose name lacks a component prefix ({', '.join(c + '.' for c in COMPONENTS)}): "
-                "re-create it with erase"
-            )
-        named[name] = value
-    if isinstance(prints, dict):
-        prints = {_memory_name(key) or key: value for key, value in prints.items()}
-    return named, prints
 
 
 def _read_fingerprint(text: str | None):

@@ -239,7 +239,7 @@ def unfingerprinted_tensor(ws):
     """bad.safetensors: w.safetensors plus a zeroed conv_in.weight (a real UNet parameter) without a fingerprint."""
     # A real UNet parameter with no fingerprint entry: it would be applied unchecked.
     conv_in = load_file(ws.root / "model/unet/diffusion_pytorch_model.safetensors")["conv_in.weight"]
-    weights_variant(ws, "bad.safetensors", tensors=lambda t: t.update({"unet.conv_in.weight": torch.zeros_like(conv_in)}))
+    weights_variant(ws, "bad.safetensors", tensors=lambda t: t.update({"conv_in.weight": torch.zeros_like(conv_in)}))
 
 
 def other_base_model(ws):
@@ -727,7 +727,7 @@ def test_two_processes_saving_the_same_file_at_once_one_wins(tmp_path):
         loser = first if first != "saved" else second
         assert "already exists: pass --overwrite" in loser and "\n" not in loser
         winner = 1.0 if first == "saved" else 2.0
-        assert torch.equal(load_file(tmp_path / f"{trial}.safetensors")["unet.x"], torch.full((4096, 1024), winner))
+        assert torch.equal(load_file(tmp_path / f"{trial}.safetensors")["x"], torch.full((4096, 1024), winner))
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{t}.safetensors" for t in range(trials))
 
 

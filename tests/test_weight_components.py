@@ -25,7 +25,7 @@ from erasure.eval.generate import weights_record
 from erasure.lora_export import export_lora
 from erasure.methods import Method
 from erasure.tiny import _text_encoder, build_tiny_pipeline
-from erasure.weights import BaseMismatchWarning, EditedWeights, export_pipeline
+from erasure.weights import BaseMismatchWarning, EditedWeights, export_pipeline, joined_name
 
 from eval_fixtures import STEPS, tiny_clip  # noqa: F401  (fixture)
 
@@ -106,7 +106,7 @@ def test_an_edit_round_trips_through_save_apply_and_plain_diffusers(edited, fami
     with safe_open(str(path), framework="pt") as handle:
         meta, keys = handle.metadata(), set(handle.keys())
     assert meta["format_version"] == "2" and json.loads(meta["components"]) == list(EDITED[family])
-    assert keys == {f"{c}.{n}" for c, names in EDITED[family].items() for n in names}
+    assert keys == {joined_name(c, n) for c, names in EDITED[family].items() for n in names}  # UNet names bare
     assert set(json.loads(meta["base_fingerprint"])) == keys
     layout = json.loads(meta["key_layout"])
     assert layout.get("text_encoder") == "" and layout.get("text_encoder_2", "text_model.") == "text_model."
@@ -145,29 +145,38 @@ def test_a_format_1_file_still_loads(tmp_path):
     assert weights_record(old)["sha256"] == weights_record(unet_only)["sha256"]
 
 
-def test_transformers_4_key_layout_is_normalised_and_plain_loading_shows_the_mismatch(tmp_path):
-    pipe = build_tiny_pipeline("sd1")
-    edited = SHIFT.run(pipe, parse_concepts("circle"), _Config())
-    # As transformers 4.x names CLIPTextModel's parameters (text_model. inside the component).
-    old_layout = dataclasses.replace(
-        edited,
-        tensors={(n.replace("text_encoder.", "text_encoder.text_model.", 1)): v for n, v in edited.tensors.items()},
-        base_fingerprint={n.replace("text_encoder.", "text_encoder.text_model.", 1): v
-                          for n, v in edited.base_fingerprint.items()},
-    )
-    path = old_layout.save(tmp_path / "w.safetensors")
+@pytest.mark.parametrize("family, component, written, installed",
+                         [("sd1", "text_encoder", "text_model.", ""), ("sdxl", "text_encoder_2", "", "text_model.")],
+                         ids=["prefix-removed", "prefix-added"])
+def test_another_key_layout_is_normalised_and_plain_loading_shows_the_mismatch(family, component, written, installed,
+                                                                               tmp_path):
+    edited = SHIFT.run(build_tiny_pipeline(family), parse_concepts("circle"), _Config())
+
+    def relaid(name):  # as another transformers names the parameters (text_model. inside the component)
+        owner, rest = name.split(".", 1) if name.startswith(component + ".") else (None, name)
+        return name if owner is None or rest.startswith("text_projection") else \
+            f"{owner}.{written}{rest.removeprefix(installed)}"
+
+    other_layout = dataclasses.replace(edited, tensors={relaid(n): v for n, v in edited.tensors.items()},
+                                       base_fingerprint={relaid(n): v for n, v in edited.base_fingerprint.items()})
+    assert other_layout.tensors.keys() != edited.tensors.keys()
+    path = other_layout.save(tmp_path / "w.safetensors")
     with safe_open(str(path), framework="pt") as handle:
-        assert json.loads(handle.metadata()["key_layout"]) == {"text_encoder": "text_model."}
-    expected = _outputs(edited.apply(build_tiny_pipeline("sd1")))
-    assert _same(_outputs(erasure.apply(build_tiny_pipeline("sd1"), path)), expected)
-    names = EditedWeights.load(path).parameters_in(build_tiny_pipeline("sd1"))["text_encoder"]
-    assert sorted(names) == sorted(EDITED["sd1"]["text_encoder"])  # the installed layout's names
+        assert json.loads(handle.metadata()["key_layout"])[component] == written
+    expected = _outputs(edited.apply(build_tiny_pipeline(family)))
+    assert _same(_outputs(erasure.apply(build_tiny_pipeline(family), path)), expected)
+    names = EditedWeights.load(path).parameters_in(build_tiny_pipeline(family))[component]
+    assert sorted(names) == sorted(EDITED[family][component])  # the installed layout's names
     # What strict=False does with the other layout: nothing loaded, reported only in unexpected_keys.
-    plain = build_tiny_pipeline("sd1")
-    part = {k.split(".", 1)[1]: v for k, v in load_file(path).items() if k.startswith("text_encoder.")}
-    assert plain.text_encoder.load_state_dict(part, strict=False).unexpected_keys
+    plain = build_tiny_pipeline(family)
+    part = {k.split(".", 1)[1]: v for k, v in load_file(path).items() if k.startswith(component + ".")}
+    before = {n: v.clone() for n, v in getattr(plain, component).state_dict().items()}
+    result = getattr(plain, component).load_state_dict(part, strict=False)
+    assert result.unexpected_keys
+    changed = [n for n, v in getattr(plain, component).state_dict().items() if not torch.equal(before[n], v)]
+    assert all(n.startswith("text_projection") for n in changed)  # nothing else loaded
     with pytest.raises(AssertionError):
-        _readme_plain_loader()(build_tiny_pipeline("sd1"), path)
+        _readme_plain_loader()(build_tiny_pipeline(family), path)
 
 
 def test_a_name_no_parameter_matches_is_refused_checked_or_not(edited, family):
@@ -242,9 +251,13 @@ def test_non_finite_or_unprefixed_text_encoder_tensors_are_refused(edited, tmp_p
     tensors = load_file(path)
     tensors["encoder.layers.0.mlp.fc1.weight"] = tensors.pop(f"{name.split('.', 1)[0]}.{name.split('.', 1)[1]}")
     save_file(tensors, str(tmp_path / "bare.safetensors"), metadata=meta)
-    with pytest.raises(erasure.ErasureError, match=r"holds 'encoder.layers.0.mlp.fc1.weight', whose name lacks a "
-                                                   r"component prefix"):
-        EditedWeights.load(tmp_path / "bare.safetensors")
+    # An unprefixed name reads as a UNet name: refused, checked (no fingerprint for it) or not (no such parameter).
+    with pytest.raises(erasure.ErasureError, match="no base fingerprint for encoder.layers.0.mlp.fc1.weight"):
+        erasure.apply(build_tiny_pipeline(edited.base_model.split("-")[1]), tmp_path / "bare.safetensors")
+    with pytest.raises(erasure.ErasureError, match=r"edit 'encoder.layers.0.mlp.fc1.weight', which this pipeline's "
+                                                   r"unet .* does not have"):
+        erasure.apply(build_tiny_pipeline(edited.base_model.split("-")[1]), tmp_path / "bare.safetensors",
+                      check_base=False)
     nan_file = {k: torch.full_like(v, float("inf")) if k.startswith("text_encoder") else v for k, v in load_file(path).items()}
     save_file(nan_file, str(tmp_path / "inf.safetensors"), metadata=meta)
     with pytest.raises(erasure.ErasureError, match="inf.safetensors is unusable"):
