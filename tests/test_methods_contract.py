@@ -14,7 +14,7 @@ import erasure
 from erasure.methods import METHODS
 from erasure.tiny import build_tiny_pipeline
 from erasure.training import RunOptions
-from erasure.weights import EditedWeights
+from erasure.weights import EditedWeights, joined_name
 
 METHODS_DIR = Path(erasure.methods.__file__).parent
 
@@ -25,7 +25,14 @@ def _fast_settings(method: str, tmp_path) -> dict:
         "rece": {"epochs": 2, "validate": "none"},
         "esd": {"iterations": 2, "ddim_steps": 2, "lr": 1e-3},
         "mace": {"train_steps": 2, "images_per_concept": 1, "generation_steps": 2, "cache_dir": str(tmp_path / "mace")},
+        "advunlearn": {"iterations": 2, "warmup": 1, "ddim_steps": 2, "lr": 1e-3, "attack_steps": 1, "bank_size": 2,
+                       "retain_limit": 4},
     }[method]
+
+
+def _state(pipe) -> dict[str, torch.Tensor]:
+    """Every UNet and text-encoder tensor, under ``EditedWeights.tensors``' names."""
+    return {joined_name(c, n): v.clone() for c in ("unet", "text_encoder") for n, v in getattr(pipe, c).state_dict().items()}
 
 
 def test_every_registered_method_has_a_contract_row(tmp_path):
@@ -38,7 +45,7 @@ def method_run(request, tmp_path_factory):
     """One erasure per method, shared by the tests below (which leave it as it was)."""
     method = request.param
     pipe = build_tiny_pipeline("sd1")
-    before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    before = _state(pipe)
     tmp_path = tmp_path_factory.mktemp(method)
     settings = _fast_settings(method, tmp_path)
     edited = erasure.erase(pipe, method, "a red circle", run=RunOptions(checkpoint_dir=tmp_path / "run"), **settings)
@@ -47,7 +54,7 @@ def method_run(request, tmp_path_factory):
 
 def test_the_pipeline_is_left_unchanged(method_run):
     _, pipe, before, _, _ = method_run
-    assert all(torch.equal(before[k], v) for k, v in pipe.unet.state_dict().items())
+    assert all(torch.equal(before[k], v) for k, v in _state(pipe).items())
 
 
 def test_applying_changes_exactly_the_declared_tensors(method_run):
@@ -56,7 +63,7 @@ def test_applying_changes_exactly_the_declared_tensors(method_run):
     assert edited.method == method and edited.tensors
     assert all(edited.tensors[k].shape == before[k].shape for k in edited.tensors)
     edited.apply(pipe)
-    changed = {k for k, v in pipe.unet.state_dict().items() if not torch.equal(before[k], v)}
+    changed = {k for k, v in _state(pipe).items() if not torch.equal(before[k], v)}
     assert changed == set(edited.tensors)
 
 

@@ -23,7 +23,7 @@ from ..edit import Edit
 from ..errors import ErasureError
 from ..training import RunOptions
 from ..weights import EditedWeights
-from . import esd, mace, rece, uce
+from . import advunlearn, esd, mace, rece, uce
 
 
 @dataclass(frozen=True)
@@ -125,6 +125,7 @@ METHODS: dict[str, Method] = {
     "esd": Method("esd", esd.ESDConfig, esd.erase, trains=True),
     "mace": Method("mace", mace.MACEConfig, mace.erase, trains=True),
     "rece": Method("rece", rece.RECEConfig, validated_rece, trains=False),
+    "advunlearn": Method("advunlearn", advunlearn.AdvUnlearnConfig, advunlearn.erase, trains=True),
 }
 
 

@@ -1,0 +1,492 @@
+"""AdvUnlearn: Defensive Unlearning with Adversarial Training for Robust Concept Erasure in
+Diffusion Models (Zhang et al., NeurIPS 2024; OPTML-Group/AdvUnlearn).
+
+A bi-level loop. The outer level is ESD's objective (``erasure.methods.esd``): prompted
+with the concept ``c``, the edited model should predict what the frozen model predicts
+under negative guidance away from ``c``,
+
+    eps(x_t, t, T([delta; c]))  ->  eps*(x_t, t, "") - eta (eps*(x_t, t, c) - eps*(x_t, t, ""))
+
+plus a utility-retaining regulariser on retain prompts ``r``,
+``gamma * || eps(x_t', t, T(r)) - eps*(x_t', t, r) ||^2``. The inner level is an attack on
+the current model: ``k`` free token vectors ``delta`` put before the concept prompt
+(after the start token) and chosen to make the edited model reproduce the frozen
+model's concept prediction, ``min_delta || eps(x_t, t, T([delta; c])) - eps*(x_t, t, c) ||^2``
+(UnlearnDiffAtk's prefix attack with free vectors instead of a distribution over
+tokens; the prefix encoding is shared with ``erasure.attacks``:
+``tokens.encode_with_prefix``). ``pgd``: Adam steps; ``fast``: the gradient replaced by
+its sign before each Adam step (the authors' ``fast_at``). The outer step then trains on
+the prompt with the adversarial prefix, so the erasure must hold against it. The first
+``warmup`` iterations train without the attack.
+
+What trains (``module``): the text encoder (default, the paper's finding: every encoder
+layer and the final layer norm, not the token and position embeddings; each text
+encoder of SDXL), or the UNet's cross-attention blocks (``unet-xattn``, ESD's
+``esd-x`` subset).
+
+Sources (``OPTML-Group/AdvUnlearn@9d23124``, ``train-scripts/``): ``AdvUnlearn.py``
+(loop lines 72-206, argparse defaults lines 226-261), ``utils/attack_util.py`` (the
+inner attack, ``soft_prompt_attack`` lines 126-222), ``utils/get_loss.py``
+(``get_train_loss_retain`` lines 270-366), ``utils/util.py`` (``text_encoder_full``
+lines 36-67; the ``x_t`` sampler lines 500-526). Defaults are argparse's, except where
+the README's training commands set a value (``attack_init random``, retain ``reg`` with
+weight 0.3 on the COCO-object prompts): the README's.
+
+Speed: in text-encoder mode every ``x_t`` the authors train and attack on is sampled by
+guided DDIM from the frozen UNet with the frozen text encoder's conditioning, so it does
+not depend on training. A bank of base-model trajectories, built once with every
+intermediate latent and the frozen model's conditional and unconditional predictions
+at each, is therefore the same distribution; each draw picks a trajectory and a step.
+The authors sample a fresh ``x_t`` (26.5 guided UNet calls on average) for each of the
+30 attack steps and for the outer step: 97% of their UNet sample-forwards. Here every
+frozen prediction comes from the bank and an iteration runs only the gradient passes.
+
+Deviations (none in the objectives):
+- ``x_t`` comes from a finite bank (``bank_size`` concept trajectories, one per retain
+  prompt) reused over iterations. In ``unet-xattn`` mode the authors sample ``x_t`` from
+  the UNet being trained; the bank holds the frozen UNet's (as ESD's 2025 code's
+  ``sample_from="frozen"``).
+- ``x_t`` after ``k`` DDIM steps is scored at ``timesteps[k]``, as ``esd.py`` documents;
+  the authors score it at a random DDPM step of a 1/50 bucket.
+- the attack's gradient is zeroed every step (the authors' loop accumulates it over
+  the 30 steps) and reaches only ``delta`` (the authors' also fills the UNet's).
+- retain prompts are drawn at random per iteration (without replacement within one
+  batch), the authors' draw without replacement across iterations until the set is
+  used up; the retain set here is ``retain_prompts`` (the authors' 243 COCO-object
+  prompts are not shipped), optionally with the empty prompt, which the trained encoder
+  also encodes as the guidance's negative.
+- concept prompts can be templated (``concept_templates``; the authors train on the
+  bare word): on the bundled mini-sd the bare word does not generalise to "a red circle".
+- concepts mapped to a target (``"A->B"``) are refused: AdvUnlearn erases towards ``""``.
+- tokens reach the encoder through a hook on its token table (``tokens``), not
+  ``inputs_embeds``; the prompt's length comes from its tokens, not its word count.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from ..adapters import PromptEmbeddings, StableDiffusionAdapter, adapter_for
+from ..attacks.tokens import candidate_ids, encode_with_prefix
+from ..concepts import Concept, slug
+from ..config import SEED_BOUNDS, MethodConfig, setting
+from ..edit import Edit
+from ..errors import ErasureError
+from ..loading import model_folder
+from ..training import (
+    Checkpoint,
+    RunOptions,
+    TrainingState,
+    check_finite_gradients,
+    finite_value,
+    run_steps,
+    swapped_parameters,
+    trainable_parameters,
+)
+from . import esd
+from .mace import MACEConfig, general_captions
+
+BANK_CHUNK = 64  # trajectories sampled per batch while building a bank (memory only)
+
+
+@dataclass
+class AdvUnlearnConfig(MethodConfig):
+    """AdvUnlearn's settings; defaults are the authors' (sources in the module docstring).
+
+    Attributes:
+        module: what trains: ``"text_encoder"`` (authors' ``text_encoder_full``) or
+            ``"unet-xattn"`` (the UNet's cross-attention blocks, authors' ``xattn``).
+        iterations: outer Adam steps (authors: 1000). A resumed run may ask for more.
+        warmup: first iterations without the attack (authors: 200).
+        lr: outer Adam learning rate (authors: 1e-5).
+        negative_guidance: ESD's ``eta`` (authors: 1).
+        start_guidance: guidance of the DDIM runs ``x_t`` is sampled from (authors: 3).
+        ddim_steps: their schedule (authors: 50).
+        concept_templates: concept prompts, ``{}`` = the concept (authors: the bare word).
+        attack: ``"pgd"`` (Adam steps) or ``"fast"`` (sign of the gradient, then Adam;
+            the authors' ``fast_at``).
+        attack_steps: inner steps per attack (authors: 30, also for ``fast_at``).
+        attack_lr: the attack's Adam learning rate (authors: 1e-3).
+        attack_tokens: adversarial vectors before the prompt (authors: 1).
+        attack_init: ``"random"`` (each attack starts from a random vocabulary word's
+            vector; authors' README) or ``"latest"`` (from the previous attack's result).
+        attack_every: attack every N iterations after the warm-up (authors: 1).
+        attack_vocabulary: words ``random`` starts from: ``"all"``, ``"trained"`` (the
+            model's trained ids) or a list (``erasure.attacks.tokens.candidate_ids``).
+        retain_prompts: ``"builtin"`` (COCO-style captions), ``"model"`` (the model
+            folder's ``general_captions.txt``) or a text file, one prompt a line.
+            Prompts naming a concept or a ``retain_exclude`` word are dropped.
+        retain_exclude: more words whose prompts leave the retain set (e.g. synonyms).
+        retain_limit: use at most this many retain prompts, drawn by ``seed``; ``None``: all.
+        retain_empty_prompt: add ``""`` to the retain set.
+        retain_batch: retain prompts per iteration (authors: 5).
+        retain_weight: ``gamma`` (authors' README: 0.3).
+        bank_size: concept trajectories in the ``x_t`` bank (no authors' value: they
+            sample afresh each time).
+        seed: seeds the bank's noise and the run's draws.
+        mixed_precision: ``"no"`` or ``"bf16"`` autocast around the models (weights and
+            Adam state stay float32).
+    """
+
+    module: Literal["text_encoder", "unet-xattn"] = "text_encoder"
+    iterations: int = setting(1000, min=1)
+    warmup: int = setting(200, min=0)
+    lr: float = setting(1e-5, above=0)
+    negative_guidance: float = setting(1.0, min=0)
+    start_guidance: float = setting(3.0, min=0)
+    ddim_steps: int = setting(50, min=1)
+    concept_templates: list[str] = setting(default_factory=lambda: ["{}"])
+    attack: Literal["pgd", "fast"] = "pgd"
+    attack_steps: int = setting(30, min=1)
+    attack_lr: float = setting(1e-3, above=0)
+    attack_tokens: int = setting(1, min=1, max=70)
+    attack_init: Literal["random", "latest"] = "random"
+    attack_every: int = setting(1, min=1)
+    attack_vocabulary: str | list[str] = "all"
+    retain_prompts: str = "builtin"
+    retain_exclude: list[str] = setting(default_factory=list)
+    retain_limit: int | None = setting(None, min=1)
+    retain_empty_prompt: bool = False
+    retain_batch: int = setting(5, min=1)
+    retain_weight: float = setting(0.3, min=0)
+    bank_size: int = setting(256, min=1)
+    seed: int = setting(0, **SEED_BOUNDS)
+    mixed_precision: Literal["no", "bf16"] = "no"
+
+    def check(self) -> None:
+        bad = [t for t in self.concept_templates if t.count("{}") != 1]
+        if not self.concept_templates or bad:
+            raise ErasureError(f"AdvUnlearnConfig.concept_templates needs templates with one {{}} each, got {bad or '[]'}")
+
+
+# ---- the entry point -------------------------------------------------------------
+
+
+def erase(pipe, concepts: list[Concept], config: AdvUnlearnConfig, run: RunOptions = RunOptions()) -> Edit:
+    """Train the chosen module adversarially; ``pipe`` is left unchanged.
+
+    Args:
+        pipe: a Stable Diffusion 1.x, 2.x or SDXL pipeline with float32 weights.
+        concepts: the concepts to erase (each prompt drawn from all of theirs).
+        config: ``AdvUnlearnConfig``.
+        run: checkpoint folder and interval, resume, overwrite, gradient checkpointing.
+
+    Returns:
+        An ``Edit`` keyed by component (``text_encoder``[, ``text_encoder_2``] or
+        ``unet``); ``extra`` records the trained names, losses, the bank's size and the
+        seconds spent building the bank, attacking and in the outer steps.
+    """
+    mapped = [str(c) for c in concepts if c.target is not None]
+    if mapped:
+        raise ErasureError(f"AdvUnlearn erases towards the empty prompt; {mapped[0]!r} maps to a target: "
+                           "give the concept alone")
+    adapter = adapter_for(pipe)
+    trained_modules = trained_parameter_names(adapter, config.module)
+    original = {f"{component}.{name}": module.get_parameter(name).detach()
+                for component, (module, names) in trained_modules.items() for name in names}
+    esd.check_float32(original)
+    checkpoint = Checkpoint.open(run, run_identity(concepts, config), original, "AdvUnlearn", f"advunlearn-{slug(concepts)}")
+    concept_prompts = [template.format(c.text) for c in concepts for template in config.concept_templates]
+    retain = retain_prompts(concepts, config, str(pipe.name_or_path))
+
+    started = time.perf_counter()
+    scheduler = adapter.ddim_scheduler(config.ddim_steps)
+    concept_bank, retain_bank = sample_banks(adapter, scheduler, concept_prompts, retain, config)
+    bank_seconds = time.perf_counter() - started
+
+    trained = {name: value.clone() for name, value in original.items()}
+    candidates, vocabulary = candidate_ids(adapter, config.attack_vocabulary, model_folder(str(pipe.name_or_path)))
+    generator = torch.Generator().manual_seed(config.seed + 1)
+    delta = random_prefix(adapter, candidates, config.attack_tokens, generator)
+    with ExitStack() as stack:
+        subsets = {}
+        for component, module in components(adapter).items():
+            names = trained_modules.get(component, (module, []))[1]
+            values = {name: trained[f"{component}.{name}"] for name in names}
+            stack.enter_context(swapped_parameters(module, values))
+            # Frozen modules get requires_grad False too: no wasted weight gradients.
+            subsets[component] = stack.enter_context(trainable_parameters(module, names, run.gradient_checkpointing))
+        params = [p for subset in subsets.values() for p in subset.values()]
+        state = TrainingState(
+            tensors={**trained, **{f"attack/{i}": d for i, d in enumerate(delta)}},
+            optimizer=torch.optim.Adam(params, lr=config.lr),
+            generator=generator,
+            extra={"seconds": {"inner_attack": 0.0, "outer": 0.0}, "attack_losses": []},
+        )
+        loop = Loop(adapter, scheduler, concept_bank, retain_bank, candidates, delta, config, state)
+        losses = run_steps(loop.step, state, config.iterations, checkpoint, run.checkpoint_every, unit="iteration")
+    seconds = {"bank": round(bank_seconds, 3), **{k: round(v, 3) for k, v in state.extra["seconds"].items()}}
+    extra = {
+        "final_loss": losses[-1], "losses": losses, "seconds": seconds, "attack_losses": state.extra["attack_losses"],
+        "bank": {"concept_trajectories": len(concept_bank), "retain_trajectories": len(retain_bank),
+                 "steps": concept_bank.steps},
+        "attack_vocabulary": vocabulary, "concept_prompts": concept_prompts, "retain_prompts": len(retain),
+    }
+    return edit_of(original, trained, extra)
+
+
+def sample_banks(adapter: StableDiffusionAdapter, scheduler, concept_prompts: list[str], retain: list[str],
+                 config: AdvUnlearnConfig) -> tuple["TrajectoryBank", "TrajectoryBank"]:
+    """The frozen model's concept trajectories (``bank_size``, with the ``""`` predictions
+    ESD's target needs) and one trajectory per retain prompt, noise drawn from ``seed``."""
+    generator = torch.Generator().manual_seed(config.seed)
+    with torch.no_grad(), esd.autocast(adapter, config):
+        concept = TrajectoryBank.sample(adapter, scheduler, concept_prompts, config.bank_size, config.start_guidance,
+                                        generator, keep_unconditional=True)
+        retained = TrajectoryBank.sample(adapter, scheduler, retain, len(retain), config.start_guidance, generator,
+                                         keep_unconditional=False)
+    return concept, retained
+
+
+def edit_of(original: dict[str, torch.Tensor], trained: dict[str, torch.Tensor], extra: dict) -> Edit:
+    """The ``Edit`` of the tensors that changed (``component.name`` keys), by component.
+
+    Tensors no gradient reached stay out: SDXL's first encoder gives the UNet its
+    penultimate layer, so its last layer and final norm never train.
+    """
+    changed = [name for name in original if not torch.equal(trained[name], original[name])]
+    new: dict[str, dict[str, torch.Tensor]] = {}
+    old: dict[str, dict[str, torch.Tensor]] = {}
+    for name in changed:
+        component, parameter = name.split(".", 1)
+        new.setdefault(component, {})[parameter] = trained[name]
+        old.setdefault(component, {})[parameter] = original[name]
+    return Edit(new, old, {"parameters": changed, **extra})
+
+
+def run_identity(concepts: list[Concept], config: AdvUnlearnConfig) -> dict:
+    """What a resumed run must share with its checkpoint: everything but ``iterations``."""
+    settings = dataclasses.asdict(config)
+    del settings["iterations"]
+    return {"method": "advunlearn", "concepts": [str(c) for c in concepts], **settings}
+
+
+# ---- what trains, and on what --------------------------------------------------------
+
+
+def components(adapter: StableDiffusionAdapter) -> dict[str, torch.nn.Module]:
+    """The pipeline's UNet and text encoders by component name."""
+    return {"unet": adapter.unet, **adapter.text_encoders()}
+
+
+def trained_parameter_names(adapter: StableDiffusionAdapter, module: str) -> dict[str, tuple[torch.nn.Module, list[str]]]:
+    """Per trained component, the module and its trained parameter names.
+
+    Text encoder: every parameter but the token and position tables (the authors'
+    ``text_encoder_full``), whatever transformers' naming. UNet: its cross-attention
+    blocks (ESD's ``esd-x``).
+
+    Args:
+        adapter: the model's adapter.
+        module: ``"text_encoder"`` or ``"unet-xattn"``.
+    """
+    if module == "unet-xattn":
+        names = esd.trainable_parameter_names(adapter.unet, set(adapter.cross_attention_modules()),
+                                              esd.ESDConfig(variant="esd-x"))
+        return {"unet": (adapter.unet, names)}
+    chosen = {}
+    for component, encoder in adapter.text_encoders().items():
+        tables = [m for m in encoder.modules() if isinstance(m, torch.nn.Embedding)]
+        skipped = {id(p) for table in tables for p in table.parameters()}
+        chosen[component] = (encoder, [n for n, p in encoder.named_parameters() if id(p) not in skipped])
+    return chosen
+
+
+def retain_prompts(concepts: list[Concept], config: AdvUnlearnConfig, model: str) -> list[str]:
+    """The retain set: the captions of ``retain_prompts`` that name no concept and no
+    ``retain_exclude`` word, at most ``retain_limit`` of them (drawn by ``seed``), and
+    ``""`` if asked.
+
+    Args:
+        concepts: the erased concepts.
+        config: the retain settings.
+        model: the pipeline's ``name_or_path`` (for ``retain_prompts: model``).
+    """
+    captions = general_captions(MACEConfig(general_captions=config.retain_prompts), model)
+    banned = [c.text for c in concepts] + list(config.retain_exclude)
+    pattern = re.compile("|".join(rf"\b{re.escape(word)}\b" for word in banned), re.IGNORECASE)
+    kept = [prompt for prompt in captions if not pattern.search(prompt)]
+    if not kept:
+        raise ErasureError(f"no retain prompt of {config.retain_prompts!r} is free of the erased concepts: "
+                           "give another retain_prompts file")
+    if config.retain_limit is not None and len(kept) > config.retain_limit:
+        order = torch.randperm(len(kept), generator=torch.Generator().manual_seed(config.seed))
+        kept = [kept[i] for i in sorted(order[: config.retain_limit].tolist())]
+    return kept + ([""] if config.retain_empty_prompt else [])
+
+
+# ---- the x_t bank --------------------------------------------------------------------
+
+
+@dataclass
+class TrajectoryBank:
+    """Guided DDIM runs of the frozen model, every intermediate latent kept with the
+    frozen predictions there.
+
+    Attributes:
+        prompts: the prompt of each trajectory.
+        latents: ``(steps, n, C, H, W)``: trajectory ``i`` after ``k`` steps, at noise
+            level ``scheduler.timesteps[k]``.
+        conditional: the frozen model's prediction there under the trajectory's prompt.
+        unconditional: the same under ``""``, or ``None`` if not kept.
+    """
+
+    prompts: list[str]
+    latents: torch.Tensor
+    conditional: torch.Tensor
+    unconditional: torch.Tensor | None
+
+    @classmethod
+    def sample(cls, adapter: StableDiffusionAdapter, scheduler, prompts: list[str], count: int, guidance: float,
+               generator: torch.Generator, keep_unconditional: bool) -> "TrajectoryBank":
+        """``count`` trajectories, prompts taken in turn, noise from ``generator``.
+
+        Args:
+            adapter: the model (its weights as they are now: the frozen ones).
+            scheduler: a DDIM scheduler with its timesteps set.
+            prompts: the prompts, cycled over.
+            count: trajectories.
+            guidance: classifier-free guidance of the runs.
+            generator: the noise's random stream.
+            keep_unconditional: keep the ``""`` predictions too (the ESD target needs them).
+        """
+        assigned = [prompts[i % len(prompts)] for i in range(count)]
+        channels, height, width = adapter.latent_shape
+        noise = torch.randn((count, channels, height, width), generator=generator).to(adapter.device)
+        empty = adapter.encode([""])
+        parts = []
+        for start in range(0, count, BANK_CHUNK):
+            chunk = assigned[start:start + BANK_CHUNK]
+            cond = adapter.encode(chunk)
+            both = PromptEmbeddings.cat([empty.repeat(len(chunk)), cond])
+            latents = noise[start:start + len(chunk)] * scheduler.init_noise_sigma
+            kept: list[list[torch.Tensor]] = [[], [], []]
+            for timestep in scheduler.timesteps:
+                model_input = scheduler.scale_model_input(latents, timestep)
+                uncond, conditional = adapter.predict_noise(torch.cat([model_input] * 2), timestep, both).float().chunk(2)
+                kept[0].append(latents.float())
+                kept[1].append(conditional)
+                kept[2].append(uncond)
+                guided = uncond + guidance * (conditional - uncond)
+                latents = scheduler.step(guided, timestep, latents, eta=0.0).prev_sample
+            parts.append([torch.stack(k) for k in kept])
+        latents, conditional, unconditional = (torch.cat([p[i] for p in parts], dim=1) for i in range(3))
+        return cls(assigned, latents, conditional, unconditional if keep_unconditional else None)
+
+    def __len__(self) -> int:
+        return self.latents.shape[1]
+
+    @property
+    def steps(self) -> int:
+        return self.latents.shape[0]
+
+
+# ---- the loop ------------------------------------------------------------------------
+
+
+def random_prefix(adapter: StableDiffusionAdapter, candidates: torch.Tensor, k: int,
+                  generator: torch.Generator) -> list[torch.Tensor]:
+    """``k`` token vectors of words drawn from ``candidates``, ``(1, k, width)`` per text encoder."""
+    ids = candidates[torch.randint(len(candidates), (k,), generator=generator)]
+    return [table.weight.detach()[ids.to(table.weight.device)].unsqueeze(0).clone() for table in adapter.token_embeddings()]
+
+
+class Loop:
+    """One AdvUnlearn run's iterations: the attack (after the warm-up) and the outer step.
+
+    ``delta`` holds the latest adversarial vectors (per text encoder), updated in place
+    so that the checkpoint, which holds the same tensors, saves and restores them.
+    """
+
+    def __init__(self, adapter, scheduler, concept_bank: TrajectoryBank, retain_bank: TrajectoryBank,
+                 candidates: torch.Tensor, delta: list[torch.Tensor], config: AdvUnlearnConfig, state: TrainingState):
+        self.adapter, self.scheduler, self.config, self.state = adapter, scheduler, config, state
+        self.concept_bank, self.retain_bank = concept_bank, retain_bank
+        self.candidates, self.delta = candidates, delta
+
+    def step(self, index: int) -> float:
+        """Iteration ``index``: attack if due, then one outer Adam step; returns the loss."""
+        config, seconds = self.config, self.state.extra["seconds"]
+        adversarial = index >= config.warmup
+        if adversarial and (index - config.warmup) % config.attack_every == 0:
+            started = time.perf_counter()
+            found, losses = self.attack()
+            for current, new in zip(self.delta, found):
+                current.copy_(new)
+            seconds["inner_attack"] += time.perf_counter() - started
+            self.state.extra["attack_losses"].append([losses[0], losses[-1]])
+        started = time.perf_counter()
+        loss = self.outer_step(adversarial)
+        seconds["outer"] += time.perf_counter() - started
+        return loss
+
+    def draw(self, bank: TrajectoryBank) -> tuple[torch.Tensor, int]:
+        """One trajectory and a step, from the run's generator."""
+        generator = self.state.generator
+        return torch.randint(len(bank), (1,), generator=generator), int(torch.randint(bank.steps, (1,), generator=generator))
+
+    def encode(self, prompts: list[str], prefix: list[torch.Tensor] | None) -> PromptEmbeddings:
+        """The prompts through the current text encoder, with gradients; with the
+        adversarial vectors before each if ``prefix`` is given."""
+        if prefix is None:
+            return self.adapter.encode_ids(self.adapter.tokenize(prompts))
+        return encode_with_prefix(self.adapter, prompts, [p.expand(len(prompts), -1, -1) for p in prefix])
+
+    def attack(self) -> tuple[list[torch.Tensor], list[float]]:
+        """The inner level: ``attack_steps`` steps on free prefix vectors minimising
+        ``|| eps(x_t, t, T([delta; c])) - eps*(x_t, t, c) ||^2`` at bank draws. Returns
+        the vectors found and the loss of each step."""
+        config, adapter, bank = self.config, self.adapter, self.concept_bank
+        start = self.delta if config.attack_init == "latest" else \
+            random_prefix(adapter, self.candidates, config.attack_tokens, self.state.generator)
+        vectors = [d.clone().requires_grad_(True) for d in start]
+        optimizer = torch.optim.Adam(vectors, lr=config.attack_lr)
+        losses = []
+        for _ in range(config.attack_steps):
+            rows, step = self.draw(bank)
+            on_device = rows.to(bank.latents.device)
+            with esd.autocast(adapter, config):
+                cond = self.encode([bank.prompts[int(rows[0])]], vectors)
+                prediction = adapter.predict_noise(bank.latents[step, on_device], self.scheduler.timesteps[step], cond)
+            loss = F.mse_loss(prediction.float(), bank.conditional[step, on_device])
+            losses.append(loss.item())
+            grads = torch.autograd.grad(loss, vectors)  # to delta only: the model's weights get none
+            for vector, grad in zip(vectors, grads):
+                vector.grad = grad.sign() if config.attack == "fast" else grad
+            optimizer.step()
+        return [v.detach() for v in vectors], losses
+
+    def outer_step(self, adversarial: bool) -> float:
+        """ESD's loss on the (adversarial) concept prompt plus ``gamma`` times the retain
+        loss, in one UNet call; one Adam step. Raises ``NonFiniteError`` before the step."""
+        config, adapter = self.config, self.adapter
+        concept_bank, retain_bank = self.concept_bank, self.retain_bank
+        rows, step = self.draw(concept_bank)
+        kept = torch.randperm(len(retain_bank), generator=self.state.generator)[: config.retain_batch]
+        rows_d, kept_d = rows.to(concept_bank.latents.device), kept.to(retain_bank.latents.device)
+        uncond, cond = concept_bank.unconditional[step, rows_d], concept_bank.conditional[step, rows_d]
+        target = uncond - config.negative_guidance * (cond - uncond)
+        retain_target = retain_bank.conditional[step, kept_d]
+        latents = torch.cat([concept_bank.latents[step, rows_d], retain_bank.latents[step, kept_d]])
+
+        self.state.optimizer.zero_grad(set_to_none=True)
+        with esd.autocast(adapter, config):
+            concept = self.encode([concept_bank.prompts[int(rows[0])]], self.delta if adversarial else None)
+            retain = self.encode([retain_bank.prompts[int(i)] for i in kept], None)
+            prediction = adapter.predict_noise(latents, self.scheduler.timesteps[step],
+                                               PromptEmbeddings.cat([concept, retain])).float()
+        loss = F.mse_loss(prediction[:1], target) + config.retain_weight * F.mse_loss(prediction[1:], retain_target)
+        value = finite_value(loss, f"the trained weights diverged: lower lr (now {config.lr:g})")
+        loss.backward()
+        params = [p for group in self.state.optimizer.param_groups for p in group["params"]]
+        check_finite_gradients(params, f"the trained weights diverged: lower lr (now {config.lr:g})")
+        self.state.optimizer.step()
+        return value
