@@ -17,8 +17,9 @@ and for bf16:
   (``scripts/bench_closed_form.py``);
 - ``mace``: seconds per concept, two concepts at once, with the paper's settings
   (``scripts/bench_mace.py``);
-- ``advunlearn``: seconds per outer iteration, once the method is registered; until
-  then the entry records why it was skipped;
+- ``advunlearn``: the x_t bank's seconds, seconds per warm-up and per adversarial
+  iteration (inner attack and outer step apart), the projected run at the authors'
+  schedule and the estimate with their sampling (``scripts/bench_advunlearn.py``);
 - ``generation``: images per second of ``erase-eval``'s generation and of a bare diffusers
   call, same settings and batch (``scripts/bench_generation.py``).
 
@@ -149,21 +150,19 @@ def mace_entry(bench: Bench, precision: str) -> dict:
 
 
 def advunlearn_entry(bench: Bench, precision: str) -> dict:
-    """AdvUnlearn's seconds per outer iteration (every iteration attacked: no warm-up)."""
-    from erasure.methods import METHODS
+    """AdvUnlearn with the authors' schedule (``scripts/bench_advunlearn.py``): the x_t
+    bank, seconds per warm-up and per adversarial iteration (inner attack and outer step
+    apart), the projected run and the estimate for the authors' sampling."""
+    import argparse
 
-    if "advunlearn" not in METHODS:
-        return {"skipped": "advunlearn is not a registered method yet (erasure.methods.METHODS)"}
-    iterations = bench.sizes.advunlearn_iterations
-    pipe = bench.pipeline()
-    bench.synchronize()
-    start = time.perf_counter()
-    edited = erasure.erase(pipe, "advunlearn", "a concept", iterations=iterations, warmup=0,
-                           mixed_precision="bf16" if precision == "bf16" else "no")
-    bench.synchronize()
-    seconds = time.perf_counter() - start
-    return {"seconds_per_outer_iteration": seconds / iterations, "iterations": iterations, "seconds": seconds,
-            "peak_gpu_mb": edited.extra.get("peak_gpu_mb")}
+    import bench_advunlearn
+
+    from erasure.methods.advunlearn import AdvUnlearnConfig
+
+    sizes = dict(attack_steps=2, ddim_steps=3, bank_size=4, retain_limit=6) if bench.smoke else {}
+    config = AdvUnlearnConfig(**sizes, mixed_precision="bf16" if precision == "bf16" else "no")
+    runs = argparse.Namespace(warm=1, timed=bench.sizes.advunlearn_iterations, gradient_checkpointing=False)
+    return bench_advunlearn.bench(bench.pipeline(), config, runs, bench.device)
 
 
 def generation_entry(bench: Bench, precision: str) -> dict:

@@ -39,5 +39,6 @@ def test_the_smoke_run_writes_every_figure(tmp_path):
         assert entries["mace"]["seconds_per_concept"] > 0
         assert entries["generation"]["median_ours"] > 0 and entries["generation"]["median_bare"] > 0
         advunlearn = entries["advunlearn"]
-        assert "skipped" in advunlearn or advunlearn["seconds_per_outer_iteration"] > 0
+        assert advunlearn["post_warm_up_inner_attack_seconds"] > 0 and advunlearn["post_warm_up_outer_seconds"] > 0
+        assert advunlearn["projected_run_seconds"] < advunlearn["authors_schedule_estimate_seconds"]
     assert not list(tmp_path.glob(".bench.json.*"))  # the atomic write's temporary files are gone

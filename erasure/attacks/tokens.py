@@ -47,7 +47,9 @@ def safe_token_ids(tokenizer) -> torch.Tensor:
     if key not in _SAFE_IDS:
         special = set(tokenizer.all_special_ids)
         ids = sorted(i for token, i in vocab.items() if token.endswith("</w>") and i not in special)
-        texts = [tokenizer.decode([i], clean_up_tokenization_spaces=False) for i in ids]
+        # Some tokenizer states decode a word with its end-of-word marker left on ("a</w>";
+        # seen inside scripts/gpu_bench.py's process): the marker is a space, not text.
+        texts = [tokenizer.decode([i], clean_up_tokenization_spaces=False).replace("</w>", " ").strip() for i in ids]
         encoded = tokenizer(texts, add_special_tokens=False).input_ids
         _SAFE_IDS[key] = torch.tensor([i for i, again in zip(ids, encoded) if again == [i]])
     return _SAFE_IDS[key]
