@@ -163,9 +163,29 @@ class TrajectoryBank:
         """
         trajectories = torch.randint(len(self), (count,), generator=generator)
         step = int(torch.randint(self.steps, (1,), generator=generator))
+        return self.at(trajectories, step)
+
+    def at(self, trajectories: torch.Tensor, step: int) -> BankDraw:
+        """The latents (and values) of chosen trajectories at one step.
+
+        Args:
+            trajectories: ``(count,)`` bank indices, on the CPU.
+            step: the DDIM step, ``0 .. steps-1``.
+        """
         on_device = trajectories.to(self.latents.device)
         values = None if self.values is None else self.values[step, on_device]
         return BankDraw(trajectories, step, self.rows[trajectories], self.latents[step, on_device], values)
+
+    @classmethod
+    def cat(cls, banks: list["TrajectoryBank"]) -> "TrajectoryBank":
+        """The banks' trajectories in one bank, in order (e.g. a bank sampled in chunks
+        to bound memory).
+
+        Args:
+            banks: banks of the same depth, all with values or all without.
+        """
+        values = None if banks[0].values is None else torch.cat([bank.values for bank in banks], dim=1)
+        return cls(torch.cat([bank.latents for bank in banks], dim=1), torch.cat([bank.rows for bank in banks]), values)
 
     def state(self, prefix: str) -> dict[str, torch.Tensor]:
         """The bank as named tensors, for a checkpoint (``erasure.training.TrainingState.tensors``).

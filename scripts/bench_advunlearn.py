@@ -143,14 +143,9 @@ def bench(pipe, config: advunlearn.AdvUnlearnConfig, args, device: str) -> dict:
     adapter = adapter_for(pipe)
     scheduler = adapter.ddim_scheduler(config.ddim_steps)
     retain = advunlearn.retain_prompts([Concept("nudity")], config, str(pipe.name_or_path))
-    generator = torch.Generator().manual_seed(0)
     synchronize(device)
     start = time.perf_counter()
-    with torch.no_grad(), esd.autocast(adapter, config):
-        advunlearn.TrajectoryBank.sample(adapter, scheduler, ["nudity"], config.bank_size, config.start_guidance,
-                                         generator, keep_unconditional=True)
-        advunlearn.TrajectoryBank.sample(adapter, scheduler, retain, len(retain), config.start_guidance,
-                                         generator, keep_unconditional=False)
+    advunlearn.sample_banks(adapter, scheduler, ["nudity"], retain, config)
     synchronize(device)
     bank_seconds = time.perf_counter() - start
 

@@ -17,6 +17,7 @@ from erasure.errors import ErasureError
 from erasure.methods import advunlearn
 from erasure.methods.advunlearn import AdvUnlearnConfig
 from erasure.tiny import build_tiny_pipeline
+from erasure.trajectories import TrajectoryBank
 from erasure.training import CHECKPOINT_INDEX, RunOptions, swapped_parameters
 
 # A 3-step DDIM bank of 4 trajectories and a few iterations keep each run to seconds.
@@ -102,13 +103,42 @@ def test_the_regulariser_bounds_the_change_of_retained_prompts_while_the_erased_
 
 def test_the_inner_attack_lowers_its_objective(monkeypatch):
     """On a fixed draw the attack's loss falls over its steps, for both variants."""
-    monkeypatch.setattr(advunlearn.Loop, "draw", lambda self, bank: (torch.tensor([0]), 1))
+    first_at_step_1 = lambda self, generator, count: self.at(torch.zeros(count, dtype=torch.long), 1)  # noqa: E731
+    monkeypatch.setattr(TrajectoryBank, "draw", first_at_step_1)
     for attack in ("pgd", "fast"):
         edit = advunlearn.erase(build_tiny_pipeline("sd1"), CIRCLE,
                                 AdvUnlearnConfig(**{**FAST, "attack_steps": 8, "attack_lr": 2e-2}, attack=attack))
         rounds = edit.extra["attack_losses"]
         assert len(rounds) == FAST["iterations"] - FAST["warmup"]
         assert all(last < first for first, last in rounds), (attack, rounds)
+
+
+def test_the_bank_keeps_the_frozen_predictions_and_chunks_change_nothing(monkeypatch):
+    """Each latent keeps its run's prompt and ``""`` predictions; sampling in chunks (for
+    memory) gives the bank sampled in one batch."""
+    adapter = adapter_for(build_tiny_pipeline("sd1"))
+    scheduler = adapter.ddim_scheduler(3)
+    prompts = ["a circle", "a square", "a star"]
+
+    def bank():
+        with torch.no_grad():
+            return advunlearn.frozen_bank(adapter, scheduler, prompts, 5, 3.0, torch.Generator().manual_seed(0),
+                                          keep_unconditional=True)
+
+    whole = bank()
+    monkeypatch.setattr(advunlearn, "BANK_CHUNK", 2)
+    chunked = bank()
+    assert chunked.rows.tolist() == whole.rows.tolist() == [0, 1, 2, 0, 1]
+    assert chunked.values.shape == (3, 5, 2, *adapter.latent_shape)
+    torch.testing.assert_close(chunked.latents, whole.latents)
+    torch.testing.assert_close(chunked.values, whole.values)
+    step, trajectory = 1, 4
+    timestep = scheduler.timesteps[step]
+    model_input = scheduler.scale_model_input(chunked.latents[step, trajectory:trajectory + 1], timestep)
+    with torch.no_grad():
+        for kept, prompt in ((advunlearn.CONDITIONAL, prompts[1]), (advunlearn.UNCONDITIONAL, "")):
+            expected = adapter.predict_noise(model_input, timestep, adapter.encode([prompt]))
+            torch.testing.assert_close(chunked.values[step, trajectory, kept], expected[0])
 
 
 def noise_predictions(pipe) -> torch.Tensor:

@@ -68,7 +68,7 @@ import dataclasses
 import re
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -81,6 +81,7 @@ from ..config import SEED_BOUNDS, MethodConfig, setting
 from ..edit import Edit
 from ..errors import ErasureError
 from ..loading import model_folder
+from ..trajectories import StepPredictions, TrajectoryBank, widened
 from ..training import (
     Checkpoint,
     RunOptions,
@@ -95,6 +96,7 @@ from . import esd
 from .mace import MACEConfig, general_captions
 
 BANK_CHUNK = 64  # trajectories sampled per batch while building a bank (memory only)
+CONDITIONAL, UNCONDITIONAL = 0, 1  # where a bank's values hold the frozen predictions
 
 
 @dataclass
@@ -221,7 +223,8 @@ def erase(pipe, concepts: list[Concept], config: AdvUnlearnConfig, run: RunOptio
             generator=generator,
             extra={"seconds": {"inner_attack": 0.0, "outer": 0.0}, "attack_losses": []},
         )
-        loop = Loop(adapter, scheduler, concept_bank, retain_bank, candidates, delta, config, state)
+        loop = Loop(adapter, scheduler, (concept_prompts, concept_bank), (retain, retain_bank), candidates, delta,
+                    config, state)
         losses = run_steps(loop.step, state, config.iterations, checkpoint, run.checkpoint_every, unit="iteration")
     seconds = {"bank": round(bank_seconds, 3), **{k: round(v, 3) for k, v in state.extra["seconds"].items()}}
     extra = {
@@ -234,15 +237,15 @@ def erase(pipe, concepts: list[Concept], config: AdvUnlearnConfig, run: RunOptio
 
 
 def sample_banks(adapter: StableDiffusionAdapter, scheduler, concept_prompts: list[str], retain: list[str],
-                 config: AdvUnlearnConfig) -> tuple["TrajectoryBank", "TrajectoryBank"]:
+                 config: AdvUnlearnConfig) -> tuple[TrajectoryBank, TrajectoryBank]:
     """The frozen model's concept trajectories (``bank_size``, with the ``""`` predictions
     ESD's target needs) and one trajectory per retain prompt, noise drawn from ``seed``."""
     generator = torch.Generator().manual_seed(config.seed)
     with torch.no_grad(), esd.autocast(adapter, config):
-        concept = TrajectoryBank.sample(adapter, scheduler, concept_prompts, config.bank_size, config.start_guidance,
-                                        generator, keep_unconditional=True)
-        retained = TrajectoryBank.sample(adapter, scheduler, retain, len(retain), config.start_guidance, generator,
-                                         keep_unconditional=False)
+        concept = frozen_bank(adapter, scheduler, concept_prompts, config.bank_size, config.start_guidance,
+                              generator, keep_unconditional=True)
+        retained = frozen_bank(adapter, scheduler, retain, len(retain), config.start_guidance, generator,
+                               keep_unconditional=False)
     return concept, retained
 
 
@@ -326,67 +329,55 @@ def retain_prompts(concepts: list[Concept], config: AdvUnlearnConfig, model: str
 # ---- the x_t bank --------------------------------------------------------------------
 
 
-@dataclass
-class TrajectoryBank:
-    """Guided DDIM runs of the frozen model, every intermediate latent kept with the
-    frozen predictions there.
+def frozen_bank(adapter: StableDiffusionAdapter, scheduler, prompts: list[str], count: int, guidance: float,
+                generator: torch.Generator, keep_unconditional: bool) -> TrajectoryBank:
+    """``count`` guided DDIM runs of the model as it is (the frozen one), prompts taken in
+    turn (the bank's ``rows`` index ``prompts``), noise from ``generator``, sampled
+    ``BANK_CHUNK`` runs at a time. Each latent keeps the frozen predictions there:
+    ``values[k, i, CONDITIONAL]`` under the run's prompt, ``values[k, i, UNCONDITIONAL]``
+    under ``""`` if kept.
 
-    Attributes:
-        prompts: the prompt of each trajectory.
-        latents: ``(steps, n, C, H, W)``: trajectory ``i`` after ``k`` steps, at noise
-            level ``scheduler.timesteps[k]``.
-        conditional: the frozen model's prediction there under the trajectory's prompt.
-        unconditional: the same under ``""``, or ``None`` if not kept.
+    Args:
+        adapter: the model (its weights as they are now: the frozen ones).
+        scheduler: a DDIM scheduler with its timesteps set.
+        prompts: the prompts, cycled over.
+        count: trajectories.
+        guidance: classifier-free guidance of the runs.
+        generator: the noise's random stream.
+        keep_unconditional: keep the ``""`` predictions too (the ESD target needs them).
+    """
+    rows = torch.arange(count) % len(prompts)
+    channels, height, width = adapter.latent_shape
+    noise = torch.randn((count, channels, height, width), generator=generator).to(adapter.device)
+    empty = adapter.encode([""])
+    chunks = []
+    for start in range(0, count, BANK_CHUNK):
+        chunk = rows[start:start + BANK_CHUNK]
+        both = PromptEmbeddings.cat([empty.repeat(len(chunk)), adapter.encode([prompts[i] for i in chunk.tolist()])])
+        predict = guided_predictions(adapter, both, guidance, keep_unconditional)
+        noise_of_chunk = noise[start:start + len(chunk)]
+        chunks.append(TrajectoryBank.sample(scheduler, noise_of_chunk, chunk, predict, with_values=True))
+    return TrajectoryBank.cat(chunks)
+
+
+def guided_predictions(adapter: StableDiffusionAdapter, both: PromptEmbeddings, guidance: float,
+                       keep_unconditional: bool) -> StepPredictions:
+    """``predict(x, t)`` for ``TrajectoryBank.sample``: the ``""`` and prompt predictions in
+    one call, their guided mix (which continues the run) and the kept ones, stacked.
+
+    Args:
+        adapter: the model.
+        both: the empty prompt's conditioning for every run, then each run's prompt's.
+        guidance: classifier-free guidance scale.
+        keep_unconditional: keep the ``""`` prediction after the prompt's.
     """
 
-    prompts: list[str]
-    latents: torch.Tensor
-    conditional: torch.Tensor
-    unconditional: torch.Tensor | None
+    def predict(model_input: torch.Tensor, timestep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        uncond, cond = widened(adapter.predict_noise(torch.cat([model_input] * 2), timestep, both)).chunk(2)
+        kept = (cond, uncond) if keep_unconditional else (cond,)
+        return uncond + guidance * (cond - uncond), torch.stack(kept, dim=1)
 
-    @classmethod
-    def sample(cls, adapter: StableDiffusionAdapter, scheduler, prompts: list[str], count: int, guidance: float,
-               generator: torch.Generator, keep_unconditional: bool) -> "TrajectoryBank":
-        """``count`` trajectories, prompts taken in turn, noise from ``generator``.
-
-        Args:
-            adapter: the model (its weights as they are now: the frozen ones).
-            scheduler: a DDIM scheduler with its timesteps set.
-            prompts: the prompts, cycled over.
-            count: trajectories.
-            guidance: classifier-free guidance of the runs.
-            generator: the noise's random stream.
-            keep_unconditional: keep the ``""`` predictions too (the ESD target needs them).
-        """
-        assigned = [prompts[i % len(prompts)] for i in range(count)]
-        channels, height, width = adapter.latent_shape
-        noise = torch.randn((count, channels, height, width), generator=generator).to(adapter.device)
-        empty = adapter.encode([""])
-        parts = []
-        for start in range(0, count, BANK_CHUNK):
-            chunk = assigned[start:start + BANK_CHUNK]
-            cond = adapter.encode(chunk)
-            both = PromptEmbeddings.cat([empty.repeat(len(chunk)), cond])
-            latents = noise[start:start + len(chunk)] * scheduler.init_noise_sigma
-            kept: list[list[torch.Tensor]] = [[], [], []]
-            for timestep in scheduler.timesteps:
-                model_input = scheduler.scale_model_input(latents, timestep)
-                uncond, conditional = adapter.predict_noise(torch.cat([model_input] * 2), timestep, both).float().chunk(2)
-                kept[0].append(latents.float())
-                kept[1].append(conditional)
-                kept[2].append(uncond)
-                guided = uncond + guidance * (conditional - uncond)
-                latents = scheduler.step(guided, timestep, latents, eta=0.0).prev_sample
-            parts.append([torch.stack(k) for k in kept])
-        latents, conditional, unconditional = (torch.cat([p[i] for p in parts], dim=1) for i in range(3))
-        return cls(assigned, latents, conditional, unconditional if keep_unconditional else None)
-
-    def __len__(self) -> int:
-        return self.latents.shape[1]
-
-    @property
-    def steps(self) -> int:
-        return self.latents.shape[0]
+    return predict
 
 
 # ---- the loop ------------------------------------------------------------------------
@@ -406,10 +397,24 @@ class Loop:
     so that the checkpoint, which holds the same tensors, saves and restores them.
     """
 
-    def __init__(self, adapter, scheduler, concept_bank: TrajectoryBank, retain_bank: TrajectoryBank,
-                 candidates: torch.Tensor, delta: list[torch.Tensor], config: AdvUnlearnConfig, state: TrainingState):
+    def __init__(self, adapter, scheduler, concept: tuple[list[str], TrajectoryBank],
+                 retain: tuple[list[str], TrajectoryBank], candidates: torch.Tensor, delta: list[torch.Tensor],
+                 config: AdvUnlearnConfig, state: TrainingState):
+        """
+        Args:
+            adapter: the model's adapter (its trained modules swapped in).
+            scheduler: the banks' DDIM scheduler.
+            concept: the concept prompts and their bank (``frozen_bank``, with ``""`` predictions).
+            retain: the retain prompts and their bank.
+            candidates: token ids a random attack start is drawn from.
+            delta: the latest adversarial vectors, updated in place.
+            config: the run's settings.
+            state: the optimiser, the run's generator and the records.
+        """
         self.adapter, self.scheduler, self.config, self.state = adapter, scheduler, config, state
-        self.concept_bank, self.retain_bank = concept_bank, retain_bank
+        (self.concept_prompts, self.concept_bank), (self.retain_prompts, self.retain_bank) = concept, retain
+        # ESD's target, anchored at the "" prediction (the paper's and the authors').
+        self.objective = esd.ESDConfig(negative_guidance=config.negative_guidance, target_base="anchor")
         self.candidates, self.delta = candidates, delta
 
     def step(self, index: int) -> float:
@@ -428,11 +433,6 @@ class Loop:
         seconds["outer"] += time.perf_counter() - started
         return loss
 
-    def draw(self, bank: TrajectoryBank) -> tuple[torch.Tensor, int]:
-        """One trajectory and a step, from the run's generator."""
-        generator = self.state.generator
-        return torch.randint(len(bank), (1,), generator=generator), int(torch.randint(bank.steps, (1,), generator=generator))
-
     def encode(self, prompts: list[str], prefix: list[torch.Tensor] | None) -> PromptEmbeddings:
         """The prompts through the current text encoder, with gradients; with the
         adversarial vectors before each if ``prefix`` is given."""
@@ -444,19 +444,18 @@ class Loop:
         """The inner level: ``attack_steps`` steps on free prefix vectors minimising
         ``|| eps(x_t, t, T([delta; c])) - eps*(x_t, t, c) ||^2`` at bank draws. Returns
         the vectors found and the loss of each step."""
-        config, adapter, bank = self.config, self.adapter, self.concept_bank
+        config, adapter = self.config, self.adapter
         start = self.delta if config.attack_init == "latest" else \
             random_prefix(adapter, self.candidates, config.attack_tokens, self.state.generator)
         vectors = [d.clone().requires_grad_(True) for d in start]
         optimizer = torch.optim.Adam(vectors, lr=config.attack_lr)
         losses = []
         for _ in range(config.attack_steps):
-            rows, step = self.draw(bank)
-            on_device = rows.to(bank.latents.device)
+            draw = self.concept_bank.draw(self.state.generator, 1)
             with esd.autocast(adapter, config):
-                cond = self.encode([bank.prompts[int(rows[0])]], vectors)
-                prediction = adapter.predict_noise(bank.latents[step, on_device], self.scheduler.timesteps[step], cond)
-            loss = F.mse_loss(prediction.float(), bank.conditional[step, on_device])
+                cond = self.encode([self.concept_prompts[int(draw.rows[0])]], vectors)
+                prediction = adapter.predict_noise(draw.latents, self.scheduler.timesteps[draw.step], cond)
+            loss = F.mse_loss(prediction.float(), draw.values[:, CONDITIONAL])
             losses.append(loss.item())
             grads = torch.autograd.grad(loss, vectors)  # to delta only: the model's weights get none
             for vector, grad in zip(vectors, grads):
@@ -467,26 +466,26 @@ class Loop:
     def outer_step(self, adversarial: bool) -> float:
         """ESD's loss on the (adversarial) concept prompt plus ``gamma`` times the retain
         loss, in one UNet call; one Adam step. Raises ``NonFiniteError`` before the step."""
-        config, adapter = self.config, self.adapter
-        concept_bank, retain_bank = self.concept_bank, self.retain_bank
-        rows, step = self.draw(concept_bank)
-        kept = torch.randperm(len(retain_bank), generator=self.state.generator)[: config.retain_batch]
-        rows_d, kept_d = rows.to(concept_bank.latents.device), kept.to(retain_bank.latents.device)
-        uncond, cond = concept_bank.unconditional[step, rows_d], concept_bank.conditional[step, rows_d]
-        target = uncond - config.negative_guidance * (cond - uncond)
-        retain_target = retain_bank.conditional[step, kept_d]
-        latents = torch.cat([concept_bank.latents[step, rows_d], retain_bank.latents[step, kept_d]])
+        config, adapter, generator = self.config, self.adapter, self.state.generator
+        concept = self.concept_bank.draw(generator, 1)
+        retain = self.retain_bank.at(torch.randperm(len(self.retain_bank), generator=generator)[: config.retain_batch],
+                                     concept.step)
+        target = esd.esd_target(concept.values[:, UNCONDITIONAL], concept.values[:, CONDITIONAL], None, self.objective)
+        retain_target = retain.values[:, CONDITIONAL]
+        latents = torch.cat([concept.latents, retain.latents])
 
         self.state.optimizer.zero_grad(set_to_none=True)
         with esd.autocast(adapter, config):
-            concept = self.encode([concept_bank.prompts[int(rows[0])]], self.delta if adversarial else None)
-            retain = self.encode([retain_bank.prompts[int(i)] for i in kept], None)
-            prediction = adapter.predict_noise(latents, self.scheduler.timesteps[step],
-                                               PromptEmbeddings.cat([concept, retain])).float()
+            prefix = self.delta if adversarial else None
+            concept_cond = self.encode([self.concept_prompts[int(concept.rows[0])]], prefix)
+            retain_cond = self.encode([self.retain_prompts[int(i)] for i in retain.rows], None)
+            prediction = adapter.predict_noise(latents, self.scheduler.timesteps[concept.step],
+                                               PromptEmbeddings.cat([concept_cond, retain_cond])).float()
         loss = F.mse_loss(prediction[:1], target) + config.retain_weight * F.mse_loss(prediction[1:], retain_target)
-        value = finite_value(loss, f"the trained weights diverged: lower lr (now {config.lr:g})")
+        diverged = f"the trained weights diverged: lower lr (now {config.lr:g})"
+        value = finite_value(loss, diverged)
         loss.backward()
         params = [p for group in self.state.optimizer.param_groups for p in group["params"]]
-        check_finite_gradients(params, f"the trained weights diverged: lower lr (now {config.lr:g})")
+        check_finite_gradients(params, diverged)
         self.state.optimizer.step()
         return value
