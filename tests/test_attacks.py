@@ -288,7 +288,7 @@ def test_the_inverted_token_loads_in_plain_diffusers(attacked_run):
 
     vector = load_file(out / "attacks" / "concept-inversion.safetensors")["<circle-inv>"]
     prompt = load_prompt_set(out / "attacks" / "concept-inversion.csv").rows[0].prompt
-    assert prompt == "a red <circle-inv>"
+    assert prompt.endswith(" <circle-inv>") and "circle" not in prompt.replace("<circle-inv>", "")  # word -> token
     pipe = build_tiny_pipeline("sd1")  # UCE left the text encoder as it was
     ours = encode_with_token(adapter_for(pipe), [prompt.replace("<circle-inv>", "\x00")], [vector[None]])
     pipe.load_textual_inversion(str(out / "attacks" / "concept-inversion.safetensors"), token="<circle-inv>")
