@@ -38,9 +38,8 @@ import time
 from contextlib import contextmanager
 
 import torch
-from sd_architectures import ARCHITECTURES, random_pipeline
+from sd_architectures import ARCHITECTURES, benchmark_pipeline
 
-import erasure
 from erasure.adapters import adapter_for
 from erasure.concepts import Concept
 from erasure.methods import advunlearn, esd
@@ -189,12 +188,6 @@ def bench(pipe, config: advunlearn.AdvUnlearnConfig, args, device: str) -> dict:
     return result
 
 
-def load(model: str, device: str):
-    if model in ARCHITECTURES:
-        return random_pipeline(model, device, torch.float32)
-    return erasure.load_pipeline(model, device=device, dtype="float32")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="sd1.4", help=f"{', '.join(ARCHITECTURES)}, mini-sd or a pipeline folder")
@@ -219,7 +212,7 @@ def main() -> None:
         args.model, args.attack_steps, args.ddim_steps, args.bank_size, args.retain = "tiny-sd1", 2, 3, 4, 6
         args.warm, args.timed = 1, 2
     else:
-        pipe = load(args.model, args.device)
+        pipe = benchmark_pipeline(args.model, args.device)
     machine = {"model": args.model, "device": args.device, "torch": torch.__version__, "threads": torch.get_num_threads()}
     if args.device.startswith("cuda"):
         machine["gpu"] = torch.cuda.get_device_name()

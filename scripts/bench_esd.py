@@ -35,7 +35,7 @@ import time
 from contextlib import contextmanager
 
 import torch
-from sd_architectures import ARCHITECTURES, random_pipeline
+from sd_architectures import ARCHITECTURES, benchmark_pipeline
 
 import erasure
 from erasure.adapters import adapter_for
@@ -163,12 +163,6 @@ def measure(
     }
 
 
-def load(model: str, device: str):
-    if model in ARCHITECTURES:
-        return random_pipeline(model, device, torch.float32)
-    return erasure.load_pipeline(model, device=device, dtype="float32")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="mini-sd", help=f"mini-sd, a pipeline folder, or {', '.join(ARCHITECTURES)}")
@@ -186,7 +180,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    pipe = load(args.model, args.device)
+    pipe = benchmark_pipeline(args.model, args.device)
     machine = {"model": args.model, "device": args.device, "torch": torch.__version__, "threads": torch.get_num_threads()}
     if args.device.startswith("cuda"):
         machine["gpu"] = torch.cuda.get_device_name()

@@ -72,3 +72,18 @@ def random_pipeline(architecture: str = "sd1.4", device: str = "cpu", dtype: tor
     pipe.register_to_config(_name_or_path=f"random-{architecture}")
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device=device, dtype=dtype)
+
+
+def benchmark_pipeline(model: str, device: str):
+    """A benchmark's float32 pipeline: an architecture of ``ARCHITECTURES`` with random
+    weights, or a model ``erasure.load_pipeline`` reads (``mini-sd``, a folder, a Hub id).
+
+    Args:
+        model: an architecture name or a model.
+        device: where it runs.
+    """
+    if model in ARCHITECTURES:
+        return random_pipeline(model, device, torch.float32)
+    import erasure
+
+    return erasure.load_pipeline(model, device=device, dtype="float32")
