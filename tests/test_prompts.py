@@ -117,7 +117,8 @@ def trained_phrasings(task) -> set[str]:
         path, settings = variant.erase_arguments(task, quick=False)
         config = resolve_config(variant.method, "object", path, **settings)
         templates = {"uce": lambda: config.prompt_templates, "rece": lambda: config.uce.prompt_templates,
-                     "mace": lambda: templates_of(config), "esd": lambda: ["{}"]}[variant.method]()
+                     "mace": lambda: templates_of(config), "esd": lambda: ["{}"],
+                     "advunlearn": lambda: config.concept_templates}[variant.method]()
         phrasings |= {phrasing_of(t.format(concept)) for t in templates for concept in task.concepts}
     return phrasings
 
