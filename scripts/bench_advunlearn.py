@@ -134,7 +134,10 @@ def mean_of(records: list[dict], key: str) -> float:
     return sum(r.get(key, 0) for r in records) / max(1, len(records))
 
 
-def bench(pipe, config: advunlearn.AdvUnlearnConfig, args, device: str) -> dict:
+def bench(pipe, config: advunlearn.AdvUnlearnConfig, device: str, warm: int, timed: int,
+          gradient_checkpointing: bool = False) -> dict:
+    """The figures of the module docstring for ``config``: ``warm`` untimed then ``timed``
+    timed iterations of each kind (warm-up, adversarial)."""
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
@@ -149,14 +152,14 @@ def bench(pipe, config: advunlearn.AdvUnlearnConfig, args, device: str) -> dict:
     bank_seconds = time.perf_counter() - start
 
     # The timed run: a small bank (its cost is measured above), warm-up then adversarial iterations.
-    per_kind = args.warm + args.timed
+    per_kind = warm + timed
     run_config = dataclasses.replace(config, iterations=2 * per_kind, warmup=per_kind, bank_size=4, retain_limit=8)
     records: list[dict] = []
     with timed_iterations(device, records):
-        advunlearn.erase(pipe, [Concept("nudity")], run_config, RunOptions(gradient_checkpointing=args.gradient_checkpointing))
-    warm = records[args.warm:per_kind]
-    post = records[per_kind + args.warm:]
-    warm_s, post_s = mean_of(warm, "seconds"), mean_of(post, "seconds")
+        advunlearn.erase(pipe, [Concept("nudity")], run_config, RunOptions(gradient_checkpointing=gradient_checkpointing))
+    warm_up = records[warm:per_kind]
+    post = records[per_kind + warm:]
+    warm_s, post_s = mean_of(warm_up, "seconds"), mean_of(post, "seconds")
     adversarial = config.iterations - config.warmup
     projected = bank_seconds + config.warmup * warm_s + adversarial * post_s
 
@@ -167,7 +170,7 @@ def bench(pipe, config: advunlearn.AdvUnlearnConfig, args, device: str) -> dict:
     authors_post = post_s + MEAN_SAMPLING_STEPS * (AUTHORS_POST_WARMUP_FRESH * step_b1 + step_b5) \
         + 2 * (config.attack_steps + 1) * single
     counts = {kind: {key: mean_of(group, key) for key in sorted({k for r in group for k in r if k.endswith(("calls", "samples"))})}
-              for kind, group in (("warm_up", warm), ("post_warm_up", post))}
+              for kind, group in (("warm_up", warm_up), ("post_warm_up", post))}
     result = {
         "precision": config.mixed_precision, "attack_steps": config.attack_steps, "ddim_steps": config.ddim_steps,
         "bank": {"concept": config.bank_size, "retain": len(retain), "seconds": round(bank_seconds, 2)},
@@ -175,7 +178,7 @@ def bench(pipe, config: advunlearn.AdvUnlearnConfig, args, device: str) -> dict:
         "post_warm_up_iteration_seconds": round(post_s, 4),
         "post_warm_up_inner_attack_seconds": round(mean_of(post, "inner"), 4),
         "post_warm_up_outer_seconds": round(mean_of(post, "outer"), 4),
-        "iterations_timed": {"warm_up": len(warm), "post_warm_up": len(post)},
+        "iterations_timed": {"warm_up": len(warm_up), "post_warm_up": len(post)},
         "projected_run_seconds": round(projected, 1),
         "guided_ddim_step_seconds": {"batch_1": round(step_b1, 4), f"batch_{config.retain_batch}": round(step_b5, 4)},
         "authors_schedule_estimate_seconds": round(config.warmup * authors_warm + adversarial * authors_post, 1),
@@ -221,7 +224,7 @@ def main() -> None:
         config = advunlearn.AdvUnlearnConfig(attack_steps=args.attack_steps, ddim_steps=args.ddim_steps,
                                              bank_size=args.bank_size, retain_limit=args.retain,
                                              mixed_precision=PRECISIONS[precision])
-        print(json.dumps(bench(pipe, config, args, args.device)), flush=True)
+        print(json.dumps(bench(pipe, config, args.device, args.warm, args.timed, args.gradient_checkpointing)), flush=True)
 
 
 if __name__ == "__main__":

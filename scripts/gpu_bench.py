@@ -153,16 +153,13 @@ def advunlearn_entry(bench: Bench, precision: str) -> dict:
     """AdvUnlearn with the authors' schedule (``scripts/bench_advunlearn.py``): the x_t
     bank, seconds per warm-up and per adversarial iteration (inner attack and outer step
     apart), the projected run and the estimate for the authors' sampling."""
-    import argparse
-
     import bench_advunlearn
 
     from erasure.methods.advunlearn import AdvUnlearnConfig
 
     sizes = dict(attack_steps=2, ddim_steps=3, bank_size=4, retain_limit=6) if bench.smoke else {}
     config = AdvUnlearnConfig(**sizes, mixed_precision="bf16" if precision == "bf16" else "no")
-    runs = argparse.Namespace(warm=1, timed=bench.sizes.advunlearn_iterations, gradient_checkpointing=False)
-    return bench_advunlearn.bench(bench.pipeline(), config, runs, bench.device)
+    return bench_advunlearn.bench(bench.pipeline(), config, bench.device, warm=1, timed=bench.sizes.advunlearn_iterations)
 
 
 def generation_entry(bench: Bench, precision: str) -> dict:
