@@ -61,7 +61,7 @@ from .eval.intervals import overlap, wilson
 from .eval.tables import bound
 
 METRICS = ["world", "clip"]
-SEED = 0  # the erase command's default --seed, for in-process erasures too
+SEED = 0  # torch's global seed in the erase command (its default), for in-process erasures too
 BATCH_SIZE = 64
 VARIANT_KEYS = {"method", "config", "settings", "per_kind", "quick"}
 QUICK_KEYS = {"settings", "floors"}
@@ -555,7 +555,7 @@ def erase_command(recipe: dict, weights: Path) -> list[str]:
     """The ``erase`` command line of a recipe (settings as JSON, which YAML reads)."""
     command = [sys.executable, "-m", "erasure.cli", "--method", recipe["method"],
                "--concepts", ", ".join(recipe["concepts"]), "--model", recipe["model"], "--device", recipe["device"],
-               "--seed", str(recipe["seed"]), "--output", str(weights), "--overwrite"]
+               "--output", str(weights), "--overwrite"]  # no --seed: it would replace the configs' own seeds
     if recipe["config"]:
         command += ["--config", recipe["config"]]
     for key, value in recipe["settings"].items():

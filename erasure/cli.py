@@ -43,7 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", type=Path, help="output .safetensors (default: outputs/<method>-<concepts>.safetensors)")
     parser.add_argument("--export", choices=EXPORTS, action="append", default=[],
                         help="also write a full diffusers pipeline folder, or a diffusers LoRA (mace)")
-    parser.add_argument("--seed", type=int, default=0, help=f"random seed, 0 to {MAX_SEED} (default: 0)")
+    parser.add_argument("--seed", type=int,
+                        help=f"seed of the run, 0 to {MAX_SEED}: the method config's seed where it has one (esd, mace, "
+                        "advunlearn; default: the config's), and torch's global seed (default: 0)")
     parser.add_argument("--device", help="cuda, cuda:1, cpu... (default: the GPU if there is one)")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
                         help="weights dtype (auto: float32 on CPU and for training methods, float16 otherwise)")
@@ -88,9 +90,9 @@ def run(args: argparse.Namespace) -> int:
     if args.resume and not method.trains:
         raise ErasureError(f"--resume applies to methods that train and checkpoint; {args.method} does not")
     concepts = _concepts(args)
-    config = _config(args, method)
-    if not 0 <= args.seed <= MAX_SEED:
+    if args.seed is not None and not 0 <= args.seed <= MAX_SEED:
         raise ErasureError(f"--seed {args.seed}: give a whole number from 0 to {MAX_SEED}")
+    config = _config(args, method)
     device = resolve_device(args.device)
     output = args.output or Path("outputs") / f"{args.method}-{slug(concepts)}.safetensors"
     outputs = _check_outputs(output, args)
@@ -100,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
         check_checkpoint_folder(run_options)
 
     with claimed_outputs(outputs):
-        torch.manual_seed(args.seed)
+        torch.manual_seed(args.seed or 0)
         started = time.perf_counter()
         # Training needs float32 master weights; closed-form methods solve in float64 anyway.
         dtype = "float32" if args.dtype == "auto" and method.trains else args.dtype
@@ -138,6 +140,11 @@ def _config(args, method):
     from .paths import read_text_file
 
     overrides = dict(parse_override(item) for item in args.overrides)
+    seed = field_path(method.config_class, "seed")
+    if args.seed is not None and seed is not None:
+        if seed in overrides:
+            raise ErasureError(f"--seed and --set {seed}=... both set the seed: give one of them")
+        overrides[seed] = args.seed
     if args.preserve is not None:
         preserve = field_path(method.config_class, "preserve")
         if preserve is None:

@@ -41,6 +41,26 @@ def test_config_file_and_set_override_in_order(tiny_pipeline_folder, tmp_path):
     assert weights.concepts == ["a", "b"]
 
 
+def test_seed_seeds_the_methods_own_random_stream(tiny_pipeline_folder, tmp_path, capsys):
+    # ESD draws concepts, steps and noise from its config's seed: --seed must reach it, or
+    # runs meant to differ by seed are one run repeated.
+    def esd(name, *extra):
+        output = tmp_path / f"{name}.safetensors"
+        code = main(["--method", "esd", "--concepts", "airplane", "--model", str(tiny_pipeline_folder), "--set",
+                     "iterations=2", "--set", "ddim_steps=2", "--output", str(output), "--device", "cpu", *extra])
+        return code, (EditedWeights.load(output) if code == 0 else None)
+
+    _, default = esd("default")
+    _, seed_1 = esd("seed-1", "--seed", "1")
+    _, set_1 = esd("set-1", "--set", "seed=1")
+    assert default.config["seed"] == 0 and seed_1.config["seed"] == 1
+    assert any(not torch.equal(default.tensors[k], seed_1.tensors[k]) for k in default.tensors)
+    assert all(torch.equal(seed_1.tensors[k], set_1.tensors[k]) for k in seed_1.tensors)
+    capsys.readouterr()
+    assert esd("both", "--seed", "1", "--set", "seed=2")[0] == 2
+    assert "--seed and --set seed=... both set the seed: give one of them" in capsys.readouterr().err
+
+
 def test_concepts_file(tiny_pipeline_folder, tmp_path):
     names = tmp_path / "concepts.txt"
     names.write_text("# objects\nairplane\ncar  # a comment\n\n")
