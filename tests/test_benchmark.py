@@ -230,135 +230,157 @@ def test_a_readme_without_the_markers_fails_before_the_run(tmp_path, capsys):
 
 
 # ---- quick mode on mini-sd ----
+# Quick mode is most of this suite's time, so its variants run in two halves, a class
+# each, which pytest-xdist (`--dist loadscope`, pyproject.toml) gives to two workers: the
+# ones that train, and the rest (closed forms; MACE's LoRAs are short). A new variant
+# joins the second half by its file alone.
+TRAINED = ("esd-u", "esd-x", "esd-x-strict", "advunlearn")
 
 
-@pytest.fixture(scope="module")
-def quick_run(tmp_path_factory):
+def test_the_trained_half_names_variants_that_exist():
+    # a renamed variant would otherwise move to the other half unnoticed
+    assert set(TRAINED) <= set(VARIANTS)
+
+
+@pytest.fixture(scope="class")
+def quick_run(request, tmp_path_factory):
     output = tmp_path_factory.mktemp("benchmark")
     tasks = [task for task in TASKS.values() if task.quick_rows]
-    return benchmark.run(tasks, list(VARIANTS.values()), output, quick=True), output
+    return benchmark.run(tasks, [VARIANTS[name] for name in request.cls.variants], output, quick=True), output
 
 
-@needs_mini_sd
-def test_every_variant_erases_and_keeps_the_rest(quick_run):
-    results = quick_run[0]["results"]
-    for name, variant in VARIANTS.items():
-        drops = [rows["base"]["acc_e"] - rows[name]["acc_e"] for rows in results.values()]
-        assert sum(drops) / len(drops) >= variant.floors["erased_drop"], (name, drops)
-        for task, rows in results.items():
-            if TASKS[task].kind == benchmark.PAIR:  # six pairs at once: the neighbouring and far pairs stay
-                kept = [rows[name][k] / rows["base"][k] for k in ("acc_neighbour", "acc_far")]
-                assert sum(kept) / 2 >= variant.floors["kept_share"], (task, name, rows[name])
-            else:
-                assert rows[name]["acc_s"] >= variant.floors["retained_share"] * rows["base"]["acc_s"], (task, name)
+class QuickVariants:
+    """The checks every half passes; ``variants``: the half's variant names."""
+
+    variants: tuple[str, ...] = ()
+
+    @needs_mini_sd
+    def test_every_variant_erases_and_keeps_the_rest(self, quick_run):
+        results = quick_run[0]["results"]
+        for name in self.variants:
+            variant = VARIANTS[name]
+            drops = [rows["base"]["acc_e"] - rows[name]["acc_e"] for rows in results.values()]
+            assert sum(drops) / len(drops) >= variant.floors["erased_drop"], (name, drops)
+            for task, rows in results.items():
+                if TASKS[task].kind == benchmark.PAIR:  # six pairs at once: the neighbouring and far pairs stay
+                    kept = [rows[name][k] / rows["base"][k] for k in ("acc_neighbour", "acc_far")]
+                    assert sum(kept) / 2 >= variant.floors["kept_share"], (task, name, rows[name])
+                else:
+                    assert rows[name]["acc_s"] >= variant.floors["retained_share"] * rows["base"]["acc_s"], (task, name)
+
+    @needs_mini_sd
+    def test_the_mass_erasure_table_has_every_variant_and_its_pair_scores(self, quick_run):
+        data, output = quick_run
+        rows = data["results"]["pairs-6"]
+        assert rows["base"]["acc_e"] == rows["base"]["acc_neighbour"] == rows["base"]["acc_far"] == 100.0
+        for name in self.variants:
+            low, high = rows[name]["acc_neighbour_ci"]
+            assert low <= rows[name]["acc_neighbour"] <= high and rows[name]["seconds"] > 0
+            assert rows[name]["h_pairs"] is not None
+        table = (output / "benchmark.md").read_text()
+        assert "**mass erasure**" in table and "| method | N | Acc_e ↓ | Acc_neighbour ↑ | Acc_far ↑ | H_pairs ↑ |" in table
+        assert all(f"| {name} | 6 |" in table for name in self.variants)
+
+    @needs_mini_sd
+    def test_table_and_json_hold_every_number_from_the_reports(self, quick_run):
+        data, output = quick_run
+        saved = json.loads((output / "benchmark.json").read_text())
+        table = (output / "benchmark.md").read_text()
+        assert saved["results"] == json.loads(json.dumps(data["results"]))
+        for task, rows in data["results"].items():
+            for name, row in rows.items():
+                report = json.loads((Path(row["report"]) / "report.json").read_text())
+                variant = "base" if name == "base" else "erased"
+                scores = report["metrics"]["world"][variant]["erasure"]
+                if TASKS[task].kind == benchmark.PAIR:
+                    assert (row["acc_e"], row["acc_far"]) == (scores["acc_e"], scores["acc_far"])
+                else:  # the held-out phrasings' Acc_e and its interval
+                    assert (row["acc_e"], row["acc_e_ci"]) == (scores["acc_e_held_out"], scores["acc_e_held_out_ci"])
+                assert f"| {name} |" in table
+                if name != "base":
+                    assert row["seconds"] > 0 and row["peak_mb"] > 100
+        for task, columns in data["winners"].items():
+            for column, lead in columns.items():
+                if column in ("seconds", "peak_mb"):
+                    continue
+                rows = data["results"][task]
+                others = [n for n in rows if n not in ("base", *lead["best"]) and rows[n].get(column) is not None]
+                first = rows[lead["best"][0]][f"{column}_ci"]
+                if lead["clear"]:  # a bold lead: clear of every other interval
+                    assert not any(overlap(first, rows[n][f"{column}_ci"]) for n in others), (task, column)
+                else:  # a tie: every tied interval reaches the best one's
+                    assert all(overlap(first, rows[n][f"{column}_ci"]) for n in lead["best"])
 
 
-@needs_mini_sd
-def test_the_mass_erasure_table_has_every_variant_and_its_pair_scores(quick_run):
-    data, output = quick_run
-    rows = data["results"]["pairs-6"]
-    assert rows["base"]["acc_e"] == rows["base"]["acc_neighbour"] == rows["base"]["acc_far"] == 100.0
-    for name in VARIANTS:
-        low, high = rows[name]["acc_neighbour_ci"]
-        assert low <= rows[name]["acc_neighbour"] <= high and rows[name]["seconds"] > 0
-        assert rows[name]["h_pairs"] is not None
-    table = (output / "benchmark.md").read_text()
-    assert "**mass erasure**" in table and "| method | N | Acc_e ↓ | Acc_neighbour ↑ | Acc_far ↑ | H_pairs ↑ |" in table
-    assert all(f"| {name} | 6 |" in table for name in VARIANTS)
+class TestQuickTrainedVariants(QuickVariants):
+    variants = TRAINED
 
 
-@needs_mini_sd
-def test_the_attack_columns_are_live(quick_run):
-    # An embedding found in closed form against UCE's edited projections draws the circle
-    # again (measured with these settings on all 12 erased rows: 8.3% -> 91.7%), for every
-    # variant; UnlearnDiffAtk (quick mode's input-space attack) runs on UCE and on the base
-    # model; a row it does not break keeps its erased image, so its ASR is at least Acc_e
-    # on the attacked rows (the first 6 erased rows; measured at full length: 100%).
-    rows = quick_run[0]["results"]["circle"]
-    closed_form, uda = benchmark.asr_key("closed-form"), benchmark.asr_key("unlearndiffatk")
-    report = json.loads((Path(rows["uce"]["report"]) / "report.json").read_text())
-    before = report["attacks"]["closed-form"]["groups"]["erased"]["pre_asr"]  # the same rows, unattacked
-    assert rows["uce"][closed_form] >= 80 and rows["uce"][closed_form] > before, (rows["uce"], before)
-    low, high = rows["uce"][f"{closed_form}_ci"]
-    assert low <= rows["uce"][closed_form] <= high and high - low > 20  # n = 6: a wide Wilson interval
-    assert all(row[closed_form] is not None for row in rows.values())
-    assert rows["uce"][uda] >= 50 and rows["base"][uda] >= 80, (rows["uce"], rows["base"])
-    assert rows["mace"][uda] is None and rows["uce"][benchmark.asr_key("ring-a-bell")] is None
+class TestQuickClosedFormVariants(QuickVariants):
+    """With UCE and MACE: the attack columns, a resumed rerun and the suites, which use them."""
 
+    variants = tuple(name for name in VARIANTS if name not in TRAINED)
 
-@needs_mini_sd
-def test_table_and_json_hold_every_number_from_the_reports(quick_run):
-    data, output = quick_run
-    saved = json.loads((output / "benchmark.json").read_text())
-    table = (output / "benchmark.md").read_text()
-    assert saved["results"] == json.loads(json.dumps(data["results"]))
-    for task, rows in data["results"].items():
-        for name, row in rows.items():
-            report = json.loads((Path(row["report"]) / "report.json").read_text())
-            variant = "base" if name == "base" else "erased"
-            scores = report["metrics"]["world"][variant]["erasure"]
-            if TASKS[task].kind == benchmark.PAIR:
-                assert (row["acc_e"], row["acc_far"]) == (scores["acc_e"], scores["acc_far"])
-            else:  # the held-out phrasings' Acc_e and its interval
-                assert (row["acc_e"], row["acc_e_ci"]) == (scores["acc_e_held_out"], scores["acc_e_held_out_ci"])
-            assert f"| {name} |" in table
-            if name != "base":
-                assert row["seconds"] > 0 and row["peak_mb"] > 100
-    for task, columns in data["winners"].items():
-        for column, lead in columns.items():
-            if column in ("seconds", "peak_mb"):
-                continue
-            rows = data["results"][task]
-            others = [n for n in rows if n not in ("base", *lead["best"]) and rows[n].get(column) is not None]
-            first = rows[lead["best"][0]][f"{column}_ci"]
-            if lead["clear"]:  # a bold lead: clear of every other interval
-                assert not any(overlap(first, rows[n][f"{column}_ci"]) for n in others), (task, column)
-            else:  # a tie: every tied interval reaches the best one's
-                assert all(overlap(first, rows[n][f"{column}_ci"]) for n in lead["best"])
+    @needs_mini_sd
+    def test_the_attack_columns_are_live(self, quick_run):
+        # An embedding found in closed form against UCE's edited projections draws the circle
+        # again (measured with these settings on all 12 erased rows: 8.3% -> 91.7%), for every
+        # variant; UnlearnDiffAtk (quick mode's input-space attack) runs on UCE and on the base
+        # model; a row it does not break keeps its erased image, so its ASR is at least Acc_e
+        # on the attacked rows (the first 6 erased rows; measured at full length: 100%).
+        rows = quick_run[0]["results"]["circle"]
+        closed_form, uda = benchmark.asr_key("closed-form"), benchmark.asr_key("unlearndiffatk")
+        report = json.loads((Path(rows["uce"]["report"]) / "report.json").read_text())
+        before = report["attacks"]["closed-form"]["groups"]["erased"]["pre_asr"]  # the same rows, unattacked
+        assert rows["uce"][closed_form] >= 80 and rows["uce"][closed_form] > before, (rows["uce"], before)
+        low, high = rows["uce"][f"{closed_form}_ci"]
+        assert low <= rows["uce"][closed_form] <= high and high - low > 20  # n = 6: a wide Wilson interval
+        assert all(row[closed_form] is not None for row in rows.values())
+        assert rows["uce"][uda] >= 50 and rows["base"][uda] >= 80, (rows["uce"], rows["base"])
+        assert rows["mace"][uda] is None and rows["uce"][benchmark.asr_key("ring-a-bell")] is None
 
+    @needs_mini_sd
+    def test_a_rerun_resumes_and_writes_the_readme_block(self, quick_run, tmp_path):
+        data, output = quick_run[0], tmp_path / "benchmark"
+        shutil.copytree(quick_run[1], output)  # the other tests read the original
+        readme = tmp_path / "README.md"
+        readme.write_text("before\n<!-- benchmark:begin -->\nstale table\n<!-- benchmark:end -->\nafter\n")
+        assert benchmark.main(["--quick", "--methods", "uce", "--output", str(output), "--readme", str(readme)]) == 0
+        again = json.loads((output / "benchmark.json").read_text())
+        first, rerun = data["results"]["circle"]["uce"], again["results"]["circle"]["uce"]
+        assert again["resumed"] and rerun["report"] == str(output / "circle" / "uce")
+        same = lambda row: {k: v for k, v in row.items() if k not in ("report", "eval_seconds")}  # noqa: E731
+        assert same(rerun) == same(first)
+        text = readme.read_text()
+        assert text.startswith("before\n<!-- benchmark:begin -->\n**one shape**") and text.endswith("-->\nafter\n")
+        assert "stale table" not in text and "| uce |" in text and "| mace |" not in text
 
-@needs_mini_sd
-def test_a_rerun_resumes_and_writes_the_readme_block(quick_run, tmp_path):
-    data, output = quick_run[0], tmp_path / "benchmark"
-    shutil.copytree(quick_run[1], output)  # the other tests read the original
-    readme = tmp_path / "README.md"
-    readme.write_text("before\n<!-- benchmark:begin -->\nstale table\n<!-- benchmark:end -->\nafter\n")
-    assert benchmark.main(["--quick", "--methods", "uce", "--output", str(output), "--readme", str(readme)]) == 0
-    again = json.loads((output / "benchmark.json").read_text())
-    first, rerun = data["results"]["circle"]["uce"], again["results"]["circle"]["uce"]
-    assert again["resumed"] and rerun["report"] == str(output / "circle" / "uce")
-    same = lambda row: {k: v for k, v in row.items() if k not in ("report", "eval_seconds")}  # noqa: E731
-    assert same(rerun) == same(first)
-    text = readme.read_text()
-    assert text.startswith("before\n<!-- benchmark:begin -->\n**one shape**") and text.endswith("-->\nafter\n")
-    assert "stale table" not in text and "| uce |" in text and "| mace |" not in text
-
-
-@needs_mini_sd
-@pytest.mark.parametrize("suite, task", [("mass", "pairs-6"), ("attacks", "circle")])
-def test_a_suite_in_quick_mode_reuses_the_work_and_writes_its_files_and_readme_block(quick_run, tmp_path, suite, task):
-    data, output = quick_run[0], tmp_path / "benchmark"
-    shutil.copytree(quick_run[1], output)
-    readme = tmp_path / "README.md"
-    readme.write_text("".join(f"<!-- benchmark:{name}:begin -->\nold {name}\n<!-- benchmark:{name}:end -->\n"
-                              for name in SUITES))
-    assert benchmark.main(["--suite", suite, "--quick", "--methods", "uce", "mace", "--output", str(output),
-                           "--readme", str(readme)]) == 0
-    saved = json.loads((output / f"benchmark-{suite}.json").read_text())
-    assert saved["suite"] == suite and saved["resumed"] and list(saved["results"]) == [task]
-    assert list(saved["results"][task]) == ["base", "uce", "mace"]
-    assert saved["attacks"] == list(SUITES[suite].attacks)
-    for name in ("uce", "mace"):  # the quick run's erasures, not new ones
-        assert saved["results"][task][name]["seconds"] == data["results"][task][name]["seconds"]
-    text = readme.read_text()
-    block = text.split(f"<!-- benchmark:{suite}:begin -->\n")[1].split(f"<!-- benchmark:{suite}:end -->")[0]
-    assert block == (output / f"benchmark-{suite}.md").read_text() and f"suite `{suite}`" in block
-    assert all(f"old {name}" in text for name in SUITES if name != suite)
-    if suite == "mass":
-        assert "**mass erasure**" in block and "| uce | 6 |" in block and "| lead | 6 |" in block
-    else:  # the attacks suite: a column per attack of attacks.yaml, the quick run's cached results
-        assert SUITES[suite].attacks == tuple(ATTACK_PLAN.columns)
-        assert all(f"ASR {attack} ↓" in block for attack in ATTACK_PLAN.columns) and "| uce |" in block
-        for attack in ATTACK_PLAN.columns:
-            key = benchmark.asr_key(attack)
-            assert saved["results"][task]["uce"][key] == data["results"][task]["uce"][key], attack
+    @needs_mini_sd
+    @pytest.mark.parametrize("suite, task", [("mass", "pairs-6"), ("attacks", "circle")])
+    def test_a_suite_in_quick_mode_reuses_the_work_and_writes_its_files_and_readme_block(self, quick_run, tmp_path, suite,
+                                                                                         task):
+        data, output = quick_run[0], tmp_path / "benchmark"
+        shutil.copytree(quick_run[1], output)
+        readme = tmp_path / "README.md"
+        readme.write_text("".join(f"<!-- benchmark:{name}:begin -->\nold {name}\n<!-- benchmark:{name}:end -->\n"
+                                  for name in SUITES))
+        assert benchmark.main(["--suite", suite, "--quick", "--methods", "uce", "mace", "--output", str(output),
+                               "--readme", str(readme)]) == 0
+        saved = json.loads((output / f"benchmark-{suite}.json").read_text())
+        assert saved["suite"] == suite and saved["resumed"] and list(saved["results"]) == [task]
+        assert list(saved["results"][task]) == ["base", "uce", "mace"]
+        assert saved["attacks"] == list(SUITES[suite].attacks)
+        for name in ("uce", "mace"):  # the quick run's erasures, not new ones
+            assert saved["results"][task][name]["seconds"] == data["results"][task][name]["seconds"]
+        text = readme.read_text()
+        block = text.split(f"<!-- benchmark:{suite}:begin -->\n")[1].split(f"<!-- benchmark:{suite}:end -->")[0]
+        assert block == (output / f"benchmark-{suite}.md").read_text() and f"suite `{suite}`" in block
+        assert all(f"old {name}" in text for name in SUITES if name != suite)
+        if suite == "mass":
+            assert "**mass erasure**" in block and "| uce | 6 |" in block and "| lead | 6 |" in block
+        else:  # the attacks suite: a column per attack of attacks.yaml, the quick run's cached results
+            assert SUITES[suite].attacks == tuple(ATTACK_PLAN.columns)
+            assert all(f"ASR {attack} ↓" in block for attack in ATTACK_PLAN.columns) and "| uce |" in block
+            for attack in ATTACK_PLAN.columns:
+                key = benchmark.asr_key(attack)
+                assert saved["results"][task]["uce"][key] == data["results"][task]["uce"][key], attack
