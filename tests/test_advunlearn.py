@@ -245,8 +245,10 @@ def test_the_wrong_base_is_refused(tmp_path):
     assert all(torch.equal(before[n], v) for n, v in other.text_encoder.state_dict().items())
 
 
-def test_resume_after_ctrl_c_is_bit_identical(monkeypatch, tmp_path):
-    config = AdvUnlearnConfig(**{**FAST, "iterations": 6}, attack_init="latest", seed=3)
+@pytest.mark.parametrize("attack_type", ["prefix", "alternate"])
+def test_resume_after_ctrl_c_is_bit_identical(monkeypatch, tmp_path, attack_type):
+    """``alternate``: the round after the break continues the prefix vectors of the round before it."""
+    config = AdvUnlearnConfig(**{**FAST, "iterations": 6}, attack_init="latest", seed=3, attack_type=attack_type)
     reference = advunlearn.erase(build_tiny_pipeline("sd1"), CIRCLE, config)
 
     pipe = build_tiny_pipeline("sd1")

@@ -133,7 +133,8 @@ class AdvUnlearnConfig(MethodConfig):
             235-237) or ``"alternate"`` (prefix, then replace, attack after attack; not
             the authors').
         attack_init: ``"random"`` (each attack starts from a random vocabulary word's
-            vector; authors' README) or ``"latest"`` (from the previous attack's result).
+            vector; authors' README) or ``"latest"`` (from the previous attack's result at
+            the same placement; authors' argparse default).
         attack_every: attack every N iterations after the warm-up (authors: 1).
         attack_vocabulary: words ``random`` starts from: ``"all"``, ``"trained"`` (the
             model's trained ids) or a list (``erasure.attacks.tokens.candidate_ids``).
@@ -222,7 +223,9 @@ def erase(pipe, concepts: list[Concept], config: AdvUnlearnConfig, run: RunOptio
     trained = {name: value.clone() for name, value in original.items()}
     candidates, vocabulary = candidate_ids(adapter, config.attack_vocabulary, model_folder(str(pipe.name_or_path)))
     generator = torch.Generator().manual_seed(config.seed + 1)
-    delta = random_prefix(adapter, candidates, config.attack_tokens, generator)
+    # The latest vectors per placement: ``alternate`` with ``latest`` continues each from its own.
+    placements = ("prefix", "replace") if config.attack_type == "alternate" else (config.attack_type,)
+    delta = {placement: random_prefix(adapter, candidates, config.attack_tokens, generator) for placement in placements}
     with ExitStack() as stack:
         subsets = {}
         for component, module in components(adapter).items():
@@ -233,7 +236,7 @@ def erase(pipe, concepts: list[Concept], config: AdvUnlearnConfig, run: RunOptio
             subsets[component] = stack.enter_context(trainable_parameters(module, names, run.gradient_checkpointing))
         params = [p for subset in subsets.values() for p in subset.values()]
         state = TrainingState(
-            tensors={**trained, **{f"attack/{i}": d for i, d in enumerate(delta)}},
+            tensors={**trained, **{f"attack/{p}/{i}": d for p, vectors in delta.items() for i, d in enumerate(vectors)}},
             optimizer=torch.optim.Adam(params, lr=config.lr),
             generator=generator,
             extra={"seconds": {"inner_attack": 0.0, "outer": 0.0}, "attack_losses": []},
@@ -422,12 +425,13 @@ def random_prefix(adapter: StableDiffusionAdapter, candidates: torch.Tensor, k: 
 class Loop:
     """One AdvUnlearn run's iterations: the attack (after the warm-up) and the outer step.
 
-    ``delta`` holds the latest adversarial vectors (per text encoder), updated in place
-    so that the checkpoint, which holds the same tensors, saves and restores them.
+    ``delta`` holds the latest adversarial vectors (per placement, per text encoder),
+    updated in place so that the checkpoint, which holds the same tensors, saves and
+    restores them.
     """
 
     def __init__(self, adapter, scheduler, concept: tuple[list[str], dict[str, list[str]], TrajectoryBank],
-                 retain: tuple[list[str], TrajectoryBank], candidates: torch.Tensor, delta: list[torch.Tensor],
+                 retain: tuple[list[str], TrajectoryBank], candidates: torch.Tensor, delta: dict[str, list[torch.Tensor]],
                  config: AdvUnlearnConfig, state: TrainingState):
         """
         Args:
@@ -438,7 +442,7 @@ class Loop:
                 predictions).
             retain: the retain prompts and their bank.
             candidates: token ids a random attack start is drawn from.
-            delta: the latest adversarial vectors, updated in place.
+            delta: the latest adversarial vectors per placement, updated in place.
             config: the run's settings.
             state: the optimiser, the run's generator and the records.
         """
@@ -457,7 +461,7 @@ class Loop:
         if adversarial and (index - config.warmup) % config.attack_every == 0:
             started = time.perf_counter()
             found, losses = self.attack(placement)
-            for current, new in zip(self.delta, found):
+            for current, new in zip(self.delta[placement], found):
                 current.copy_(new)
             seconds["inner_attack"] += time.perf_counter() - started
             self.state.extra["attack_losses"].append([losses[0], losses[-1]])
@@ -488,7 +492,7 @@ class Loop:
         ``|| eps(x_t, t, T([delta; c])) - eps*(x_t, t, c) ||^2`` at bank draws. Returns
         the vectors found and the loss of each step."""
         config, adapter = self.config, self.adapter
-        start = self.delta if config.attack_init == "latest" else \
+        start = self.delta[placement] if config.attack_init == "latest" else \
             random_prefix(adapter, self.candidates, config.attack_tokens, self.state.generator)
         vectors = [d.clone().requires_grad_(True) for d in start]
         optimizer = torch.optim.Adam(vectors, lr=config.attack_lr)
@@ -522,7 +526,7 @@ class Loop:
         with esd.autocast(adapter, config):
             row = int(concept.rows[0])
             concept_cond = self.encode([self.concept_prompts[row]]) if placement is None else \
-                self.encode_adversarial(row, self.delta, placement)
+                self.encode_adversarial(row, self.delta[placement], placement)
             retain_cond = self.encode([self.retain_prompts[int(i)] for i in retain.rows])
             prediction = adapter.predict_noise(latents, self.scheduler.timesteps[concept.step],
                                                PromptEmbeddings.cat([concept_cond, retain_cond])).float()
