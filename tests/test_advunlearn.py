@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 
 import erasure
 from erasure.adapters import adapter_for
+from erasure.attacks.tokens import encode_with_vectors
 from erasure.concepts import Concept
 from erasure.errors import ErasureError
 from erasure.methods import advunlearn
@@ -101,16 +102,82 @@ def test_the_regulariser_bounds_the_change_of_retained_prompts_while_the_erased_
     assert change(held_hidden[-1:], base_hidden[-1:]).item() > 0
 
 
-def test_the_inner_attack_lowers_its_objective(monkeypatch):
-    """On a fixed draw the attack's loss falls over its steps, for both variants."""
+@pytest.mark.parametrize("attack_type", ["prefix", "replace"])
+def test_the_inner_attack_lowers_its_objective(monkeypatch, attack_type):
+    """On a fixed draw the attack's loss falls over its steps, for both variants and both placements."""
     first_at_step_1 = lambda self, generator, count: self.at(torch.zeros(count, dtype=torch.long), 1)  # noqa: E731
     monkeypatch.setattr(TrajectoryBank, "draw", first_at_step_1)
     for attack in ("pgd", "fast"):
+        settings = {**FAST, "attack_steps": 8, "attack_lr": 2e-2, "concept_templates": ["a photo of a {}"]}
         edit = advunlearn.erase(build_tiny_pipeline("sd1"), CIRCLE,
-                                AdvUnlearnConfig(**{**FAST, "attack_steps": 8, "attack_lr": 2e-2}, attack=attack))
+                                AdvUnlearnConfig(**settings, attack=attack, attack_type=attack_type))
         rounds = edit.extra["attack_losses"]
         assert len(rounds) == FAST["iterations"] - FAST["warmup"]
         assert all(last < first for first, last in rounds), (attack, rounds)
+
+
+def word_vectors(adapter, words: str) -> list[torch.Tensor]:
+    """The token table's rows of ``words``, ``(1, k, width)`` per text encoder."""
+    ids = torch.tensor(adapter.tokenizers()[0](words, add_special_tokens=False).input_ids)
+    return [table.weight.detach()[ids][None] for table in adapter.token_embeddings()]
+
+
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+def test_replace_puts_the_vectors_exactly_where_the_concept_words_were(family):
+    """Vectors that are real words' table rows encode as the prompt with those words in
+    place of the concept (every other token as it was); ``prefix`` as the words before it."""
+    adapter = adapter_for(build_tiny_pipeline(family))
+    templates = ["a photo of a {} on a white background", "{}"]
+    placed = advunlearn.adversarial_prompts([Concept("blue circle")], templates)
+
+    def encoded(placement: str, row: int, words: str):
+        return encode_with_vectors(adapter, [placed[placement][row]], word_vectors(adapter, words))
+
+    expected = {("replace", 0): "a photo of a red dog photo on a white background", ("replace", 1): "red dog photo",
+                ("prefix", 0): "red dog photo a photo of a blue circle on a white background",
+                ("prefix", 1): "red dog photo blue circle"}
+    for (placement, row), text in expected.items():
+        found, plain = encoded(placement, row, "red dog photo"), adapter.encode([text])
+        assert torch.allclose(found.hidden, plain.hidden, atol=1e-6), (placement, row)
+        if plain.pooled is not None:
+            assert torch.allclose(found.pooled, plain.pooled, atol=1e-6)
+    # One vector for a two-token concept: the prompt closes up behind it.
+    one = encoded("replace", 0, "square")
+    assert torch.allclose(one.hidden, adapter.encode(["a photo of a square on a white background"]).hidden, atol=1e-6)
+    # Free vectors move only their own place and what attends to it (causal: earlier tokens untouched).
+    vectors = [v.clone().requires_grad_(True) for v in word_vectors(adapter, "red dog photo")]
+    moved = [v + torch.randn(v.shape, generator=torch.Generator().manual_seed(3)) for v in vectors]
+    before = encoded("replace", 0, "red dog photo").hidden
+    after = encode_with_vectors(adapter, [placed["replace"][0]], moved).hidden
+    start = 1 + len(adapter.concept_token_ids("a photo of a"))
+    assert torch.equal(after[0, :start], before[0, :start]) and not torch.allclose(after[0, start], before[0, start])
+    after.sum().backward()
+    assert all(v.grad is not None and v.grad.abs().sum() > 0 for v in vectors)
+
+
+def test_the_loop_trains_on_the_placement_it_attacks(monkeypatch):
+    """``replace`` encodes only prompts with the concept's words replaced; ``alternate``
+    switches placement from one attack round to the next, its outer steps following."""
+    seen = []
+    real = advunlearn.encode_with_vectors
+
+    def recording(adapter, prompts, vectors, ids=None):
+        seen.append(prompts[0])
+        return real(adapter, prompts, vectors, ids)
+
+    monkeypatch.setattr(advunlearn, "encode_with_vectors", recording)
+    settings = {**FAST, "iterations": 6, "attack_steps": 1, "concept_templates": ["a {}", "a photo of a {}"]}
+    placed = advunlearn.adversarial_prompts(CIRCLE, settings["concept_templates"])
+    advunlearn.erase(build_tiny_pipeline("sd1"), CIRCLE, AdvUnlearnConfig(**settings, attack_type="replace"))
+    assert len(seen) == 2 * 4 and set(seen) <= set(placed["replace"])  # 4 rounds, 1 attack step + 1 outer step each
+    assert not any("circle" in text for text in seen)
+
+    seen.clear()
+    advunlearn.erase(build_tiny_pipeline("sd1"), CIRCLE,
+                     AdvUnlearnConfig(**settings, attack_type="alternate", attack_every=2))
+    rounds = [seen[i:i + 3] for i in range(0, len(seen), 3)]  # every 2 iterations: 1 attack step + 2 outer steps
+    kinds = [{"prefix" if text in placed["prefix"] else "replace" for text in r} for r in rounds]
+    assert kinds == [{"prefix"}, {"replace"}]
 
 
 def test_the_bank_keeps_the_frozen_predictions_and_chunks_change_nothing(monkeypatch):
@@ -178,8 +245,10 @@ def test_the_wrong_base_is_refused(tmp_path):
     assert all(torch.equal(before[n], v) for n, v in other.text_encoder.state_dict().items())
 
 
-def test_resume_after_ctrl_c_is_bit_identical(monkeypatch, tmp_path):
-    config = AdvUnlearnConfig(**{**FAST, "iterations": 6}, attack_init="latest", seed=3)
+@pytest.mark.parametrize("attack_type", ["prefix", "alternate"])
+def test_resume_after_ctrl_c_is_bit_identical(monkeypatch, tmp_path, attack_type):
+    """``alternate``: the round after the break continues the prefix vectors of the round before it."""
+    config = AdvUnlearnConfig(**{**FAST, "iterations": 6}, attack_init="latest", seed=3, attack_type=attack_type)
     reference = advunlearn.erase(build_tiny_pipeline("sd1"), CIRCLE, config)
 
     pipe = build_tiny_pipeline("sd1")
@@ -227,6 +296,8 @@ def test_bad_input_is_refused(tmp_path):
         AdvUnlearnConfig(concept_templates=["a photo"])
     with pytest.raises(ErasureError, match="warmup"):
         AdvUnlearnConfig(warmup=-1)
+    with pytest.raises(ErasureError, match="attack_type must be one of 'prefix', 'replace', 'alternate'"):
+        AdvUnlearnConfig(attack_type="replace_k")
     with pytest.raises(ErasureError, match="no retain prompt"):
         advunlearn.erase(pipe, CIRCLE, AdvUnlearnConfig(**FAST, retain_prompts=str(only_circles)))
     with pytest.raises(ErasureError, match="float32"):

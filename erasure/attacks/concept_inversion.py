@@ -45,7 +45,7 @@ from ..adapters import PromptEmbeddings
 from ..config import setting
 from ..errors import ErasureError
 from .base import Attack, AttackConfig, AttackResult, AttackTarget, Row, Stopwatch, concept_words, unit_generator, unit_seed
-from .tokens import compose_ids, injected_tokens
+from .tokens import SLOT, encode_with_vectors
 
 TEMPLATES = {
     "object": ["a photo of a {}", "a picture of a {}", "an image of a {}", "a drawing of a {}", "a close-up of a {}",
@@ -203,7 +203,7 @@ class ConceptInversion(Attack):
         return [table.weight.detach()[ids[0]] for table in adapter.token_embeddings()]
 
 
-PLACEHOLDER_SLOT = "\x00"  # marks the token's place in a template while ids are composed
+PLACEHOLDER_SLOT = SLOT  # marks the token's place in a template while ids are composed
 
 
 def placeholder(concept: str) -> str:
@@ -226,19 +226,4 @@ def encode_with_token(adapter, prompts: list[str], vectors: list[torch.Tensor], 
         vectors: per text encoder, ``(len(prompts), width)``: each prompt's vector.
         token: the placeholder text.
     """
-    filler = torch.tensor(adapter.concept_token_ids("a"))  # an ordinary id at the slot: the hook replaces its vector
-    parts, owners = [], []
-    for row, prompt in enumerate(prompts):
-        pieces = prompt.split(token)
-        row_parts = []
-        for i, piece in enumerate(pieces):
-            if i:
-                row_parts.append(filler)
-                owners.append(row)
-            if piece.strip():
-                row_parts.append(piece)
-        parts.append(row_parts)
-    ids, slots = compose_ids(adapter, parts)
-    owners = torch.tensor(owners, dtype=torch.long)
-    with injected_tokens(adapter, slots, [v[owners.to(v.device)] for v in vectors]):
-        return adapter.encode_ids(ids)
+    return encode_with_vectors(adapter, [p.replace(token, SLOT) for p in prompts], [v[:, None] for v in vectors])

@@ -17,6 +17,8 @@
   by chosen vectors, with gradients, through a forward hook on each encoder's
   ``get_input_embeddings()``. Neither the table nor the tokenizer is modified, which
   also works where ``CLIPTextModel`` no longer accepts ``inputs_embeds`` (transformers 5).
+  ``encode_with_vectors`` encodes prompts whose ``SLOT`` marks stand for given vectors:
+  a prefix, a replaced concept word, an inverted token.
 """
 
 from __future__ import annotations
@@ -182,14 +184,17 @@ def injected_tokens(adapter, slots: torch.Tensor, vectors: list[torch.Tensor]) -
         yield
 
 
-def encode_with_prefix(adapter, prompts: list[str], vectors: list[torch.Tensor], ids: torch.Tensor | None = None):
-    """Encode ``[start, k prefix vectors, prompt, end]`` per prompt, gradients flowing to the
-    vectors: UnlearnDiffAtk's prefix (vectors of drawn tokens) and AdvUnlearn's inner
-    attack (free vectors) alike.
+SLOT = "\x00"  # marks where token vectors go in a prompt's text while its ids are composed
+
+
+def encode_with_vectors(adapter, prompts: list[str], vectors: list[torch.Tensor], ids: torch.Tensor | None = None):
+    """Encode prompts in which each ``SLOT`` stands for the row's ``k`` vectors, gradients
+    flowing to the vectors: a prefix (``encode_with_prefix``), a concept word replaced
+    (AdvUnlearn's ``replace`` attack) or concept inversion's token (``k`` = 1).
 
     Args:
         adapter: the model's adapter.
-        prompts: one per row.
+        prompts: one per row, naming ``SLOT`` once or more (each time the same vectors).
         vectors: per text encoder, ``(rows, k, width)``.
         ids: ``(rows, k)`` token ids the vectors stand for (what the prompt's text will
             say); ``None``: any ordinary id (the vectors are all that is read).
@@ -197,6 +202,31 @@ def encode_with_prefix(adapter, prompts: list[str], vectors: list[torch.Tensor],
     rows, k = vectors[0].shape[:2]
     if ids is None:
         ids = torch.full((rows, k), adapter.concept_token_ids("a")[0])
-    composed, slots = compose_ids(adapter, [[ids[i].cpu(), prompt] for i, prompt in enumerate(prompts)])
-    with injected_tokens(adapter, slots, [v.reshape(rows * k, -1) for v in vectors]):
+    parts, owners = [], []
+    for row, prompt in enumerate(prompts):
+        pieces = prompt.split(SLOT)
+        row_parts = [pieces[0]] if pieces[0].strip() else []
+        for piece in pieces[1:]:
+            row_parts.append(ids[row].cpu())
+            owners.append(row)
+            if piece.strip():
+                row_parts.append(piece)
+        parts.append(row_parts)
+    composed, slots = compose_ids(adapter, parts)
+    owners = torch.tensor(owners, dtype=torch.long)
+    with injected_tokens(adapter, slots, [v[owners.to(v.device)].reshape(-1, v.shape[-1]) for v in vectors]):
         return adapter.encode_ids(composed)
+
+
+def encode_with_prefix(adapter, prompts: list[str], vectors: list[torch.Tensor], ids: torch.Tensor | None = None):
+    """Encode ``[start, k prefix vectors, prompt, end]`` per prompt (``encode_with_vectors``):
+    UnlearnDiffAtk's prefix (vectors of drawn tokens) and AdvUnlearn's ``prefix`` attack
+    (free vectors) alike.
+
+    Args:
+        adapter: the model's adapter.
+        prompts: one per row.
+        vectors: per text encoder, ``(rows, k, width)``.
+        ids: ``(rows, k)`` token ids the vectors stand for; ``None``: any ordinary id.
+    """
+    return encode_with_vectors(adapter, [SLOT + prompt for prompt in prompts], vectors, ids)

@@ -9,15 +9,19 @@ under negative guidance away from ``c``,
 
 plus a utility-retaining regulariser on retain prompts ``r``,
 ``gamma * || eps(x_t', t, T(r)) - eps*(x_t', t, r) ||^2``. The inner level is an attack on
-the current model: ``k`` free token vectors ``delta`` put before the concept prompt
-(after the start token) and chosen to make the edited model reproduce the frozen
-model's concept prediction, ``min_delta || eps(x_t, t, T([delta; c])) - eps*(x_t, t, c) ||^2``
-(UnlearnDiffAtk's prefix attack with free vectors instead of a distribution over
-tokens; the prefix encoding is shared with ``erasure.attacks``:
-``tokens.encode_with_prefix``). ``pgd``: Adam steps; ``fast``: the gradient replaced by
-its sign before each Adam step (the authors' ``fast_at``). The outer step then trains on
-the prompt with the adversarial prefix, so the erasure must hold against it. The first
-``warmup`` iterations train without the attack.
+the current model: ``k`` free token vectors ``delta`` chosen to make the edited model
+reproduce the frozen model's concept prediction,
+``min_delta || eps(x_t, t, T([delta; c])) - eps*(x_t, t, c) ||^2``. Where they go
+(``attack_type``): ``prefix`` puts them before the concept prompt, after the start token
+(the authors' default ``prefix_k``; UnlearnDiffAtk's prefix attack with free vectors
+instead of a distribution over tokens); ``replace`` puts them in place of the concept's
+words (the authors' ``replace_k``; the place concept inversion's learned token takes);
+``alternate`` switches between the two from one attack to the next. The encoding is
+shared with ``erasure.attacks`` (``tokens.encode_with_vectors``). ``pgd``: Adam steps;
+``fast``: the gradient replaced by its sign before each Adam step (the authors'
+``fast_at``). The outer step then trains on the prompt with the adversarial vectors, so
+the erasure must hold against them. The first ``warmup`` iterations train without the
+attack.
 
 What trains (``module``): the text encoder (default, the paper's finding: every encoder
 layer and the final layer norm, not the token and position embeddings; each text
@@ -26,7 +30,8 @@ encoder of SDXL), or the UNet's cross-attention blocks (``unet-xattn``, ESD's
 
 Sources (``OPTML-Group/AdvUnlearn@9d23124``, ``train-scripts/``): ``AdvUnlearn.py``
 (loop lines 72-206, argparse defaults lines 226-261), ``utils/attack_util.py`` (the
-inner attack, ``soft_prompt_attack`` lines 126-222), ``utils/get_loss.py``
+inner attack, ``soft_prompt_attack`` lines 126-222; where its vectors go,
+``construct_embd`` lines 232-271), ``utils/get_loss.py``
 (``get_train_loss_retain`` lines 270-366), ``utils/util.py`` (``text_encoder_full``
 lines 36-67; the ``x_t`` sampler lines 500-526). Defaults are argparse's, except where
 the README's training commands set a value (``attack_init random``, retain ``reg`` with
@@ -57,6 +62,10 @@ Deviations (none in the objectives):
   also encodes as the guidance's negative.
 - concept prompts can be templated (``concept_templates``; the authors train on the
   bare word): on the bundled mini-sd the bare word does not generalise to "a red circle".
+- ``replace`` puts the vectors where the concept's words are in a templated prompt; the
+  authors' ``replace_k`` replaces the whole prompt (their bare concept word, so the two
+  agree on the ``{}`` template) and fills the replaced words' places with end tokens,
+  where here the rest of the prompt closes up behind the vectors.
 - concepts mapped to a target (``"A->B"``) are refused: AdvUnlearn erases towards ``""``.
 - tokens reach the encoder through a hook on its token table (``tokens``), not
   ``inputs_embeds``; the prompt's length comes from its tokens, not its word count.
@@ -75,7 +84,7 @@ import torch
 import torch.nn.functional as F
 
 from ..adapters import PromptEmbeddings, StableDiffusionAdapter, adapter_for
-from ..attacks.tokens import candidate_ids, encode_with_prefix
+from ..attacks.tokens import SLOT, candidate_ids, encode_with_vectors
 from ..concepts import Concept, slug
 from ..config import SEED_BOUNDS, MethodConfig, setting
 from ..edit import Edit
@@ -117,9 +126,15 @@ class AdvUnlearnConfig(MethodConfig):
             the authors' ``fast_at``).
         attack_steps: inner steps per attack (authors: 30, also for ``fast_at``).
         attack_lr: the attack's Adam learning rate (authors: 1e-3).
-        attack_tokens: adversarial vectors before the prompt (authors: 1).
+        attack_tokens: adversarial vectors ``k`` (authors: 1).
+        attack_type: where the vectors go: ``"prefix"`` (before the prompt; authors'
+            default ``prefix_k``, ``AdvUnlearn.py`` line 256), ``"replace"`` (in place of
+            the concept's words; authors' ``replace_k``, ``utils/attack_util.py`` lines
+            235-237) or ``"alternate"`` (prefix, then replace, attack after attack; not
+            the authors').
         attack_init: ``"random"`` (each attack starts from a random vocabulary word's
-            vector; authors' README) or ``"latest"`` (from the previous attack's result).
+            vector; authors' README) or ``"latest"`` (from the previous attack's result at
+            the same placement; authors' argparse default).
         attack_every: attack every N iterations after the warm-up (authors: 1).
         attack_vocabulary: words ``random`` starts from: ``"all"``, ``"trained"`` (the
             model's trained ids) or a list (``erasure.attacks.tokens.candidate_ids``).
@@ -150,6 +165,7 @@ class AdvUnlearnConfig(MethodConfig):
     attack_steps: int = setting(30, min=1)
     attack_lr: float = setting(1e-3, above=0)
     attack_tokens: int = setting(1, min=1, max=70)
+    attack_type: Literal["prefix", "replace", "alternate"] = "prefix"
     attack_init: Literal["random", "latest"] = "random"
     attack_every: int = setting(1, min=1)
     attack_vocabulary: str | list[str] = "all"
@@ -207,7 +223,9 @@ def erase(pipe, concepts: list[Concept], config: AdvUnlearnConfig, run: RunOptio
     trained = {name: value.clone() for name, value in original.items()}
     candidates, vocabulary = candidate_ids(adapter, config.attack_vocabulary, model_folder(str(pipe.name_or_path)))
     generator = torch.Generator().manual_seed(config.seed + 1)
-    delta = random_prefix(adapter, candidates, config.attack_tokens, generator)
+    # The latest vectors per placement: ``alternate`` with ``latest`` continues each from its own.
+    placements = ("prefix", "replace") if config.attack_type == "alternate" else (config.attack_type,)
+    delta = {placement: random_prefix(adapter, candidates, config.attack_tokens, generator) for placement in placements}
     with ExitStack() as stack:
         subsets = {}
         for component, module in components(adapter).items():
@@ -218,13 +236,13 @@ def erase(pipe, concepts: list[Concept], config: AdvUnlearnConfig, run: RunOptio
             subsets[component] = stack.enter_context(trainable_parameters(module, names, run.gradient_checkpointing))
         params = [p for subset in subsets.values() for p in subset.values()]
         state = TrainingState(
-            tensors={**trained, **{f"attack/{i}": d for i, d in enumerate(delta)}},
+            tensors={**trained, **{f"attack/{p}/{i}": d for p, vectors in delta.items() for i, d in enumerate(vectors)}},
             optimizer=torch.optim.Adam(params, lr=config.lr),
             generator=generator,
             extra={"seconds": {"inner_attack": 0.0, "outer": 0.0}, "attack_losses": []},
         )
-        loop = Loop(adapter, scheduler, (concept_prompts, concept_bank), (retain, retain_bank), candidates, delta,
-                    config, state)
+        loop = Loop(adapter, scheduler, (concept_prompts, adversarial_prompts(concepts, config.concept_templates),
+                                         concept_bank), (retain, retain_bank), candidates, delta, config, state)
         losses = run_steps(loop.step, state, config.iterations, checkpoint, run.checkpoint_every, unit="iteration")
     seconds = {"bank": round(bank_seconds, 3), **{k: round(v, 3) for k, v in state.extra["seconds"].items()}}
     extra = {
@@ -383,6 +401,20 @@ def guided_predictions(adapter: StableDiffusionAdapter, both: PromptEmbeddings, 
 # ---- the loop ------------------------------------------------------------------------
 
 
+def adversarial_prompts(concepts: list[Concept], templates: list[str]) -> dict[str, list[str]]:
+    """Per placement (``prefix``, ``replace``), the concept prompts in ``erase``'s order with
+    ``tokens.SLOT`` where the adversarial vectors go: before the prompt, or in place of the
+    concept's words.
+
+    Args:
+        concepts: the erased concepts.
+        templates: ``concept_templates``.
+    """
+    return {"prefix": [SLOT + template.format(c.text) for c in concepts for template in templates],
+            "replace": [template.format(SLOT) for c in concepts for template in templates]}
+
+
+
 def random_prefix(adapter: StableDiffusionAdapter, candidates: torch.Tensor, k: int,
                   generator: torch.Generator) -> list[torch.Tensor]:
     """``k`` token vectors of words drawn from ``candidates``, ``(1, k, width)`` per text encoder."""
@@ -393,26 +425,30 @@ def random_prefix(adapter: StableDiffusionAdapter, candidates: torch.Tensor, k: 
 class Loop:
     """One AdvUnlearn run's iterations: the attack (after the warm-up) and the outer step.
 
-    ``delta`` holds the latest adversarial vectors (per text encoder), updated in place
-    so that the checkpoint, which holds the same tensors, saves and restores them.
+    ``delta`` holds the latest adversarial vectors (per placement, per text encoder),
+    updated in place so that the checkpoint, which holds the same tensors, saves and
+    restores them.
     """
 
-    def __init__(self, adapter, scheduler, concept: tuple[list[str], TrajectoryBank],
-                 retain: tuple[list[str], TrajectoryBank], candidates: torch.Tensor, delta: list[torch.Tensor],
+    def __init__(self, adapter, scheduler, concept: tuple[list[str], dict[str, list[str]], TrajectoryBank],
+                 retain: tuple[list[str], TrajectoryBank], candidates: torch.Tensor, delta: dict[str, list[torch.Tensor]],
                  config: AdvUnlearnConfig, state: TrainingState):
         """
         Args:
             adapter: the model's adapter (its trained modules swapped in).
             scheduler: the banks' DDIM scheduler.
-            concept: the concept prompts and their bank (``frozen_bank``, with ``""`` predictions).
+            concept: the concept prompts, the same per placement with the vectors' place
+                marked (``adversarial_prompts``), and their bank (``frozen_bank``, with ``""``
+                predictions).
             retain: the retain prompts and their bank.
             candidates: token ids a random attack start is drawn from.
-            delta: the latest adversarial vectors, updated in place.
+            delta: the latest adversarial vectors per placement, updated in place.
             config: the run's settings.
             state: the optimiser, the run's generator and the records.
         """
         self.adapter, self.scheduler, self.config, self.state = adapter, scheduler, config, state
-        (self.concept_prompts, self.concept_bank), (self.retain_prompts, self.retain_bank) = concept, retain
+        (self.concept_prompts, self.adversarial_prompts, self.concept_bank), (self.retain_prompts, self.retain_bank) = \
+            concept, retain
         # ESD's target, anchored at the "" prediction (the paper's and the authors').
         self.objective = esd.ESDConfig(negative_guidance=config.negative_guidance, target_base="anchor")
         self.candidates, self.delta = candidates, delta
@@ -421,31 +457,42 @@ class Loop:
         """Iteration ``index``: attack if due, then one outer Adam step; returns the loss."""
         config, seconds = self.config, self.state.extra["seconds"]
         adversarial = index >= config.warmup
+        placement = self.placement(index) if adversarial else None
         if adversarial and (index - config.warmup) % config.attack_every == 0:
             started = time.perf_counter()
-            found, losses = self.attack()
-            for current, new in zip(self.delta, found):
+            found, losses = self.attack(placement)
+            for current, new in zip(self.delta[placement], found):
                 current.copy_(new)
             seconds["inner_attack"] += time.perf_counter() - started
             self.state.extra["attack_losses"].append([losses[0], losses[-1]])
         started = time.perf_counter()
-        loss = self.outer_step(adversarial)
+        loss = self.outer_step(placement)
         seconds["outer"] += time.perf_counter() - started
         return loss
 
-    def encode(self, prompts: list[str], prefix: list[torch.Tensor] | None) -> PromptEmbeddings:
-        """The prompts through the current text encoder, with gradients; with the
-        adversarial vectors before each if ``prefix`` is given."""
-        if prefix is None:
-            return self.adapter.encode_ids(self.adapter.tokenize(prompts))
-        return encode_with_prefix(self.adapter, prompts, [p.expand(len(prompts), -1, -1) for p in prefix])
+    def placement(self, index: int) -> str:
+        """Where iteration ``index`` puts the vectors: ``prefix`` or ``replace`` (``alternate``:
+        by the attack round the iteration belongs to, so a resumed run continues the turn)."""
+        if self.config.attack_type != "alternate":
+            return self.config.attack_type
+        round_ = (index - self.config.warmup) // self.config.attack_every
+        return ("prefix", "replace")[round_ % 2]
 
-    def attack(self) -> tuple[list[torch.Tensor], list[float]]:
-        """The inner level: ``attack_steps`` steps on free prefix vectors minimising
+    def encode(self, prompts: list[str]) -> PromptEmbeddings:
+        """The prompts through the current text encoder, with gradients."""
+        return self.adapter.encode_ids(self.adapter.tokenize(prompts))
+
+    def encode_adversarial(self, row: int, vectors: list[torch.Tensor], placement: str) -> PromptEmbeddings:
+        """Concept prompt ``row`` with ``vectors`` before it (``prefix``) or in place of the
+        concept's words (``replace``), with gradients."""
+        return encode_with_vectors(self.adapter, [self.adversarial_prompts[placement][row]], vectors)
+
+    def attack(self, placement: str) -> tuple[list[torch.Tensor], list[float]]:
+        """The inner level: ``attack_steps`` steps on free vectors at ``placement`` minimising
         ``|| eps(x_t, t, T([delta; c])) - eps*(x_t, t, c) ||^2`` at bank draws. Returns
         the vectors found and the loss of each step."""
         config, adapter = self.config, self.adapter
-        start = self.delta if config.attack_init == "latest" else \
+        start = self.delta[placement] if config.attack_init == "latest" else \
             random_prefix(adapter, self.candidates, config.attack_tokens, self.state.generator)
         vectors = [d.clone().requires_grad_(True) for d in start]
         optimizer = torch.optim.Adam(vectors, lr=config.attack_lr)
@@ -453,7 +500,7 @@ class Loop:
         for _ in range(config.attack_steps):
             draw = self.concept_bank.draw(self.state.generator, 1)
             with esd.autocast(adapter, config):
-                cond = self.encode([self.concept_prompts[int(draw.rows[0])]], vectors)
+                cond = self.encode_adversarial(int(draw.rows[0]), vectors, placement)
                 prediction = adapter.predict_noise(draw.latents, self.scheduler.timesteps[draw.step], cond)
             loss = F.mse_loss(prediction.float(), draw.values[:, CONDITIONAL])
             losses.append(loss.item())
@@ -463,9 +510,10 @@ class Loop:
             optimizer.step()
         return [v.detach() for v in vectors], losses
 
-    def outer_step(self, adversarial: bool) -> float:
-        """ESD's loss on the (adversarial) concept prompt plus ``gamma`` times the retain
-        loss, in one UNet call; one Adam step. Raises ``NonFiniteError`` before the step."""
+    def outer_step(self, placement: str | None) -> float:
+        """ESD's loss on the concept prompt (with the adversarial vectors at ``placement``,
+        if any) plus ``gamma`` times the retain loss, in one UNet call; one Adam step.
+        Raises ``NonFiniteError`` before the step."""
         config, adapter, generator = self.config, self.adapter, self.state.generator
         concept = self.concept_bank.draw(generator, 1)
         retain = self.retain_bank.at(torch.randperm(len(self.retain_bank), generator=generator)[: config.retain_batch],
@@ -476,9 +524,10 @@ class Loop:
 
         self.state.optimizer.zero_grad(set_to_none=True)
         with esd.autocast(adapter, config):
-            prefix = self.delta if adversarial else None
-            concept_cond = self.encode([self.concept_prompts[int(concept.rows[0])]], prefix)
-            retain_cond = self.encode([self.retain_prompts[int(i)] for i in retain.rows], None)
+            row = int(concept.rows[0])
+            concept_cond = self.encode([self.concept_prompts[row]]) if placement is None else \
+                self.encode_adversarial(row, self.delta[placement], placement)
+            retain_cond = self.encode([self.retain_prompts[int(i)] for i in retain.rows])
             prediction = adapter.predict_noise(latents, self.scheduler.timesteps[concept.step],
                                                PromptEmbeddings.cat([concept_cond, retain_cond])).float()
         loss = F.mse_loss(prediction[:1], target) + config.retain_weight * F.mse_loss(prediction[1:], retain_target)
