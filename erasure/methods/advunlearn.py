@@ -414,7 +414,6 @@ def adversarial_prompts(concepts: list[Concept], templates: list[str]) -> dict[s
             "replace": [template.format(SLOT) for c in concepts for template in templates]}
 
 
-
 def random_prefix(adapter: StableDiffusionAdapter, candidates: torch.Tensor, k: int,
                   generator: torch.Generator) -> list[torch.Tensor]:
     """``k`` token vectors of words drawn from ``candidates``, ``(1, k, width)`` per text encoder."""
