@@ -44,6 +44,7 @@ weights, the erase record (and log) and the evaluator's report folder.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -504,8 +505,11 @@ def erase(pipe, variant: Variant, task: Task, folder: Path, *, model: str, devic
 
     weights, record_path = folder / f"{variant.name}.safetensors", folder / f"{variant.name}.erase.json"
     config, settings = variant.erase_arguments(task, quick)
+    # The config file's contents, not only its path: an edited config makes new weights.
+    config_sha256 = hashlib.sha256(config.read_bytes()).hexdigest() if config else None
     recipe = {"method": variant.method, "concepts": list(task.concepts), "config": str(config) if config else None,
-              "settings": settings, "model": model, "device": device, "seed": SEED, "in_process": in_process}
+              "config_sha256": config_sha256, "settings": settings, "model": model, "device": device, "seed": SEED,
+              "in_process": in_process}
     if weights.is_file() and record_path.is_file():
         record = json.loads(record_path.read_text())
         if record.get("recipe") == recipe:

@@ -185,6 +185,24 @@ def test_the_child_command_makes_the_weights_the_in_process_erasure_makes(tmp_pa
     assert child.keys() == made_here.keys() and all((child[k] == made_here[k]).all() for k in child)
 
 
+def test_an_edited_config_file_makes_the_weights_again(tmp_path, monkeypatch, sd1_pipe):
+    # Cells are reused by recipe: the recipe must see the config file's contents, not only its path.
+    from erasure.weights import EditedWeights
+
+    monkeypatch.setattr(benchmark, "configs_dir", lambda: tmp_path)
+    config = tmp_path / "uce.yaml"
+    config.write_text("lam: 0.1\n")
+    variant = benchmark.Variant(name="uce", method="uce", config="uce.yaml")
+
+    def erase():
+        return benchmark.erase(sd1_pipe, variant, TASKS["circle"], tmp_path / "cell", model="tiny", device="cpu",
+                               quick=True, in_process=True)
+
+    assert erase()["fresh"] and not erase()["fresh"]
+    config.write_text("lam: 0.2\n")
+    assert erase()["fresh"] and EditedWeights.load(tmp_path / "cell" / "uce.safetensors").config["lam"] == 0.2
+
+
 def test_each_suite_writes_its_own_readme_block_and_a_missing_one_fails_before_the_run(tmp_path, capsys):
     readme = tmp_path / "README.md"
     readme.write_text("<!-- benchmark:shapes:begin -->\nold shapes\n<!-- benchmark:shapes:end -->\n"
