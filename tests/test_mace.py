@@ -374,6 +374,17 @@ def test_bad_settings_are_one_line_errors(sd1_pipe):
         erasure.erase(sd1_pipe, "mace", "cat", mask_source="folder")
 
 
+def shrunk_sam(config):
+    """A SAM (or SAM-HQ) config at test size: 64 px images, width 16, one layer."""
+    config.vision_config.update(dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, mlp_dim=16,
+                                     output_channels=16, image_size=64, patch_size=16, global_attn_indexes=[0],
+                                     window_size=2, num_pos_feats=8))
+    config.prompt_encoder_config.update(dict(hidden_size=16, image_size=64, patch_size=16, mask_input_channels=4,
+                                             image_embedding_size=4))
+    config.mask_decoder_config.update(dict(hidden_size=16, mlp_dim=16, num_attention_heads=2, iou_head_hidden_dim=16))
+    return config
+
+
 @pytest.fixture(scope="module")
 def tiny_grounded_sam(tmp_path_factory):
     """Randomly initialised GroundingDINO and SAM saved as local folders (kilobytes)."""
@@ -396,13 +407,7 @@ def tiny_grounded_sam(tmp_path_factory):
     detector.save_pretrained(root / "dino")
     GroundingDinoProcessor(image_processor=GroundingDinoImageProcessor(size={"shortest_edge": 128, "longest_edge": 128}),
                            tokenizer=BertTokenizer(str(root / "vocab.txt"))).save_pretrained(root / "dino")
-    config = SamConfig()
-    config.vision_config.update(dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, mlp_dim=16,
-                                     output_channels=16, image_size=64, patch_size=16, global_attn_indexes=[0],
-                                     window_size=2, num_pos_feats=8))
-    config.prompt_encoder_config.update(dict(hidden_size=16, image_size=64, patch_size=16, mask_input_channels=4,
-                                             image_embedding_size=4))
-    config.mask_decoder_config.update(dict(hidden_size=16, mlp_dim=16, num_attention_heads=2, iou_head_hidden_dim=16))
+    config = shrunk_sam(SamConfig())
     SamModel(config).save_pretrained(root / "sam")
     SamProcessor(image_processor=SamImageProcessor(size={"longest_edge": 64}, pad_size={"height": 64, "width": 64})
                  ).save_pretrained(root / "sam")
@@ -449,14 +454,8 @@ def tiny_sam_hq(tmp_path_factory):
     from transformers import SamHQConfig, SamHQModel, SamHQProcessor, SamImageProcessor
 
     folder = tmp_path_factory.mktemp("sam-hq")
-    config = SamHQConfig()
-    config.vision_config.update(dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, mlp_dim=16,
-                                     output_channels=16, image_size=64, patch_size=16, global_attn_indexes=[0],
-                                     window_size=2, num_pos_feats=8))
-    config.prompt_encoder_config.update(dict(hidden_size=16, image_size=64, patch_size=16, mask_input_channels=4,
-                                             image_embedding_size=4))
-    config.mask_decoder_config.update(dict(hidden_size=16, mlp_dim=16, num_attention_heads=2, iou_head_hidden_dim=16,
-                                           vit_dim=16))
+    config = shrunk_sam(SamHQConfig())
+    config.mask_decoder_config.update(dict(vit_dim=16))  # SAM-HQ's decoder also reads the encoder's width
     torch.manual_seed(0)
     SamHQModel(config).save_pretrained(folder)
     SamHQProcessor(image_processor=SamImageProcessor(size={"longest_edge": 64}, pad_size={"height": 64, "width": 64})

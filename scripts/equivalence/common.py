@@ -13,6 +13,7 @@ Scratch files (the tiny pipelines, the authors' outputs) go to ``$EQUIV_WORK``
 
 from __future__ import annotations
 
+import argparse
 import ast
 import contextlib
 import json
@@ -268,6 +269,20 @@ def forget_modules(prefixes: list[str]) -> None:
     for name in list(sys.modules):
         if any(name == p or name.startswith(p + ".") for p in prefixes):
             del sys.modules[name]
+
+
+def repo_parser(doc: str, repo_help: str) -> argparse.ArgumentParser:
+    """A comparison script's command line: ``--repo`` (the authors' checkout), more to add."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--repo", type=Path, required=True, help=repo_help)
+    return parser
+
+
+def prepare(repo: Path, text_bias: bool = True) -> tuple[Path, Path]:
+    """One thread, offline and quiet (``setup_environment``); returns the checkout's
+    absolute path and the tiny SD 1.x folder both sides load (``tiny_folder``)."""
+    setup_environment()
+    return repo.resolve(), tiny_folder("sd1", text_bias=text_bias)
 
 
 def setup_environment() -> None:

@@ -35,7 +35,6 @@ the same captions, domain names, mapping and ``lam`` as their config.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -276,15 +275,12 @@ def run_ours(folder: Path, concepts: list[str], concept_type: str, preset: str, 
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repo", type=Path, required=True, help="MACE checkout")
+    parser = common.repo_parser(__doc__, "MACE checkout")
     parser.add_argument("--only", nargs="*", choices=list(SCENARIOS))
     parser.add_argument("--plain-tiny", action="store_true",
                         help="erasure.tiny's text encoder as built (singular Grams: lam = 0 has no unique solution)")
     args = parser.parse_args(argv)
-    common.setup_environment()
-    repo = args.repo.resolve()
-    folder = common.tiny_folder("sd1", text_bias=not args.plain_tiny)
+    repo, folder = common.prepare(args.repo, text_bias=not args.plain_tiny)
     from omegaconf import OmegaConf
     from PIL import Image
 

@@ -23,7 +23,6 @@ compared (the epoch choice needs images; it is tested in tests/test_presets.py).
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -141,14 +140,11 @@ def run_theirs(repo: Path, folder: Path, script: str, argv: list[str], uce_check
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repo", type=Path, required=True, help="RECE checkout")
+    parser = common.repo_parser(__doc__, "RECE checkout")
     parser.add_argument("--uce-repo", type=Path, required=True, help="checkout holding train-scripts/train_erase.py (2023)")
     parser.add_argument("--only", help="run the scenarios whose name contains this text")
     args = parser.parse_args(argv)
-    common.setup_environment()
-    repo = args.repo.resolve()
-    folder = common.tiny_folder("sd1")
+    repo, folder = common.prepare(args.repo)
     rows = []
     for name, script, uce_argv, rece_argv, preset, concept_type, overrides in SCENARIOS:
         if args.only and args.only not in name:

@@ -20,7 +20,6 @@ the names their script sampled.
 
 from __future__ import annotations
 
-import argparse
 import random
 import sys
 from pathlib import Path
@@ -90,12 +89,8 @@ def our_inputs(namespace: dict, argv: list[str], repo: Path) -> tuple[list[str],
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repo", type=Path, required=True, help="checkout holding train-scripts/train_erase.py (2023)")
-    args = parser.parse_args(argv)
-    common.setup_environment()
-    repo = args.repo.resolve()
-    folder = common.tiny_folder("sd1")
+    args = common.repo_parser(__doc__, "checkout holding train-scripts/train_erase.py (2023)").parse_args(argv)
+    repo, folder = common.prepare(args.repo)
     rows = []
     for name, their_argv, concept_type in SCENARIOS:
         theirs_state, namespace, original, _ = run_theirs(repo, folder, their_argv)

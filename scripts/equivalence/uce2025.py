@@ -15,7 +15,6 @@ Our side reads the prompts their script made: its template list, when
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -64,12 +63,8 @@ def run_theirs(repo: Path, folder: Path, argv: list[str], float64: bool):
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repo", type=Path, required=True, help="checkout holding trainscripts/uce_sd_erase.py")
-    args = parser.parse_args(argv)
-    common.setup_environment()
-    repo = args.repo.resolve()
-    folder = common.tiny_folder("sd1")
+    args = common.repo_parser(__doc__, "checkout holding trainscripts/uce_sd_erase.py").parse_args(argv)
+    repo, folder = common.prepare(args.repo)
     rows = []
     for name, their_argv in SCENARIOS:
         theirs64, ns = run_theirs(repo, folder, their_argv, float64=True)
