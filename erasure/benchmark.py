@@ -1,6 +1,6 @@
 """The mini-sd benchmark: every method variant on the same erasure tasks, the same seeds, one table per task.
 
-    erase-bench --suite shapes         # one suite of configs/benchmark/suites.yaml (each about 20-30 minutes on 2 CPU cores)
+    erase-bench --suite shapes --jobs 2  # one suite of configs/benchmark/suites.yaml, two cells at a time (2 CPU cores)
     erase-bench --suite attacks --attacks closed-form  # a subset of the suite's attack columns
     erase-bench --quick                # the CI version (tests/test_benchmark.py)
     erase-bench --suite mass --readme README.md   # also write the suite's tables between its README markers
@@ -13,7 +13,10 @@ the benchmark by a new file there. Tasks are ``configs/benchmark/tasks.yaml``: p
 sets of ``eval_prompts/``, each with erased rows and the rows that must survive (other
 classes and synonyms; for the ``pairs/`` sets, neighbouring and far pairs). Suites are
 ``configs/benchmark/suites.yaml``: which tasks, variants and attacks run together, each
-sized to run in about half an hour on this project's 2-core CPU.
+sized to run in half an hour on this project's 2-core CPU with ``--jobs 2``: the cells (a
+task's base model, or one variant erasing and evaluated on it) are independent once the
+task's base cell has run, so that many worker processes take them in turn, the CPU's
+threads shared among them (small models gain more from processes than from threads).
 
 Each variant erases each task's concepts, through the ``erase`` command in a child
 process (so that the wall time and peak memory are the erasure's own, loading
@@ -373,7 +376,7 @@ def columns(attacks: list[str], kind: str = "") -> list[Column]:
 
 def run(tasks: list[Task], variants: list[Variant], output: Path, *, model: str = "mini-sd", device: str = "cpu",
         quick: bool = False, attacks: list[str] | None = None, in_process: bool | None = None,
-        suite: str | None = None, plan: AttackPlan | None = None) -> dict:
+        suite: str | None = None, plan: AttackPlan | None = None, jobs: int = 1) -> dict:
     """Erase every task with every variant, evaluate, write ``benchmark[-<suite>].json`` and ``.md``.
 
     Args:
@@ -389,57 +392,196 @@ def run(tasks: list[Task], variants: list[Variant], output: Path, *, model: str 
             ``erase`` child process.
         suite: the suite's name, for the files' names and the record.
         plan: the attack columns (default: ``load_attacks()``).
+        jobs: cells (a task's base model, or one variant on it) run at once, each in a
+            worker process with its own pipeline and an equal share of this process's
+            torch threads; 1: one after another in this process.
 
     Returns:
         What ``benchmark.json`` holds: per task and variant (and ``base``) one row of
-        numbers with their intervals; per task its image counts and minutes.
+        numbers with their intervals; per task its image counts and minutes of work.
     """
-    import erasure
-
     plan = plan if plan is not None else load_attacks()
     attacks = list(plan.columns) if attacks is None else list(dict.fromkeys(attacks))
     unknown = [a for a in attacks if a not in plan.columns]
     if unknown:
         raise ErasureError(f"attack {unknown[0]!r} has no column in configs/benchmark/attacks.yaml: add it there")
-    chosen = [plan.columns[a] for a in attacks]
-    in_process = quick if in_process is None else in_process
-    output = Path(output).resolve()  # absolute: child processes run in their task's folder
-    pipe = erasure.load_pipeline(model, device=device, dtype="float32")
-    started = time.perf_counter()
-    results, records, costs, resumed = {}, {}, {}, False
-    attack_rows = plan.rows_for(quick)
+    if jobs < 1:
+        raise ErasureError(f"--jobs must be at least 1, not {jobs}")
+    settings = RunSettings(output=Path(output).resolve(),  # absolute: child processes run in their task's folder
+                           model=model, device=device, quick=quick,
+                           in_process=quick if in_process is None else in_process,
+                           columns=tuple(plan.columns[a] for a in attacks), attack_rows=plan.rows_for(quick))
+    started, cpu_before = time.perf_counter(), cpu_seconds()
+    cells = run_cells(settings, tasks, variants, jobs)
+    results, records, costs = {}, {}, {}
     for task in tasks:
-        task_started, folder = time.perf_counter(), output / task.name
-        limit = task.quick_rows if quick else None
-        resumed |= (folder / "base" / "report.json").is_file()
-        base, seconds = _timed(_evaluate, pipe, None, task, folder / "base", limit,
-                               _attacks_on(chosen, task, "base", quick), attack_rows)
-        results[task.name] = {"base": {**row_of(base, "base", None, attacks, task.kind), "eval_seconds": seconds}}
-        costs[task.name] = {"base": attack_costs(base)}
-        for variant in variants:
-            erasure_run = erase(pipe, variant, task, folder, model=model, device=device, quick=quick,
-                                in_process=in_process)
-            report_folder = folder / variant.name
-            if erasure_run.pop("fresh"):
-                shutil.rmtree(report_folder, ignore_errors=True)  # images of earlier weights would be refused
-            share_base_images(folder / "base" / "base", report_folder / "base")
-            report, seconds = _timed(_evaluate, pipe, folder / f"{variant.name}.safetensors", task, report_folder,
-                                     limit, _attacks_on(chosen, task, variant.name, quick), attack_rows)
-            results[task.name][variant.name] = {**row_of(report, "erased", erasure_run, attacks, task.kind),
-                                                "eval_seconds": seconds}
-            costs[task.name][variant.name] = attack_costs(report)
-        records[task.name] = {**task_record(task), "images": image_counts(base),
-                              "minutes": (time.perf_counter() - task_started) / 60}
-    data = {"suite": suite, "quick": quick, "model": model, "device": device, "in_process": in_process,
-            "attacks": attacks, "attack_rows": attack_rows, "attack_seconds": costs,
-            "attack_settings": {c.name: {"settings": c.options(quick), "tasks": c.tasks} for c in chosen},
-            "minutes": (time.perf_counter() - started) / 60, "resumed": resumed,
+        task_cells = {"base": cells[task.name, "base"], **{v.name: cells[task.name, v.name] for v in variants}}
+        results[task.name] = {name: cell["row"] for name, cell in task_cells.items()}
+        costs[task.name] = {name: cell["costs"] for name, cell in task_cells.items()}
+        records[task.name] = {**task_record(task), "images": task_cells["base"]["images"],
+                              "minutes": sum(cell["seconds"] for cell in task_cells.values()) / 60}
+    data = {"suite": suite, "quick": quick, "model": model, "device": device, "in_process": settings.in_process,
+            "attacks": attacks, "attack_rows": settings.attack_rows, "attack_seconds": costs,
+            "attack_settings": {c.name: {"settings": c.options(quick), "tasks": c.tasks} for c in settings.columns},
+            "minutes": (time.perf_counter() - started) / 60, "cpu_minutes": (cpu_seconds() - cpu_before) / 60,
+            "jobs": jobs, "resumed": any(cells[t.name, "base"]["resumed"] for t in tasks),
             "load_average": os.getloadavg()[0], "tasks": records, "results": results,
             "winners": {t.name: winners(results[t.name], columns(attacks, t.kind)) for t in tasks}}
     stem = f"benchmark-{suite}" if suite else "benchmark"
-    write(output / f"{stem}.json", json.dumps(data, indent=2) + "\n")
-    write(output / f"{stem}.md", render(data))
+    write(settings.output / f"{stem}.json", json.dumps(data, indent=2) + "\n")
+    write(settings.output / f"{stem}.md", render(data))
     return data
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """What every cell of one run shares (picklable: worker processes receive it)."""
+
+    output: Path
+    model: str
+    device: str
+    quick: bool
+    in_process: bool
+    columns: tuple[AttackColumn, ...]
+    attack_rows: int
+
+
+def run_cells(settings: RunSettings, tasks: list[Task], variants: list[Variant], jobs: int) -> dict:
+    """Every cell's result (``run_cell``), by ``(task, variant or "base")``.
+
+    A task's base cell runs before its variants: they reuse its images and its cached
+    attack results (Ring-A-Bell's search is the base model's). With ``jobs`` > 1 the cells
+    run in that many worker processes, a bar counting the finished ones.
+    """
+    from concurrent.futures import FIRST_COMPLETED, wait
+
+    from tqdm.auto import tqdm
+
+    runner = CellsHere(settings) if jobs == 1 else CellWorkers(settings, jobs)
+    done = {}
+    with runner, tqdm(total=len(tasks) * (len(variants) + 1), desc="benchmark cells", disable=jobs == 1) as bar:
+        pending = {runner.submit(task, None): (task, None) for task in tasks}
+        while pending:
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in finished:
+                task, variant = pending.pop(future)
+                done[task.name, variant.name if variant else "base"] = future.result()
+                bar.update()
+                if variant is None:
+                    pending.update({runner.submit(task, v): (task, v) for v in variants})
+    return done
+
+
+class CellsHere:
+    """Runs cells one after another in this process, on one loaded pipeline."""
+
+    def __init__(self, settings: RunSettings):
+        import erasure
+
+        self.settings = settings
+        self.pipe = erasure.load_pipeline(settings.model, device=settings.device, dtype="float32")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        pass
+
+    def submit(self, task: Task, variant: Variant | None):
+        from concurrent.futures import Future
+
+        future = Future()
+        future.set_result(run_cell(self.pipe, self.settings, task, variant))
+        return future
+
+
+class CellWorkers:
+    """Runs cells in ``jobs`` worker processes (spawned: a forked torch may hang), each
+    with its own pipeline and an equal share of this process's torch threads."""
+
+    def __init__(self, settings: RunSettings, jobs: int):
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        import torch
+
+        threads = max(1, torch.get_num_threads() // jobs)
+        self.pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
+                                        initializer=_start_worker, initargs=(settings, threads))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def submit(self, task: Task, variant: Variant | None):
+        return self.pool.submit(_run_in_worker, task, variant)
+
+
+_WORKER: dict = {}  # a worker process's settings and pipeline (CellWorkers)
+
+
+def _start_worker(settings: RunSettings, threads: int) -> None:
+    import torch
+
+    import erasure
+
+    from .cli import quiet_libraries
+
+    # Its progress bars and warnings go to a log of its own (two processes' bars would
+    # interleave on one terminal; run_cells counts the cells), errors to the main process.
+    logs = settings.output / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    os.dup2(os.open(logs / f"worker-{os.getpid()}.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), 2)
+    os.environ["OMP_NUM_THREADS"] = str(threads)  # for its erase child processes
+    torch.set_num_threads(threads)
+    quiet_libraries()
+    _WORKER.update(settings=settings,
+                   pipe=erasure.load_pipeline(settings.model, device=settings.device, dtype="float32"))
+
+
+def _run_in_worker(task: Task, variant: Variant | None) -> dict:
+    return run_cell(_WORKER["pipe"], _WORKER["settings"], task, variant)
+
+
+def run_cell(pipe, settings: RunSettings, task: Task, variant: Variant | None) -> dict:
+    """One row of a task's table: the base model's images and attacks (``variant=None``),
+    or the variant's erasure (reused when made the same way) and its evaluation.
+
+    Returns:
+        ``row`` (``row_of``'s, with ``eval_seconds``), ``costs`` (``attack_costs``),
+        ``seconds`` (the cell's wall time), and for the base cell ``images`` (its counts)
+        and ``resumed`` (whether an earlier run had made its report).
+    """
+    started, folder = time.perf_counter(), settings.output / task.name
+    limit = task.quick_rows if settings.quick else None
+    names = [column.name for column in settings.columns]
+    attacks = _attacks_on(list(settings.columns), task, variant.name if variant else "base", settings.quick)
+    if variant is None:
+        resumed = (folder / "base" / "report.json").is_file()
+        report, seconds = _timed(_evaluate, pipe, None, task, folder / "base", limit, attacks, settings.attack_rows)
+        extra, row = {"images": image_counts(report), "resumed": resumed}, row_of(report, "base", None, names, task.kind)
+    else:
+        erasure_run = erase(pipe, variant, task, folder, model=settings.model, device=settings.device,
+                            quick=settings.quick, in_process=settings.in_process)
+        report_folder = folder / variant.name
+        if erasure_run.pop("fresh"):
+            shutil.rmtree(report_folder, ignore_errors=True)  # images of earlier weights would be refused
+        share_base_images(folder / "base" / "base", report_folder / "base")
+        report, seconds = _timed(_evaluate, pipe, folder / f"{variant.name}.safetensors", task, report_folder,
+                                 limit, attacks, settings.attack_rows)
+        extra, row = {}, row_of(report, "erased", erasure_run, names, task.kind)
+    return {"row": {**row, "eval_seconds": seconds}, "costs": attack_costs(report),
+            "seconds": time.perf_counter() - started, **extra}
+
+
+def cpu_seconds() -> float:
+    """CPU seconds of this process and of its finished children (erase processes, workers)."""
+    import resource
+
+    mine, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return mine.ru_utime + mine.ru_stime + children.ru_utime + children.ru_stime
 
 
 def _timed(function, *args):
@@ -804,8 +946,9 @@ def _footnote(data: dict) -> str:
             f"colour both right); Acc_e held-out and H_o: erased rows in phrasings no method trains on, Acc_e seen: in "
             f"phrasings some method's templates hold; CLIP: mini-clip score on retained prompts{attacked}; {cost}. "
             f"{data['model']}, {suite}{mode}, {data['device']}, torch {torch.__version__}, "
-            f"{data['minutes']:.1f} min {spent}, load average {data.get('load_average', 0):.1f} at the end "
-            f"(`erase-bench`).")
+            f"{data['minutes']:.1f} min {spent} ({data.get('cpu_minutes', 0):.1f} CPU min over all processes, "
+            f"{data.get('jobs', 1)} cell{'s' if data.get('jobs', 1) > 1 else ''} at a time), load average "
+            f"{data.get('load_average', 0):.1f} at the end (`erase-bench`).")
 
 
 def task_record(task: Task) -> dict:
@@ -881,6 +1024,9 @@ def build_parser(tasks: dict[str, Task], variants: dict[str, Variant], suites: d
     parser.add_argument("--output", type=Path,
                         help="default: runs/benchmark, shared by the suites (runs/benchmark-quick with --quick)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="cells (a task's base model, or one variant on it) at once, each in its own process with "
+                             "a share of the CPU threads (default 1; on CPU, one per core: --jobs 2 on 2 cores)")
     parser.add_argument("--readme", type=Path, metavar="FILE",
                         help="also write the tables into FILE (e.g. README.md) between the suite's benchmark markers")
     return parser
@@ -931,7 +1077,8 @@ def main(argv: list[str] | None = None) -> int:
         output = args.output or Path("runs") / ("benchmark-quick" if args.quick else "benchmark")
         for planned in runs:
             data = run(planned["tasks"], planned["variants"], output, model=args.model, device=args.device,
-                       quick=args.quick, attacks=planned["attacks"], in_process=args.in_process, suite=planned["suite"], plan=attack_plan)
+                       quick=args.quick, attacks=planned["attacks"], in_process=args.in_process, suite=planned["suite"],
+                       plan=attack_plan, jobs=args.jobs)
             markdown = render(data)
             if args.readme is not None:
                 write_readme_block(args.readme, markdown, planned["suite"])

@@ -239,6 +239,11 @@ def test_a_quick_suite_runs_its_quick_tasks_only_and_one_without_them_is_a_clear
         benchmark.plan_runs(parser.parse_args(["--suite", "attributes", "--quick"]), TASKS, VARIANTS, SUITES)
 
 
+def test_jobs_below_one_is_a_clear_error(tmp_path, capsys):
+    assert benchmark.main(["--quick", "--methods", "uce", "--jobs", "0", "--output", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == "erase-bench: error: --jobs must be at least 1, not 0"
+
+
 def test_a_readme_without_the_markers_fails_before_the_run(tmp_path, capsys):
     readme = tmp_path / "README.md"
     readme.write_text("# no markers\n")
@@ -372,6 +377,21 @@ class TestQuickClosedFormVariants(QuickVariants):
         text = readme.read_text()
         assert text.startswith("before\n<!-- benchmark:begin -->\n**one shape**") and text.endswith("-->\nafter\n")
         assert "stale table" not in text and "| uce |" in text and "| mace |" not in text
+
+    @needs_mini_sd
+    def test_cells_in_two_worker_processes_give_the_same_rows(self, quick_run, tmp_path):
+        # Spawned workers with this process's one thread each: the same images, so the same numbers.
+        data = benchmark.run([TASKS["circle"]], [VARIANTS["uce"]], tmp_path, quick=True, jobs=2)
+        timing = ("report", "eval_seconds", "seconds", "peak_mb")
+        same = lambda row: {k: v for k, v in row.items() if k not in timing}  # noqa: E731
+        for name in ("base", "uce"):
+            assert same(data["results"]["circle"][name]) == same(quick_run[0]["results"]["circle"][name]), name
+        # the workers' CPU time is counted: at least half of the two cells' evaluation time
+        evaluating = sum(row["eval_seconds"] for row in data["results"]["circle"].values())
+        assert data["jobs"] == 2 and data["cpu_minutes"] * 60 >= 0.5 * evaluating, data["cpu_minutes"]
+        assert "2 cells at a time" in (tmp_path / "benchmark.md").read_text()
+        logs = list((tmp_path / "logs").glob("worker-*.log"))  # the workers' progress bars, off the terminal
+        assert logs and any("base:" in log.read_text() for log in logs), logs
 
     @needs_mini_sd
     @pytest.mark.parametrize("suite, task", [("mass", "pairs-6"), ("attacks", "circle")])
