@@ -149,10 +149,10 @@ class ConceptInversion(Attack):
                     noise_shape = (config.batch_size, *mean.shape[1:])
                     x0 = (mean[picks] + std[picks] * torch.randn(noise_shape, generator=generator)).to(adapter.device)
                     if own_prompts:
-                        prompts = [with_placeholder(image_prompts[int(i)], concept, PLACEHOLDER_SLOT) for i in picks]
+                        prompts = [with_placeholder(image_prompts[int(i)], concept, SLOT) for i in picks]
                     else:
                         drawn = torch.randint(len(templates), (config.batch_size,), generator=generator)
-                        prompts = [templates[int(i)].format(PLACEHOLDER_SLOT) for i in drawn]
+                        prompts = [templates[int(i)].format(SLOT) for i in drawn]
                     noise = torch.randn(noise_shape, generator=generator).to(x0)
                     t = torch.randint(total, (config.batch_size,), generator=generator).to(adapter.device)
                     cond = encode_with_token(adapter, prompts, [v[None].expand(config.batch_size, -1) for v in vectors])
@@ -203,9 +203,6 @@ class ConceptInversion(Attack):
         return [table.weight.detach()[ids[0]] for table in adapter.token_embeddings()]
 
 
-PLACEHOLDER_SLOT = SLOT  # marks the token's place in a template while ids are composed
-
-
 def placeholder(concept: str) -> str:
     """The text that stands for a concept's inverted token in prompts and files: ``<circle-inv>``."""
     return "<" + (re.sub(r"[^a-z0-9]+", "-", concept.lower()).strip("-") or "concept") + "-inv>"
@@ -217,13 +214,12 @@ def with_placeholder(prompt: str, concept: str, token: str) -> str:
     return replaced if count else f"{token} {prompt}"
 
 
-def encode_with_token(adapter, prompts: list[str], vectors: list[torch.Tensor], token: str = PLACEHOLDER_SLOT) -> PromptEmbeddings:
-    """Encode prompts in which ``token`` stands for one learned vector per text encoder.
+def encode_with_token(adapter, prompts: list[str], vectors: list[torch.Tensor]) -> PromptEmbeddings:
+    """Encode prompts in which ``tokens.SLOT`` stands for one learned vector per text encoder.
 
     Args:
         adapter: the model's adapter.
-        prompts: each naming ``token`` once or more.
+        prompts: each naming ``SLOT`` once or more.
         vectors: per text encoder, ``(len(prompts), width)``: each prompt's vector.
-        token: the placeholder text.
     """
-    return encode_with_vectors(adapter, [p.replace(token, SLOT) for p in prompts], [v[:, None] for v in vectors])
+    return encode_with_vectors(adapter, prompts, [v[:, None] for v in vectors])

@@ -58,7 +58,8 @@ import torch
 
 from ..atomic import atomic_write
 from ..attacks import Attack, AttackResult, AttackTarget, build_attack, check_budget, parse_attack_names
-from ..attacks.concept_inversion import PLACEHOLDER_SLOT, encode_with_token
+from ..attacks.concept_inversion import encode_with_token
+from ..attacks.tokens import SLOT
 from ..errors import ErasureError
 from .prompts import PromptRow
 
@@ -312,7 +313,7 @@ class TokenConditioning:
         from ..adapters import adapter_for
 
         adapter = adapter_for(pipe)
-        marked = [row.prompt.replace(self.tokens[row.index][0], PLACEHOLDER_SLOT) for row in rows]
+        marked = [row.prompt.replace(self.tokens[row.index][0], SLOT) for row in rows]
         vectors = [torch.stack([self.tokens[row.index][1][name] for row in rows]).to(adapter.device)
                    for name in adapter.text_encoders()]
         with torch.no_grad():
