@@ -18,7 +18,7 @@ from erasure.errors import ErasureError
 from erasure.methods import advunlearn
 from erasure.methods.advunlearn import AdvUnlearnConfig
 from erasure.tiny import build_tiny_pipeline
-from erasure.trajectories import TrajectoryBank
+from erasure.trajectories import sample_until
 from erasure.training import CHECKPOINT_INDEX, RunOptions, swapped_parameters
 
 # A 3-step DDIM bank of 4 trajectories and a few iterations keep each run to seconds.
@@ -103,18 +103,56 @@ def test_the_regulariser_bounds_the_change_of_retained_prompts_while_the_erased_
 
 
 @pytest.mark.parametrize("attack_type", ["prefix", "replace"])
-def test_the_inner_attack_lowers_its_objective(monkeypatch, attack_type):
-    """On a fixed draw the attack's loss falls over its steps, for both variants and both placements."""
-    first_at_step_1 = lambda self, generator, count: self.at(torch.zeros(count, dtype=torch.long), 1)  # noqa: E731
-    monkeypatch.setattr(TrajectoryBank, "draw", first_at_step_1)
+@pytest.mark.parametrize("objective", ["prediction", "denoising"])
+def test_the_inner_attack_lowers_its_objective(monkeypatch, attack_type, objective):
+    """On a fixed draw the attack's loss falls over its steps, for both variants, both
+    placements and both objectives."""
+    first_draw = advunlearn.Loop.attack_draw
+
+    def always_the_first_draw(self):
+        self.fixed = getattr(self, "fixed", None) or first_draw(self)
+        return self.fixed
+
+    monkeypatch.setattr(advunlearn.Loop, "attack_draw", always_the_first_draw)
     for attack in ("pgd", "fast"):
         settings = {**FAST, "attack_steps": 8, "attack_lr": 2e-2, "concept_templates": ["a photo of a {}"]}
-        edit = advunlearn.erase(build_tiny_pipeline("sd1"), CIRCLE,
-                                AdvUnlearnConfig(**settings, attack=attack, attack_type=attack_type))
-        rounds = edit.extra["attack_losses"]
+        config = AdvUnlearnConfig(**settings, attack=attack, attack_type=attack_type, attack_objective=objective)
+        rounds = advunlearn.erase(build_tiny_pipeline("sd1"), CIRCLE, config).extra["attack_losses"]
         assert len(rounds) == FAST["iterations"] - FAST["warmup"]
         assert all(last < first for first, last in rounds), (attack, rounds)
 
+
+@pytest.mark.parametrize("family", ["sd1", "sd2"])
+def test_the_denoising_attack_reconstructs_the_frozen_models_concept_images(monkeypatch, family):
+    """``denoising`` scores the vectors on the ends of the frozen model's concept runs,
+    noised at a training timestep, against the model's training target there."""
+    adapter = adapter_for(build_tiny_pipeline(family))
+    scheduler = adapter.ddim_scheduler(3)
+    with torch.no_grad():
+        # The bank erase samples below: seed 0, FAST's 4 trajectories, the two prompts in turn.
+        bank = advunlearn.frozen_bank(adapter, scheduler, ["a circle", "a red circle"], 4, 3.0,
+                                      torch.Generator().manual_seed(0), keep_unconditional=True)
+        noise = torch.randn((4, *adapter.latent_shape), generator=torch.Generator().manual_seed(0))
+        cond = adapter.encode(["a circle", "a red circle"] * 2)
+        ends = sample_until(adapter, scheduler, noise, 3, cond, adapter.encode([""]), 3.0)
+    torch.testing.assert_close(advunlearn.final_latents(bank, scheduler, 3.0), ends)
+
+    draws = []
+    real = advunlearn.Loop.attack_draw
+    monkeypatch.setattr(advunlearn.Loop, "attack_draw", lambda self: draws.append(real(self)) or draws[-1])
+    config = AdvUnlearnConfig(**{**FAST, "attack_steps": 3}, attack_objective="denoising",
+                              concept_templates=["a {}", "a red {}"])
+    advunlearn.erase(build_tiny_pipeline(family), CIRCLE, config)
+    assert len(draws) == 3 * (FAST["iterations"] - FAST["warmup"])
+    assert len({int(d.timestep) for d in draws}) > 1
+    for draw in draws:  # x_t = a x_0 + s eps; the target is eps (or v): recover both and check
+        alpha = adapter.training_noise.alphas_cumprod[draw.timestep].sqrt()
+        sigma = (1 - adapter.training_noise.alphas_cumprod[draw.timestep]).sqrt()
+        if adapter.training_noise.config.prediction_type == "epsilon":
+            x0 = (draw.latents - sigma * draw.target) / alpha
+        else:  # v = a eps - s x_0, so x_0 = a x_t - s v
+            x0 = alpha * draw.latents - sigma * draw.target
+        assert min((x0 - end).abs().max() for end in ends) < 1e-3
 
 def word_vectors(adapter, words: str) -> list[torch.Tensor]:
     """The token table's rows of ``words``, ``(1, k, width)`` per text encoder."""

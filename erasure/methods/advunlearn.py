@@ -16,8 +16,14 @@ reproduce the frozen model's concept prediction,
 (the authors' default ``prefix_k``; UnlearnDiffAtk's prefix attack with free vectors
 instead of a distribution over tokens); ``replace`` puts them in place of the concept's
 words (the authors' ``replace_k``; the place concept inversion's learned token takes);
-``alternate`` switches between the two from one attack to the next. The encoding is
-shared with ``erasure.attacks`` (``tokens.encode_with_vectors``). ``pgd``: Adam steps;
+``alternate`` switches between the two from one attack to the next. What the vectors
+are scored on (``attack_objective``): ``prediction`` is the objective above, the
+authors'; ``denoising`` is UnlearnDiffAtk's own and concept inversion's, reconstructing
+the noise added to images of the concept,
+``min_delta || eps - eps(sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps, t, T([delta; c])) ||^2``
+(or the v-prediction target) at a uniform training timestep ``t``, ``x_0`` the end of a
+frozen-model concept trajectory (not the authors'). The encoding is shared with
+``erasure.attacks`` (``tokens.encode_with_vectors``). ``pgd``: Adam steps;
 ``fast``: the gradient replaced by its sign before each Adam step (the authors'
 ``fast_at``). The outer step then trains on the prompt with the adversarial vectors, so
 the erasure must hold against them. The first ``warmup`` iterations train without the
@@ -46,7 +52,7 @@ The authors sample a fresh ``x_t`` (26.5 guided UNet calls on average) for each 
 30 attack steps and for the outer step: 97% of their UNet sample-forwards. Here every
 frozen prediction comes from the bank and an iteration runs only the gradient passes.
 
-Deviations (none in the objectives):
+Deviations (none in the objectives, unless ``attack_objective`` is ``denoising``):
 - ``x_t`` comes from a finite bank (``bank_size`` concept trajectories, one per retain
   prompt) reused over iterations. In ``unet-xattn`` mode the authors sample ``x_t`` from
   the UNet being trained; the bank holds the frozen UNet's (as ESD's 2025 code's
@@ -90,7 +96,7 @@ from ..config import SEED_BOUNDS, MethodConfig, setting
 from ..edit import Edit
 from ..errors import ErasureError
 from ..loading import model_folder
-from ..trajectories import StepPredictions, TrajectoryBank, widened
+from ..trajectories import StepPredictions, TrajectoryBank, ddim_step, widened
 from ..training import (
     Checkpoint,
     RunOptions,
@@ -135,6 +141,10 @@ class AdvUnlearnConfig(MethodConfig):
         attack_init: ``"random"`` (each attack starts from a random vocabulary word's
             vector; authors' README) or ``"latest"`` (from the previous attack's result at
             the same placement; authors' argparse default).
+        attack_objective: ``"prediction"`` (match the frozen model's concept prediction
+            at a bank latent; the authors') or ``"denoising"`` (reconstruct the noise of
+            a noised frozen-model concept image: UnlearnDiffAtk's and concept
+            inversion's objective; not the authors').
         attack_every: attack every N iterations after the warm-up (authors: 1).
         attack_vocabulary: words ``random`` starts from: ``"all"``, ``"trained"`` (the
             model's trained ids) or a list (``erasure.attacks.tokens.candidate_ids``).
@@ -167,6 +177,7 @@ class AdvUnlearnConfig(MethodConfig):
     attack_tokens: int = setting(1, min=1, max=70)
     attack_type: Literal["prefix", "replace", "alternate"] = "prefix"
     attack_init: Literal["random", "latest"] = "random"
+    attack_objective: Literal["prediction", "denoising"] = "prediction"
     attack_every: int = setting(1, min=1)
     attack_vocabulary: str | list[str] = "all"
     retain_prompts: str = "builtin"
@@ -398,6 +409,13 @@ def guided_predictions(adapter: StableDiffusionAdapter, both: PromptEmbeddings, 
     return predict
 
 
+def final_latents(bank: TrajectoryBank, scheduler, guidance: float) -> torch.Tensor:
+    """Each concept trajectory's end, ``x_0``: its last DDIM step from the kept predictions."""
+    last = bank.values[-1]
+    guided = last[:, UNCONDITIONAL] + guidance * (last[:, CONDITIONAL] - last[:, UNCONDITIONAL])
+    return ddim_step(scheduler, guided, scheduler.timesteps[-1], bank.latents[-1])
+
+
 # ---- the loop ------------------------------------------------------------------------
 
 
@@ -419,6 +437,17 @@ def random_prefix(adapter: StableDiffusionAdapter, candidates: torch.Tensor, k: 
     """``k`` token vectors of words drawn from ``candidates``, ``(1, k, width)`` per text encoder."""
     ids = candidates[torch.randint(len(candidates), (k,), generator=generator)]
     return [table.weight.detach()[ids.to(table.weight.device)].unsqueeze(0).clone() for table in adapter.token_embeddings()]
+
+
+@dataclass
+class AttackDraw:
+    """One attack step's example: concept prompt ``row``, the latents at ``timestep`` and
+    the prediction the vectors should make the model give there."""
+
+    row: int
+    latents: torch.Tensor
+    timestep: torch.Tensor
+    target: torch.Tensor
 
 
 class Loop:
@@ -451,6 +480,8 @@ class Loop:
         # ESD's target, anchored at the "" prediction (the paper's and the authors').
         self.objective = esd.ESDConfig(negative_guidance=config.negative_guidance, target_base="anchor")
         self.candidates, self.delta = candidates, delta
+        if config.attack_objective == "denoising":
+            self.concept_images = final_latents(self.concept_bank, scheduler, config.start_guidance)
 
     def step(self, index: int) -> float:
         """Iteration ``index``: attack if due, then one outer Adam step; returns the loss."""
@@ -486,10 +517,25 @@ class Loop:
         concept's words (``replace``), with gradients."""
         return encode_with_vectors(self.adapter, [self.adversarial_prompts[placement][row]], vectors)
 
+    def attack_draw(self) -> AttackDraw:
+        """Where the next attack step scores the vectors (``attack_objective``)."""
+        generator = self.state.generator
+        if self.config.attack_objective == "prediction":
+            draw = self.concept_bank.draw(generator, 1)
+            return AttackDraw(int(draw.rows[0]), draw.latents, self.scheduler.timesteps[draw.step],
+                              draw.values[:, CONDITIONAL])
+        adapter, index = self.adapter, int(torch.randint(len(self.concept_bank), (1,), generator=generator))
+        x0 = self.concept_images[index:index + 1]
+        noise = torch.randn(x0.shape, generator=generator).to(x0)
+        timestep = torch.randint(adapter.training_noise.config.num_train_timesteps, (1,), generator=generator)
+        timestep = timestep.to(x0.device)
+        return AttackDraw(int(self.concept_bank.rows[index]), adapter.add_noise(x0, noise, timestep), timestep,
+                          adapter.training_target(x0, noise, timestep).float())
+
     def attack(self, placement: str) -> tuple[list[torch.Tensor], list[float]]:
-        """The inner level: ``attack_steps`` steps on free vectors at ``placement`` minimising
-        ``|| eps(x_t, t, T([delta; c])) - eps*(x_t, t, c) ||^2`` at bank draws. Returns
-        the vectors found and the loss of each step."""
+        """The inner level: ``attack_steps`` steps on free vectors at ``placement``, each
+        minimising the squared error of the model's prediction at an ``attack_draw``.
+        Returns the vectors found and the loss of each step."""
         config, adapter = self.config, self.adapter
         start = self.delta[placement] if config.attack_init == "latest" else \
             random_prefix(adapter, self.candidates, config.attack_tokens, self.state.generator)
@@ -497,11 +543,11 @@ class Loop:
         optimizer = torch.optim.Adam(vectors, lr=config.attack_lr)
         losses = []
         for _ in range(config.attack_steps):
-            draw = self.concept_bank.draw(self.state.generator, 1)
+            draw = self.attack_draw()
             with esd.autocast(adapter, config):
-                cond = self.encode_adversarial(int(draw.rows[0]), vectors, placement)
-                prediction = adapter.predict_noise(draw.latents, self.scheduler.timesteps[draw.step], cond)
-            loss = F.mse_loss(prediction.float(), draw.values[:, CONDITIONAL])
+                cond = self.encode_adversarial(draw.row, vectors, placement)
+                prediction = adapter.predict_noise(draw.latents, draw.timestep, cond)
+            loss = F.mse_loss(prediction.float(), draw.target)
             losses.append(loss.item())
             grads = torch.autograd.grad(loss, vectors)  # to delta only: the model's weights get none
             for vector, grad in zip(vectors, grads):
