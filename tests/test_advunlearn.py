@@ -145,7 +145,7 @@ def test_the_denoising_attack_reconstructs_the_frozen_models_concept_images(monk
     advunlearn.erase(build_tiny_pipeline(family), CIRCLE, config)
     assert len(draws) == 3 * (FAST["iterations"] - FAST["warmup"])
     assert len({int(d.timestep) for d in draws}) > 1
-    for draw in draws:  # x_t = a x_0 + s eps; the target is eps (or v): recover both and check
+    for draw in draws:  # x_t = a x_0 + s eps and the target eps (or v) give x_0 back
         alpha = adapter.training_noise.alphas_cumprod[draw.timestep].sqrt()
         sigma = (1 - adapter.training_noise.alphas_cumprod[draw.timestep]).sqrt()
         if adapter.training_noise.config.prediction_type == "epsilon":
@@ -153,6 +153,7 @@ def test_the_denoising_attack_reconstructs_the_frozen_models_concept_images(monk
         else:  # v = a eps - s x_0, so x_0 = a x_t - s v
             x0 = alpha * draw.latents - sigma * draw.target
         assert min((x0 - end).abs().max() for end in ends) < 1e-3
+
 
 def word_vectors(adapter, words: str) -> list[torch.Tensor]:
     """The token table's rows of ``words``, ``(1, k, width)`` per text encoder."""
