@@ -219,6 +219,48 @@ def test_the_loop_trains_on_the_placement_it_attacks(monkeypatch):
     assert kinds == [{"prefix"}, {"replace"}]
 
 
+def test_replay_keeps_every_nth_attacks_vectors_and_trains_on_one_of_them(monkeypatch):
+    """``attack_replay_every`` 2: attacks 2, 4 and 6 of 6 are kept; from the first kept set
+    on, each outer step encodes the latest vectors and then one kept set."""
+    found, outer, loops = [], [], []
+    real_attack, real_outer, real_encode = advunlearn.Loop.attack, advunlearn.Loop.outer_step, \
+        advunlearn.Loop.encode_adversarial
+
+    def attack(self, placement):
+        vectors, losses = real_attack(self, placement)
+        found.append([v.clone() for v in vectors])
+        loops.append(self)
+        return vectors, losses
+
+    def outer_step(self, placement):
+        outer.append([])
+        return real_outer(self, placement)
+
+    def encode_adversarial(self, row, vectors, placement):
+        if outer and not any(v.requires_grad for v in vectors):
+            outer[-1].append([v.detach().clone() for v in vectors])
+        return real_encode(self, row, vectors, placement)
+
+    for name, wrapper in [("attack", attack), ("outer_step", outer_step), ("encode_adversarial", encode_adversarial)]:
+        monkeypatch.setattr(advunlearn.Loop, name, wrapper)
+    edit = advunlearn.erase(build_tiny_pipeline("sd1"), CIRCLE,
+                            AdvUnlearnConfig(**{**FAST, "iterations": 8}, attack_init="latest", attack_replay_every=2))
+
+    def same(a, b):
+        return all(torch.equal(x, y) for x, y in zip(a, b))
+
+    kept = loops[-1].kept_vectors("prefix")
+    assert edit.extra["kept_attack_sets"] == {"prefix": 3} and len(found) == 6
+    assert all(same(k, f) for k, f in zip(kept, found[1::2]))
+    adversarial = outer[2:]  # the 2 warm-up steps encode the concept prompt itself
+    assert [len(encoded) for encoded in adversarial] == [1, 2, 2, 2, 2, 2]
+    for attack_number, encoded in enumerate(adversarial, start=1):
+        assert same(encoded[0], found[attack_number - 1])
+        if len(encoded) == 2:
+            assert any(same(encoded[1], k) for k in kept[: attack_number // 2])
+    assert any(not same(e[0], e[1]) for e in adversarial if len(e) == 2)  # a kept set, not the latest again
+
+
 def test_the_bank_keeps_the_frozen_predictions_and_chunks_change_nothing(monkeypatch):
     """Each latent keeps its run's prompt and ``""`` predictions; sampling in chunks (for
     memory) gives the bank sampled in one batch."""
@@ -284,10 +326,12 @@ def test_the_wrong_base_is_refused(tmp_path):
     assert all(torch.equal(before[n], v) for n, v in other.text_encoder.state_dict().items())
 
 
-@pytest.mark.parametrize("attack_type", ["prefix", "alternate"])
-def test_resume_after_ctrl_c_is_bit_identical(monkeypatch, tmp_path, attack_type):
-    """``alternate``: the round after the break continues the prefix vectors of the round before it."""
-    config = AdvUnlearnConfig(**{**FAST, "iterations": 6}, attack_init="latest", seed=3, attack_type=attack_type)
+@pytest.mark.parametrize(("attack_type", "replay_every"), [("prefix", 0), ("alternate", 0), ("prefix", 1)])
+def test_resume_after_ctrl_c_is_bit_identical(monkeypatch, tmp_path, attack_type, replay_every):
+    """``alternate``: the round after the break continues the prefix vectors of the round
+    before it. Replay: the sets kept before the break are replayed after it."""
+    config = AdvUnlearnConfig(**{**FAST, "iterations": 6}, attack_init="latest", seed=3, attack_type=attack_type,
+                              attack_replay_every=replay_every)
     reference = advunlearn.erase(build_tiny_pipeline("sd1"), CIRCLE, config)
 
     pipe = build_tiny_pipeline("sd1")

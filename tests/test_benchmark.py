@@ -386,9 +386,11 @@ class TestQuickClosedFormVariants(QuickVariants):
         same = lambda row: {k: v for k, v in row.items() if k not in timing}  # noqa: E731
         for name in ("base", "uce"):
             assert same(data["results"]["circle"][name]) == same(quick_run[0]["results"]["circle"][name]), name
-        # the workers' CPU time is counted: at least half of the two cells' evaluation time
+        # The workers' CPU time is counted: uncounted, the waiting parent's would be a few
+        # percent of the cells' evaluation time. A quarter leaves room for a loaded machine
+        # (0.42 measured with five processes on two cores).
         evaluating = sum(row["eval_seconds"] for row in data["results"]["circle"].values())
-        assert data["jobs"] == 2 and data["cpu_minutes"] * 60 >= 0.5 * evaluating, data["cpu_minutes"]
+        assert data["jobs"] == 2 and data["cpu_minutes"] * 60 >= 0.25 * evaluating, data["cpu_minutes"]
         assert "2 cells at a time" in (tmp_path / "benchmark.md").read_text()
         logs = list((tmp_path / "logs").glob("worker-*.log"))  # the workers' progress bars, off the terminal
         assert logs and any("base:" in log.read_text() for log in logs), logs

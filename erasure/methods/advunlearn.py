@@ -27,7 +27,9 @@ frozen-model concept trajectory (not the authors'). The encoding is shared with
 ``fast``: the gradient replaced by its sign before each Adam step (the authors'
 ``fast_at``). The outer step then trains on the prompt with the adversarial vectors, so
 the erasure must hold against them. The first ``warmup`` iterations train without the
-attack.
+attack. With ``attack_replay_every`` N, every N-th attack's vectors are kept for the rest
+of the run, and each outer step also trains on one kept set, drawn at random, at a second
+concept latent (not the authors': their outer step sees only the latest vectors).
 
 What trains (``module``): the text encoder (default, the paper's finding: every encoder
 layer and the final layer norm, not the token and position embeddings; each text
@@ -52,7 +54,8 @@ The authors sample a fresh ``x_t`` (26.5 guided UNet calls on average) for each 
 30 attack steps and for the outer step: 97% of their UNet sample-forwards. Here every
 frozen prediction comes from the bank and an iteration runs only the gradient passes.
 
-Deviations (none in the objectives, unless ``attack_objective`` is ``denoising``):
+Deviations (none in the objectives, unless ``attack_objective`` is ``denoising`` or
+``attack_replay_every`` is set):
 - ``x_t`` comes from a finite bank (``bank_size`` concept trajectories, one per retain
   prompt) reused over iterations. In ``unet-xattn`` mode the authors sample ``x_t`` from
   the UNet being trained; the bank holds the frozen UNet's (as ESD's 2025 code's
@@ -72,6 +75,8 @@ Deviations (none in the objectives, unless ``attack_objective`` is ``denoising``
   authors' ``replace_k`` replaces the whole prompt (their bare concept word, so the two
   agree on the ``{}`` template) and fills the replaced words' places with end tokens,
   where here the rest of the prompt closes up behind the vectors.
+- ``attack_replay_every`` (off by default) adds the kept vectors' term to the outer loss,
+  with the weight of the latest vectors' term (1).
 - concepts mapped to a target (``"A->B"``) are refused: AdvUnlearn erases towards ``""``.
 - tokens reach the encoder through a hook on its token table (``tokens``), not
   ``inputs_embeds``; the prompt's length comes from its tokens, not its word count.
@@ -146,6 +151,9 @@ class AdvUnlearnConfig(MethodConfig):
             a noised frozen-model concept image: UnlearnDiffAtk's and concept
             inversion's objective; not the authors').
         attack_every: attack every N iterations after the warm-up (authors: 1).
+        attack_replay_every: keep every N-th attack's vectors for the rest of the run and
+            train each outer step also on one kept set at random (the module docstring);
+            0: off, the authors' (the latest vectors only).
         attack_vocabulary: words ``random`` starts from: ``"all"``, ``"trained"`` (the
             model's trained ids) or a list (``erasure.attacks.tokens.candidate_ids``).
         retain_prompts: ``"builtin"`` (COCO-style captions), ``"model"`` (the model
@@ -179,6 +187,7 @@ class AdvUnlearnConfig(MethodConfig):
     attack_init: Literal["random", "latest"] = "random"
     attack_objective: Literal["prediction", "denoising"] = "prediction"
     attack_every: int = setting(1, min=1)
+    attack_replay_every: int = setting(0, min=0)
     attack_vocabulary: str | list[str] = "all"
     retain_prompts: str = "builtin"
     retain_exclude: list[str] = setting(default_factory=list)
@@ -261,6 +270,7 @@ def erase(pipe, concepts: list[Concept], config: AdvUnlearnConfig, run: RunOptio
         "bank": {"concept_trajectories": len(concept_bank), "retain_trajectories": len(retain_bank),
                  "steps": concept_bank.steps},
         "attack_vocabulary": vocabulary, "concept_prompts": concept_prompts, "retain_prompts": len(retain),
+        "kept_attack_sets": {placement: len(loop.kept_vectors(placement)) for placement in placements},
     }
     return edit_of(original, trained, extra)
 
@@ -493,6 +503,7 @@ class Loop:
             found, losses = self.attack(placement)
             for current, new in zip(self.delta[placement], found):
                 current.copy_(new)
+            self.keep_for_replay(index, placement)
             seconds["inner_attack"] += time.perf_counter() - started
             self.state.extra["attack_losses"].append([losses[0], losses[-1]])
         started = time.perf_counter()
@@ -507,6 +518,26 @@ class Loop:
             return self.config.attack_type
         round_ = (index - self.config.warmup) // self.config.attack_every
         return ("prefix", "replace")[round_ % 2]
+
+    def keep_for_replay(self, index: int, placement: str) -> None:
+        """After the attack of iteration ``index``: keep its vectors if it is an
+        ``attack_replay_every``-th one (counting from 1). They go into the state's tensors,
+        so that a checkpoint holds them."""
+        config = self.config
+        attack = (index - config.warmup) // config.attack_every + 1
+        if config.attack_replay_every and attack % config.attack_replay_every == 0:
+            kept = len(self.kept_vectors(placement))
+            for encoder, vectors in enumerate(self.delta[placement]):
+                self.state.tensors[f"replay/{placement}/{kept:05d}/{encoder}"] = vectors.clone()
+
+    def kept_vectors(self, placement: str) -> list[list[torch.Tensor]]:
+        """The vector sets kept for replay at ``placement``, oldest first, one tensor per
+        text encoder each (on the model's device: a restored checkpoint's are on the CPU)."""
+        prefix = f"replay/{placement}/"
+        kept: dict[str, list[torch.Tensor]] = {}
+        for name in sorted(n for n in self.state.tensors if n.startswith(prefix)):
+            kept.setdefault(name.split("/")[2], []).append(self.state.tensors[name].to(self.adapter.device))
+        return list(kept.values())
 
     def encode(self, prompts: list[str]) -> PromptEmbeddings:
         """The prompts through the current text encoder, with gradients."""
@@ -557,25 +588,32 @@ class Loop:
 
     def outer_step(self, placement: str | None) -> float:
         """ESD's loss on the concept prompt (with the adversarial vectors at ``placement``,
-        if any) plus ``gamma`` times the retain loss, in one UNet call; one Adam step.
-        Raises ``NonFiniteError`` before the step."""
+        if any, and at a second concept latent with a kept set drawn for replay, if any)
+        plus ``gamma`` times the retain loss, in one UNet call; one Adam step. Raises
+        ``NonFiniteError`` before the step."""
         config, adapter, generator = self.config, self.adapter, self.state.generator
-        concept = self.concept_bank.draw(generator, 1)
+        kept = self.kept_vectors(placement) if placement is not None else []
+        concept = self.concept_bank.draw(generator, 2 if kept else 1)
         retain = self.retain_bank.at(torch.randperm(len(self.retain_bank), generator=generator)[: config.retain_batch],
                                      concept.step)
+        replayed = [kept[int(torch.randint(len(kept), (1,), generator=generator))]] if kept else []
         target = esd.esd_target(concept.values[:, UNCONDITIONAL], concept.values[:, CONDITIONAL], None, self.objective)
         retain_target = retain.values[:, CONDITIONAL]
         latents = torch.cat([concept.latents, retain.latents])
 
         self.state.optimizer.zero_grad(set_to_none=True)
         with esd.autocast(adapter, config):
-            row = int(concept.rows[0])
-            concept_cond = self.encode([self.concept_prompts[row]]) if placement is None else \
-                self.encode_adversarial(row, self.delta[placement], placement)
+            rows = [int(row) for row in concept.rows]
+            concept_cond = [self.encode([self.concept_prompts[rows[0]]])] if placement is None else \
+                [self.encode_adversarial(row, vectors, placement)
+                 for row, vectors in zip(rows, [self.delta[placement], *replayed])]
             retain_cond = self.encode([self.retain_prompts[int(i)] for i in retain.rows])
             prediction = adapter.predict_noise(latents, self.scheduler.timesteps[concept.step],
-                                               PromptEmbeddings.cat([concept_cond, retain_cond])).float()
-        loss = F.mse_loss(prediction[:1], target) + config.retain_weight * F.mse_loss(prediction[1:], retain_target)
+                                               PromptEmbeddings.cat([*concept_cond, retain_cond])).float()
+        erased = len(rows)
+        # Each adversarial set's term has ESD's weight 1: the kept set's adds to the latest's.
+        esd_loss = F.mse_loss(prediction[:erased], target, reduction="none").flatten(1).mean(1).sum()
+        loss = esd_loss + config.retain_weight * F.mse_loss(prediction[erased:], retain_target)
         diverged = f"the trained weights diverged: lower lr (now {config.lr:g})"
         value = finite_value(loss, diverged)
         loss.backward()
