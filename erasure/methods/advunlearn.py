@@ -532,11 +532,11 @@ class Loop:
 
     def kept_vectors(self, placement: str) -> list[list[torch.Tensor]]:
         """The vector sets kept for replay at ``placement``, oldest first, one tensor per
-        text encoder each (on the model's device: a restored checkpoint's are on the CPU)."""
+        text encoder each (a restored checkpoint's are on the CPU)."""
         prefix = f"replay/{placement}/"
         kept: dict[str, list[torch.Tensor]] = {}
         for name in sorted(n for n in self.state.tensors if n.startswith(prefix)):
-            kept.setdefault(name.split("/")[2], []).append(self.state.tensors[name].to(self.adapter.device))
+            kept.setdefault(name.split("/")[2], []).append(self.state.tensors[name])
         return list(kept.values())
 
     def encode(self, prompts: list[str]) -> PromptEmbeddings:
@@ -596,7 +596,10 @@ class Loop:
         concept = self.concept_bank.draw(generator, 2 if kept else 1)
         retain = self.retain_bank.at(torch.randperm(len(self.retain_bank), generator=generator)[: config.retain_batch],
                                      concept.step)
-        replayed = [kept[int(torch.randint(len(kept), (1,), generator=generator))]] if kept else []
+        replayed = []
+        if kept:  # only the drawn set goes to the model's device
+            drawn = kept[int(torch.randint(len(kept), (1,), generator=generator))]
+            replayed = [[vectors.to(adapter.device) for vectors in drawn]]
         target = esd.esd_target(concept.values[:, UNCONDITIONAL], concept.values[:, CONDITIONAL], None, self.objective)
         retain_target = retain.values[:, CONDITIONAL]
         latents = torch.cat([concept.latents, retain.latents])
