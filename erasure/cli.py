@@ -55,6 +55,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="training methods: checkpoint every N steps (default 0: only on Ctrl-C or a failure)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace existing outputs, and start afresh over an earlier run's checkpoint")
+    choice = parser.add_argument_group("choosing the erasure by its seed (methods with a seed; erasure.seed_choice)")
+    choice.add_argument("--seeds", help="erase once per seed (e.g. 8-15 or 0,3,7), attack each erasure on --choose-on "
+                        "and write the one that holds best to --output; the others stay in <output>.seeds/")
+    choice.add_argument("--choose-on", type=Path, metavar="CSV",
+                        help="the tuning prompt set, with erased and retained rows, e.g. "
+                        "scripts/advunlearn_prompts/choose-seed.csv (never the set you report on)")
+    choice.add_argument("--choose-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one field of the rule (SeedChoiceConfig), e.g. --choose-set confirm_top=2")
     return parser
 
 
@@ -67,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"erase: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("erase: interrupted (training methods keep their last checkpoint; rerun with --resume)", file=sys.stderr)
+        again = "the same command" if args.seeds is not None else "with --resume"
+        print(f"erase: interrupted (training methods keep their last checkpoint; rerun {again})", file=sys.stderr)
         return 130
 
 
@@ -87,6 +96,8 @@ def run(args: argparse.Namespace) -> int:
     from .training import check_checkpoint_folder
 
     method = get_method(args.method)
+    if args.seeds is not None or args.choose_on is not None:
+        return _choose_seed(args, method)
     if args.resume and not method.trains:
         raise ErasureError(f"--resume applies to methods that train and checkpoint; {args.method} does not")
     concepts = _concepts(args)
@@ -128,11 +139,57 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _choose_seed(args: argparse.Namespace, method) -> int:
+    """``--seeds``: check everything, claim the output, then erase, measure and pick (``erasure.seed_choice``)."""
+    import dataclasses
+
+    from .config import build_config, field_path, parse_override
+    from .paths import claimed_outputs
+    from .seed_choice import ChoiceRun, SeedChoiceConfig, check_rule, check_tuning_set, choose, parse_seeds
+
+    if args.seeds is None or args.choose_on is None:
+        raise ErasureError("--seeds and --choose-on go together: the seeds to erase with and the tuning set that "
+                           "compares them, e.g. --seeds 8-15 --choose-on scripts/advunlearn_prompts/choose-seed.csv")
+    if field_path(method.config_class, "seed") is None:
+        raise ErasureError(f"--seeds chooses among a seeded method's runs; {args.method} has no seed (its result does "
+                           "not depend on one)")
+    if args.seed is not None:
+        raise ErasureError("--seed and --seeds both set the seed: give one of them")
+    if args.resume:
+        raise ErasureError("--seeds resumes by itself from <output>.seeds/: rerun the same command without --resume")
+    if args.export:
+        raise ErasureError("--export does not go with --seeds: export the chosen weights afterwards "
+                           "(erasure.weights.export_pipeline)")
+    seeds = parse_seeds(args.seeds, MAX_SEED)
+    rule = build_config(SeedChoiceConfig, dict(parse_override(item) for item in args.choose_set),
+                        source="--choose-set field")
+    check_rule(rule)
+    check_tuning_set(args.choose_on)
+    concepts = _concepts(args)
+    args.output = args.output or Path("outputs") / f"{args.method}-{slug(concepts)}.safetensors"
+
+    def with_seed(seed: int, **changes) -> argparse.Namespace:
+        return argparse.Namespace(**{**vars(args), "seed": seed, **changes})
+
+    def erase_one(seed: int, path: Path, resume: bool) -> None:
+        run(with_seed(seed, seeds=None, choose_on=None, output=path, resume=resume, overwrite=False))
+
+    def settings_of(seed: int) -> dict:
+        return dataclasses.asdict(_config(with_seed(seed), method, announce=False))
+
+    settings_of(seeds[0])  # a bad --config or --set fails now, not after the first erasure
+    _check_outputs(args.output, args)
+    choice = ChoiceRun(args.output, args.choose_on, args.model, args.device, args.overwrite, erase_one, settings_of)
+    with claimed_outputs([args.output]):
+        choose(choice, rule, seeds)
+    return 0
+
+
 def _short(text: str, limit: int = 40) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _config(args, method):
+def _config(args, method, announce: bool = True):
     """The resolved method config: presets (the concept type's, then mini-sd's own when
     --model mini-sd has no --config) < --config < --preserve < --set."""
     from . import resolve_config
@@ -153,7 +210,7 @@ def _config(args, method):
     if args.config is not None:
         read_text_file(args.config, "config file")  # a folder or binary file: one line, not a traceback
     preset = model_preset(args.method, args.model) if args.config is None else None
-    if preset is not None:
+    if preset is not None and announce:
         print(f"using {preset.parent.name}/{preset.name}, the settings for {args.model} (--config replaces them)")
     return resolve_config(args.method, args.concept_type, args.config, model=args.model, **overrides)
 
