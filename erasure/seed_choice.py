@@ -63,7 +63,8 @@ class SeedChoiceConfig:
 
 @dataclass
 class Candidate:
-    """One seed's erasure and what the tuning set measured of it (percentages; CLIP in points)."""
+    """One seed's erasure and what the tuning set measured of it (percentages; CLIP in
+    points); ``ineligible`` says which tuning target it missed ("" when none)."""
 
     seed: int
     weights: Path
