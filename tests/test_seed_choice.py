@@ -132,16 +132,19 @@ def _link_first_run(chosen: Path, folder: Path, erasures: bool) -> None:
     (["--seeds", "1-2", "--choose-on", "TUNE", "--choose-set", "confirm_top=two"], "confirm_top"),
     (["--seeds", "1-2", "--choose-on", "shapes/circle-nothing.csv"], "shapes/circle-nothing.csv"),
     (["--seeds", "1-2", "--choose-on", "ERASED_ONLY"], "needs rows of type 'erased' and 'retained'"),
+    (["--seeds", "1-2", "--choose-on", "NO_CLASS"], "the rows need a 'class' column"),
 ])
 def test_bad_choice_input_is_one_line_and_erases_nothing(extra, message, tuning_set, tmp_path, monkeypatch, capsys):
-    erased_only = tmp_path / "erased-only.csv"
-    erased_only.write_text("prompt,class,type\na red circle,circle,erased\n")
-    extra = [{"TUNE": str(tuning_set), "ERASED_ONLY": str(erased_only)}.get(a, a) for a in extra]
+    sets = {"ERASED_ONLY": "prompt,class,type\na red circle,circle,erased\n",
+            "NO_CLASS": "prompt,type\na red circle,erased\na red square,retained\n"}
+    for name, text in sets.items():
+        (tmp_path / f"{name}.csv").write_text(text)
+    extra = [str(tmp_path / f"{a}.csv") if a in sets else str(tuning_set) if a == "TUNE" else a for a in extra]
     monkeypatch.setattr("erasure.methods.Method.run", lambda *a, **k: pytest.fail("erased despite bad input"))
     assert _erase(tmp_path / "w.safetensors", *extra) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
-    assert list(tmp_path.iterdir()) == [erased_only]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{name}.csv" for name in sets)
 
 
 def test_a_method_without_a_seed_is_refused(tuning_set, tmp_path, capsys):
