@@ -554,6 +554,8 @@ def run_cell(pipe, settings: RunSettings, task: Task, variant: Variant | None) -
         ``seconds`` (the cell's wall time), and for the base cell ``images`` (its counts)
         and ``resumed`` (whether an earlier run had made its report).
     """
+    from .eval.generate import share_images
+
     started, folder = time.perf_counter(), settings.output / task.name
     limit = task.quick_rows if settings.quick else None
     names = [column.name for column in settings.columns]
@@ -568,7 +570,7 @@ def run_cell(pipe, settings: RunSettings, task: Task, variant: Variant | None) -
         report_folder = folder / variant.name
         if erasure_run.pop("fresh"):
             shutil.rmtree(report_folder, ignore_errors=True)  # images of earlier weights would be refused
-        share_base_images(folder / "base" / "base", report_folder / "base")
+        share_images(folder / "base" / "base", report_folder / "base")
         report, seconds = _timed(_evaluate, pipe, folder / f"{variant.name}.safetensors", task, report_folder,
                                  limit, attacks, settings.attack_rows)
         extra, row = {}, row_of(report, "erased", erasure_run, names, task.kind)
@@ -707,19 +709,6 @@ def erase_command(recipe: dict, weights: Path) -> list[str]:
     for key, value in recipe["settings"].items():
         command += ["--set", f"{key}={json.dumps(value)}"]
     return command
-
-
-def share_base_images(source: Path, target: Path) -> None:
-    """Hard-link the task's base images into a variant's report folder (copies if links fail)."""
-    target.mkdir(parents=True, exist_ok=True)
-    for image in source.glob("*.png"):
-        destination = target / image.name
-        if destination.exists():
-            continue
-        try:
-            os.link(image, destination)
-        except OSError:
-            shutil.copy2(image, destination)
 
 
 def row_of(report, variant: str, erasure_run: dict | None, attacks: list[str], kind: str = "") -> dict:

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -211,27 +210,19 @@ def _check_same_settings(weights: Path, settings: dict, model: str) -> None:
 
 def _evaluate(candidate: Candidate, run: ChoiceRun, name: str, attack: str, options: dict) -> dict:
     """One evaluation of the candidate on the tuning set; every evaluation of a candidate
-    shares its base and erased images (hard links), and every candidate the base ones."""
+    shares its base and erased images (``share_images``), and every candidate the base ones."""
     from .eval import evaluate
+    from .eval.generate import share_images
 
     output = run.folder / f"seed-{candidate.seed}" / name
     shared = {"base": run.folder / "base", "erased": run.folder / f"seed-{candidate.seed}" / "erased"}
     for variant, source in shared.items():
-        _share_images(source, output / variant)
+        share_images(source, output / variant)
     report = evaluate(run.model, candidate.weights, run.tuning_set, None, output, device=run.device, html=False,
                       attack=attack, attack_options={attack: options}, attack_cache=run.folder / "attack-cache")
     for variant, source in shared.items():
-        _share_images(output / variant, source)
+        share_images(output / variant, source)
     return report.data
-
-
-def _share_images(source: Path, target: Path) -> None:
-    if not source.is_dir():
-        return
-    target.mkdir(parents=True, exist_ok=True)
-    for image in source.iterdir():
-        if not (target / image.name).exists():
-            os.link(image, target / image.name)
 
 
 def _screen(candidate: Candidate, run: ChoiceRun, config: SeedChoiceConfig) -> None:

@@ -38,6 +38,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -52,7 +53,7 @@ from ..weights import EditedWeights
 from .prompts import PromptRow
 
 __all__ = ["collect_images", "generate_images", "generate_in_memory", "image_path", "image_record",
-           "plan_batches", "read_record", "row_guidance", "run_pipeline", "weights_record"]
+           "plan_batches", "read_record", "row_guidance", "run_pipeline", "share_images", "weights_record"]
 logger = logging.getLogger(__name__)
 
 PNG_KEY = "erasure"  # the PNG text chunk holding an image's record
@@ -92,6 +93,21 @@ def image_record(row: PromptRow, settings: GenerationSettings, model: str, weigh
 
 def image_path(folder: Path, row: PromptRow) -> Path:
     return folder / f"{row.index:05d}.png"
+
+
+def share_images(source: Path, target: Path) -> None:
+    """Hard-link the images of ``source`` that ``target`` lacks into it (copies where the
+    file system has no hard links), so that another report folder reuses them: a rerun
+    skips images whose record matches."""
+    target.mkdir(parents=True, exist_ok=True)
+    for image in source.glob("*.png"):
+        destination = target / image.name
+        if destination.exists():
+            continue
+        try:
+            os.link(image, destination)
+        except OSError:
+            shutil.copy2(image, destination)
 
 
 def read_record(path: Path) -> dict | None:
