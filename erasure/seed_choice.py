@@ -22,6 +22,10 @@ The rule (``SeedChoiceConfig``; fixed before erase seeds 8-15 were run, and not 
 4. Keep the confirmed seed whose worst attack (the highest of its ASRs) is lowest; on a
    tie, the one that keeps CLIP best.
 
+Beside the rule, each seed's table entry also gives ``screening_any``: the share of the
+tuning set's erased rows that at least one of the screening runs broke, what an attacker
+who restarts would count (``erasure.eval.restarts``); the rule itself ranks by the mean.
+
 Files: the candidates and their evaluations go to ``<output stem>.seeds/`` (rerunning
 resumes there: finished erasures and images are reused, after checking that they were
 made with the same settings); the chosen weights go to ``--output`` with the whole table
@@ -69,6 +73,7 @@ class Candidate:
     seed: int
     weights: Path
     screening_asr: list[float] = field(default_factory=list)
+    screening_any: float | None = None
     acc_e: float = 0.0
     acc_s: float = 0.0
     base_acc_s: float = 0.0
@@ -118,8 +123,8 @@ def check_rule(config: SeedChoiceConfig) -> None:
     for name in [config.attack, *config.confirm_attacks, *config.attack_options]:
         if name not in ATTACKS:
             raise ErasureError(f"--choose-set: unknown attack {name!r}: use one of {', '.join(ATTACKS)}")
-    if not config.attack_seeds or config.confirm_top < 1:
-        raise ErasureError("--choose-set: attack_seeds needs at least one seed and confirm_top at least 1")
+    if not config.attack_seeds or len(set(config.attack_seeds)) < len(config.attack_seeds) or config.confirm_top < 1:
+        raise ErasureError("--choose-set: attack_seeds needs at least one seed, each once, and confirm_top at least 1")
 
 
 def check_tuning_set(path: Path) -> None:
@@ -226,10 +231,16 @@ def _evaluate(candidate: Candidate, run: ChoiceRun, name: str, attack: str, opti
 
 
 def _screen(candidate: Candidate, run: ChoiceRun, config: SeedChoiceConfig) -> None:
-    for attack_seed in config.attack_seeds:
+    names = [f"{config.attack}-{attack_seed}" for attack_seed in config.attack_seeds]
+    for attack_seed, name in zip(config.attack_seeds, names):
         options = {**config.attack_options.get(config.attack, {}), "seed": attack_seed}
-        data = _evaluate(candidate, run, f"{config.attack}-{attack_seed}", config.attack, options)
+        data = _evaluate(candidate, run, name, config.attack, options)
         candidate.screening_asr.append(_post_asr(data, config.attack))
+    if len(names) > 1:
+        from .eval.restarts import restart_summary
+
+        folders = [run.folder / f"seed-{candidate.seed}" / name for name in names]
+        candidate.screening_any = restart_summary(folders, config.attack)["groups"]["erased"]["any"]
     accuracy = next(data["metrics"][m] for m in ACCURACY_METRICS if m in data["metrics"])
     candidate.acc_e = accuracy["erased"]["erasure"]["acc_e"]
     candidate.acc_s = accuracy["erased"]["erasure"]["acc_s"]
@@ -261,10 +272,11 @@ def _write_json(path: Path, value: dict) -> None:
 
 def summary(candidates: list[Candidate], chosen: Candidate, output: Path) -> str:
     """The table ``erase --seeds`` prints: one line per seed, the chosen one marked."""
-    lines = ["seed  screening ASR (mean)  confirming ASR        Acc_e  Acc_s  CLIP ret.  note"]
+    lines = ["seed  screening ASR (mean)  any run  confirming ASR        Acc_e  Acc_s  CLIP ret.  note"]
     for c in candidates:
         confirming = ", ".join(f"{a} {v:.1f}" for a, v in c.confirming_asr.items()) or "-"
         note = "chosen" if c is chosen else c.ineligible
-        lines.append(f"{c.seed:<5} {c.screening_mean:>20.1f}  {confirming:<20} {c.acc_e:>5.1f}  {c.acc_s:>5.1f}  "
+        any_run = "-" if c.screening_any is None else f"{c.screening_any:.1f}"
+        lines.append(f"{c.seed:<5} {c.screening_mean:>20.1f}  {any_run:>7}  {confirming:<20} {c.acc_e:>5.1f}  {c.acc_s:>5.1f}  "
                      f"{c.clip_change:>+9.1f}  {note}")
     return "\n".join(lines + [f"chose seed {chosen.seed} -> {output}"])

@@ -4,9 +4,8 @@ erasure, other rows or the same seed are refused, and an edited report is caught
 
 from __future__ import annotations
 
+import importlib.util
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,9 @@ from erasure.eval.intervals import wilson
 from erasure.eval.restarts import restart_summary
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "attack_restarts.py"
+_spec = importlib.util.spec_from_file_location("attack_restarts", SCRIPT)
+attack_restarts = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(attack_restarts)
 ATTACK = "concept-inversion"
 VARIANT = "attacked-concept-inversion"
 
@@ -94,13 +96,12 @@ def test_an_edited_report_missing_folders_and_other_attacks_are_refused(tmp_path
         restart_summary([first], ATTACK)
 
 
-def test_the_script_prints_each_group_writes_json_and_fails_in_one_line(tmp_path):
+def test_the_script_prints_each_group_writes_json_and_fails_in_one_line(tmp_path, capsys):
     runs = [str(write_run(tmp_path / f"s{s}", s, shown)) for s, shown in enumerate([[True, False], [False, False]])]
-    done = subprocess.run([sys.executable, str(SCRIPT), *runs, "--json", str(tmp_path / "r.json")],
-                          capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    assert "erased (n = 2 rows): per run 50.0 / 0.0; pooled 25.0" in done.stdout and "any of 2 50.0" in done.stdout
+    assert attack_restarts.main([*runs, "--json", str(tmp_path / "r.json")]) == 0
+    out = capsys.readouterr().out
+    assert "erased (n = 2 rows): per run 50.0 / 0.0; pooled 25.0" in out and "any of 2 50.0" in out
     assert json.loads((tmp_path / "r.json").read_text())["groups"]["erased"]["any"] == 50.0
-    failed = subprocess.run([sys.executable, str(SCRIPT), runs[0], runs[0]], capture_output=True, text=True)
-    assert failed.returncode == 2
-    assert failed.stderr.strip().count("\n") == 0 and "needs another seed" in failed.stderr
+    assert attack_restarts.main([runs[0], runs[0]]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "needs another seed" in err

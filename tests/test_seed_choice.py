@@ -14,6 +14,7 @@ import torch
 
 import erasure
 from erasure.cli import main
+from erasure.eval.restarts import restart_summary
 from erasure.weights import EditedWeights
 
 MINI_SD = (Path(erasure.__file__).parent / "assets" / "mini-sd" / "model_index.json").is_file()
@@ -59,6 +60,9 @@ def test_the_rule_picks_the_confirmed_seed_whose_worst_attack_is_lowest(chosen):
                    for t in (0, 1)]
         assert c["screening_asr"] == [r["attacks"]["concept-inversion"]["groups"]["erased"]["post_asr"] for r in reports]
         assert c["acc_e"] == reports[0]["metrics"]["world"]["erased"]["erasure"]["acc_e"]
+        folders = [folder / f"seed-{seed}" / f"concept-inversion-{t}" for t in (0, 1)]
+        assert c["screening_any"] == restart_summary(folders, "concept-inversion")["groups"]["erased"]["any"]
+        assert c["screening_any"] >= max(c["screening_asr"])
     confirmed = sorted(candidates.values(), key=lambda c: c["screening_mean"])[:2]
     assert {c["seed"] for c in candidates.values() if c["confirming_asr"]} == {c["seed"] for c in confirmed}
     for c in confirmed:
@@ -130,6 +134,7 @@ def _link_first_run(chosen: Path, folder: Path, erasures: bool) -> None:
     (["--seeds", "1-2", "--resume", "--choose-on", "TUNE"], "rerun the same command without --resume"),
     (["--seeds", "1-2", "--choose-on", "TUNE", "--choose-set", "attack=pgd"], "unknown attack 'pgd'"),
     (["--seeds", "1-2", "--choose-on", "TUNE", "--choose-set", "confirm_top=two"], "confirm_top"),
+    (["--seeds", "1-2", "--choose-on", "TUNE", "--choose-set", "attack_seeds=[0, 0]"], "each once"),
     (["--seeds", "1-2", "--choose-on", "shapes/circle-nothing.csv"], "shapes/circle-nothing.csv"),
     (["--seeds", "1-2", "--choose-on", "ERASED_ONLY"], "needs rows of type 'erased' and 'retained'"),
     (["--seeds", "1-2", "--choose-on", "NO_CLASS"], "the rows need a 'class' column"),
