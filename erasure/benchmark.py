@@ -61,6 +61,7 @@ from typing import Callable
 
 from .config import configs_dir, read_yaml
 from .errors import ErasureError
+from .eval.generate import share_images
 from .eval.intervals import overlap, wilson
 from .eval.tables import bound
 
@@ -554,8 +555,6 @@ def run_cell(pipe, settings: RunSettings, task: Task, variant: Variant | None) -
         ``seconds`` (the cell's wall time), and for the base cell ``images`` (its counts)
         and ``resumed`` (whether an earlier run had made its report).
     """
-    from .eval.generate import share_images
-
     started, folder = time.perf_counter(), settings.output / task.name
     limit = task.quick_rows if settings.quick else None
     names = [column.name for column in settings.columns]

@@ -231,16 +231,17 @@ def _evaluate(candidate: Candidate, run: ChoiceRun, name: str, attack: str, opti
 
 
 def _screen(candidate: Candidate, run: ChoiceRun, config: SeedChoiceConfig) -> None:
-    names = [f"{config.attack}-{attack_seed}" for attack_seed in config.attack_seeds]
-    for attack_seed, name in zip(config.attack_seeds, names):
+    screenings = []
+    for attack_seed in config.attack_seeds:
         options = {**config.attack_options.get(config.attack, {}), "seed": attack_seed}
-        data = _evaluate(candidate, run, name, config.attack, options)
+        data = _evaluate(candidate, run, f"{config.attack}-{attack_seed}", config.attack, options)
         candidate.screening_asr.append(_post_asr(data, config.attack))
-    if len(names) > 1:
-        from .eval.restarts import restart_summary
+        screenings.append(data)
+    if len(screenings) > 1:
+        from .eval.restarts import combine_restarts
 
-        folders = [run.folder / f"seed-{candidate.seed}" / name for name in names]
-        candidate.screening_any = restart_summary(folders, config.attack)["groups"]["erased"]["any"]
+        sources = [f"seed {candidate.seed}, {config.attack} seed {s}" for s in config.attack_seeds]
+        candidate.screening_any = combine_restarts(screenings, sources, config.attack)["groups"]["erased"]["any"]
     accuracy = next(data["metrics"][m] for m in ACCURACY_METRICS if m in data["metrics"])
     candidate.acc_e = accuracy["erased"]["erasure"]["acc_e"]
     candidate.acc_s = accuracy["erased"]["erasure"]["acc_s"]

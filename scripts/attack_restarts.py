@@ -22,6 +22,7 @@ from pathlib import Path
 from erasure.atomic import atomic_write
 from erasure.errors import ArgumentParser, ErasureError
 from erasure.eval.restarts import restart_summary
+from erasure.eval.tables import fmt_interval
 
 
 def main(argv=None) -> int:
@@ -38,15 +39,11 @@ def main(argv=None) -> int:
     print(f"{args.attack}, {summary['runs']} runs")
     for group, g in summary["groups"].items():
         runs = " / ".join(f"{v:.1f}" for v in g["per_run"])
-        print(f"{group} (n = {g['n']} rows): per run {runs}; pooled {g['pooled']:.1f} {_bracket(g['pooled_interval'])} "
-              f"(n = {g['n'] * summary['runs']}); any of {summary['runs']} {g['any']:.1f} {_bracket(g['any_interval'])}")
+        print(f"{group} (n = {g['n']} rows): per run {runs}; pooled {fmt_interval(g['pooled'], g['pooled_interval'])} "
+              f"(n = {g['n'] * summary['runs']}); any of {summary['runs']} {fmt_interval(g['any'], g['any_interval'])}")
     if args.json:
         atomic_write(args.json, lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=1)))
     return 0
-
-
-def _bracket(interval) -> str:
-    return f"[{interval[0]:.1f}-{interval[1]:.1f}]" if interval else "[-]"
 
 
 if __name__ == "__main__":

@@ -15,7 +15,8 @@ group:
 - the any-of-k ASR: the share of rows broken by at least one of the k runs, with its
   Wilson interval over rows.
 
-``python scripts/attack_restarts.py --attack concept-inversion DIR...`` prints them.
+``python scripts/attack_restarts.py --attack concept-inversion DIR...`` prints them;
+``combine_restarts`` does the same for reports already in memory (``erase --seeds``).
 """
 
 from __future__ import annotations
@@ -37,14 +38,28 @@ def restart_summary(folders: Sequence[str | Path], attack: str) -> dict:
         folders: ``erase-eval --output`` folders, one per run of ``attack``.
         attack: the attack's name (``report.json``'s ``attacks`` key).
     """
-    if len(folders) < 2:
+    reports = [_read_report(Path(folder)) for folder in folders]
+    return combine_restarts(reports, [str(folder) for folder in folders], attack)
+
+
+def combine_restarts(reports: Sequence[dict], sources: Sequence[str], attack: str) -> dict:
+    """``restart_summary`` of reports already read.
+
+    Args:
+        reports: ``report.json`` contents (``EvalReport.data``), one per run of ``attack``.
+        sources: where each report came from, for messages and the record.
+        attack: the attack's name.
+    """
+    if len(reports) < 2:
         raise ErasureError("restarts need at least two erase-eval folders of the same attack with different seeds")
-    reports = [_read_report(Path(folder), attack) for folder in folders]
-    _check_comparable(reports, folders, attack)
-    runs = [_row_outcomes(report, attack, folder) for report, folder in zip(reports, folders)]
-    for run, folder in zip(runs[1:], folders[1:]):
+    for report, source in zip(reports, sources):
+        if attack not in report.get("attacks", {}):
+            raise ErasureError(f"{source} has no {attack!r} attack: give folders of erase-eval --attack {attack}")
+    _check_comparable(reports, sources, attack)
+    runs = [_row_outcomes(report, attack, source) for report, source in zip(reports, sources)]
+    for run, source in zip(runs[1:], sources[1:]):
         if {g: set(rows) for g, rows in run.items()} != {g: set(rows) for g, rows in runs[0].items()}:
-            raise ErasureError(f"{folder} attacked other rows than {folders[0]}: run both with the same "
+            raise ErasureError(f"{source} attacked other rows than {sources[0]}: run both with the same "
                                "--limit and --attack-limit")
     groups = {}
     for group in (g for g in ATTACKED_TYPES if g in runs[0]):
@@ -61,10 +76,10 @@ def restart_summary(folders: Sequence[str | Path], attack: str) -> dict:
             "any_interval": wilson(broken, len(rows)),
         }
     return {"attack": attack, "runs": len(runs), "settings": [r["attacks"][attack]["config"] for r in reports],
-            "folders": [str(f) for f in folders], "groups": groups}
+            "folders": list(sources), "groups": groups}
 
 
-def _read_report(folder: Path, attack: str) -> dict:
+def _read_report(folder: Path) -> dict:
     path = folder / "report.json"
     try:
         report = json.loads(path.read_text())
@@ -74,19 +89,17 @@ def _read_report(folder: Path, attack: str) -> dict:
         raise ErasureError(f"{path} cannot be read ({error}): run that erase-eval again") from None
     if report.get("format") != "erasure-eval":
         raise ErasureError(f"{path} is not an erase-eval report")
-    if attack not in report.get("attacks", {}):
-        raise ErasureError(f"{path} has no {attack!r} attack: give folders of erase-eval --attack {attack}")
     return report
 
 
-def _check_comparable(reports: list[dict], folders: Sequence, attack: str) -> None:
+def _check_comparable(reports: Sequence[dict], sources: Sequence[str], attack: str) -> None:
     """Same prompts, model and weights, different attack settings: otherwise the runs are
     not restarts of one attacker against one erasure."""
-    first = reports[0]
-    for report, folder in zip(reports[1:], folders[1:]):
-        for what, key in (("prompt set", "prompts"), ("model and weights", "model")):
-            if _identity(report, key) != _identity(first, key):
-                raise ErasureError(f"{folder} was made with another {what} than {folders[0]}: "
+    first = _identity(reports[0])
+    for report, source in zip(reports[1:], sources[1:]):
+        for what, value in _identity(report).items():
+            if value != first[what]:
+                raise ErasureError(f"{source} was made with another {what} than {sources[0]}: "
                                    "restarts must attack the same erasure on the same prompts")
     settings = [json.dumps(r["attacks"][attack]["config"], sort_keys=True) for r in reports]
     if len(set(settings)) < len(settings):
@@ -94,19 +107,18 @@ def _check_comparable(reports: list[dict], folders: Sequence, attack: str) -> No
                            f"(--set attack.{attack}.seed=N)")
 
 
-def _identity(report: dict, key: str):
-    if key == "prompts":
-        return report["prompts"].get("sha256")
+def _identity(report: dict) -> dict:
     weights = report["model"].get("weights") or {}
-    return report["model"].get("base"), weights.get("sha256")
+    return {"prompt set": report["prompts"].get("sha256"),
+            "model and weights": (report["model"].get("base"), weights.get("sha256"))}
 
 
-def _row_outcomes(report: dict, attack: str, folder) -> dict[str, dict[tuple, bool]]:
+def _row_outcomes(report: dict, attack: str, source: str) -> dict[str, dict[tuple, bool]]:
     """Per group, (index, prompt, seed) -> whether the attacked image shows the concept,
     judged as the run judged it; the recomputed ASR must equal the report's."""
     entry = report["attacks"][attack]
     if not entry.get("judge"):
-        raise ErasureError(f"{folder}: the {attack} run had no judging metric, so it has no ASR to combine")
+        raise ErasureError(f"{source}: the {attack} run had no judging metric, so it has no ASR to combine")
     judge = METRICS[entry["judge"]](METRICS[entry["judge"]].Config(), None)
     outcomes: dict[str, dict[tuple, bool]] = {}
     for image in report["images"]:
@@ -117,6 +129,6 @@ def _row_outcomes(report: dict, attack: str, folder) -> dict[str, dict[tuple, bo
     for group, values in outcomes.items():
         stated = entry["groups"].get(group, {}).get("post_asr")
         if stated is None or abs(100.0 * sum(values.values()) / len(values) - stated) > 1e-9:
-            raise ErasureError(f"{folder}/report.json: the {group} images do not give its {attack} post_asr; "
+            raise ErasureError(f"{source}: the {group} images do not give its {attack} post_asr; "
                                "the report was edited or is incomplete: run that erase-eval again")
     return outcomes
