@@ -76,7 +76,7 @@ TASK_KEYS = {"concepts", "prompts", "description", "kind", "quick_rows"}
 SUITE_KEYS = {"description", "tasks", "methods", "attacks"}
 PAIR = "pair"  # the kind of the pairs/ tasks, tabulated together as mass erasure
 ATTACK_FILE_KEYS = {"rows", "quick_rows", "attacks"}
-ATTACK_KEYS = {"settings", "tasks", "quick", "quick_settings"}
+ATTACK_KEYS = {"settings", "tasks", "quick", "quick_settings", "restarts"}
 
 
 @dataclass(frozen=True)
@@ -151,6 +151,8 @@ class AttackColumn:
         tasks: the tasks it runs on; ``None``: all.
         quick: the variants it attacks in quick mode; ``None``: all; empty: none.
         quick_settings: config fields on top of ``settings`` in quick mode.
+        restarts: runs with consecutive seeds (``erase-eval --attack-restarts``); above 1
+            the table adds the share of rows any run breaks.
     """
 
     name: str
@@ -158,6 +160,7 @@ class AttackColumn:
     tasks: tuple[str, ...] | None = None
     quick: tuple[str, ...] | None = ()
     quick_settings: dict = field(default_factory=dict)
+    restarts: int = 1
 
     def runs_on(self, task: Task, variant: str, quick: bool) -> bool:
         """Whether it attacks ``variant`` (or ``"base"``) on ``task``."""
@@ -261,9 +264,12 @@ def load_attacks(path: Path | None = None) -> AttackPlan:
             get_attack(name)
         except ErasureError as error:
             raise ErasureError(f"{path}: {error}") from None
-        quick = column.get("quick")
+        quick, restarts = column.get("quick"), column.get("restarts", 1)
+        if isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < 1:
+            raise ErasureError(f"{path}: attack {name!r}: restarts {restarts!r} must be a whole number of at least 1")
         columns[name] = AttackColumn(name, column.get("settings", {}), _tuple(column.get("tasks")),
-                                     None if quick == "all" else tuple(quick or ()), column.get("quick_settings", {}))
+                                     None if quick == "all" else tuple(quick or ()), column.get("quick_settings", {}),
+                                     restarts)
     return AttackPlan(columns, int(spec["rows"]), int(spec["quick_rows"]))
 
 
@@ -359,14 +365,24 @@ def asr_key(attack: str) -> str:
     return f"asr_{attack}"
 
 
-def columns(attacks: list[str], kind: str = "") -> list[Column]:
-    """A table's columns: scores (mass erasure's for pair tasks), the post-attack ASR of each attack, cost.
+def any_run_key(attack: str) -> str:
+    """The row field of the share of rows any of the attack's restarts breaks."""
+    return f"asr_{attack}_any_run"
+
+
+def columns(attacks: list[str], kind: str = "", restarts: dict[str, int] | None = None) -> list[Column]:
+    """A table's columns: scores (mass erasure's for pair tasks), the post-attack ASR of each
+    attack (and, for an attack run more than once, the share of rows any run breaks), cost.
 
     Args:
         attacks: the attacks run, one column each.
         kind: the task's kind (``pair``: the mass-erasure columns).
+        restarts: runs per attack (absent: 1).
     """
-    attacked = [Column(asr_key(a), f"ASR {a} ↓") for a in attacks]
+    restarts = restarts or {}
+    attacked = [column for a in attacks for column in
+                [Column(asr_key(a), f"ASR {a} ↓")]
+                + ([Column(any_run_key(a), f"ASR {a}, any of {restarts[a]} ↓")] if restarts.get(a, 1) > 1 else [])]
     if kind == PAIR:
         return [*MASS_COLUMNS, *attacked, COST_COLUMNS[0]]
     return [*SCORE_COLUMNS, *attacked, *COST_COLUMNS]
@@ -412,6 +428,7 @@ def run(tasks: list[Task], variants: list[Variant], output: Path, *, model: str 
                            model=model, device=device, quick=quick,
                            in_process=quick if in_process is None else in_process,
                            columns=tuple(plan.columns[a] for a in attacks), attack_rows=plan.rows_for(quick))
+    restarts = {c.name: c.restarts for c in settings.columns if c.restarts > 1}
     started, cpu_before = time.perf_counter(), cpu_seconds()
     cells = run_cells(settings, tasks, variants, jobs)
     results, records, costs = {}, {}, {}
@@ -422,12 +439,13 @@ def run(tasks: list[Task], variants: list[Variant], output: Path, *, model: str 
         records[task.name] = {**task_record(task), "images": task_cells["base"]["images"],
                               "minutes": sum(cell["seconds"] for cell in task_cells.values()) / 60}
     data = {"suite": suite, "quick": quick, "model": model, "device": device, "in_process": settings.in_process,
-            "attacks": attacks, "attack_rows": settings.attack_rows, "attack_seconds": costs,
-            "attack_settings": {c.name: {"settings": c.options(quick), "tasks": c.tasks} for c in settings.columns},
+            "attacks": attacks, "attack_restarts": restarts, "attack_rows": settings.attack_rows, "attack_seconds": costs,
+            "attack_settings": {c.name: {"settings": c.options(quick), "tasks": c.tasks, "restarts": c.restarts}
+                                for c in settings.columns},
             "minutes": (time.perf_counter() - started) / 60, "cpu_minutes": (cpu_seconds() - cpu_before) / 60,
             "jobs": jobs, "resumed": any(cells[t.name, "base"]["resumed"] for t in tasks),
             "load_average": os.getloadavg()[0], "tasks": records, "results": results,
-            "winners": {t.name: winners(results[t.name], columns(attacks, t.kind)) for t in tasks}}
+            "winners": {t.name: winners(results[t.name], columns(attacks, t.kind, restarts)) for t in tasks}}
     stem = f"benchmark-{suite}" if suite else "benchmark"
     write(settings.output / f"{stem}.json", json.dumps(data, indent=2) + "\n")
     write(settings.output / f"{stem}.md", render(data))
@@ -559,9 +577,11 @@ def run_cell(pipe, settings: RunSettings, task: Task, variant: Variant | None) -
     limit = task.quick_rows if settings.quick else None
     names = [column.name for column in settings.columns]
     attacks = _attacks_on(list(settings.columns), task, variant.name if variant else "base", settings.quick)
+    restarts = {c.name: c.restarts for c in settings.columns if c.name in attacks}
     if variant is None:
         resumed = (folder / "base" / "report.json").is_file()
-        report, seconds = _timed(_evaluate, pipe, None, task, folder / "base", limit, attacks, settings.attack_rows)
+        report, seconds = _timed(_evaluate, pipe, None, task, folder / "base", limit, attacks, restarts,
+                                 settings.attack_rows)
         extra, row = {"images": image_counts(report), "resumed": resumed}, row_of(report, "base", None, names, task.kind)
     else:
         erasure_run = erase(pipe, variant, task, folder, model=settings.model, device=settings.device,
@@ -571,7 +591,7 @@ def run_cell(pipe, settings: RunSettings, task: Task, variant: Variant | None) -
             shutil.rmtree(report_folder, ignore_errors=True)  # images of earlier weights would be refused
         share_images(folder / "base" / "base", report_folder / "base")
         report, seconds = _timed(_evaluate, pipe, folder / f"{variant.name}.safetensors", task, report_folder,
-                                 limit, attacks, settings.attack_rows)
+                                 limit, attacks, restarts, settings.attack_rows)
         extra, row = {}, row_of(report, "erased", erasure_run, names, task.kind)
     return {"row": {**row, "eval_seconds": seconds}, "costs": attack_costs(report),
             "seconds": time.perf_counter() - started, **extra}
@@ -611,13 +631,14 @@ def _attacks_on(columns: list[AttackColumn], task: Task, variant: str, quick: bo
 
 
 def _evaluate(pipe, weights: Path | None, task: Task, folder: Path, limit: int | None, attacks: dict[str, dict],
-              attack_rows: int):
+              restarts: dict[str, int], attack_rows: int):
     """The evaluator's report for the base model (``weights=None``, attacked as its own
     base) or erased weights; attacks share one result cache per task."""
     import erasure
 
     return erasure.evaluate(pipe, weights, task.prompts, METRICS, folder, limit=limit, batch_size=BATCH_SIZE,
                             attack=list(attacks) or None, attack_options={k: v for k, v in attacks.items() if v},
+                            attack_restarts=restarts,
                             attack_types=("erased",), attack_limit=attack_rows, attack_cache=folder.parent / "attack-cache",
                             html=weights is not None)
 
@@ -730,10 +751,14 @@ def row_of(report, variant: str, erasure_run: dict | None, attacks: list[str], k
         retained = report.data["metrics"]["clip"][variant]["groups"]["retained"]
         row["clip_retained"], row["clip_retained_ci"] = retained["mean"], retained["mean_ci"]
     for attack in attacks:
-        erased = ((report.data.get("attacks") or {}).get(attack) or {}).get("groups", {}).get("erased", {})
+        entry = (report.data.get("attacks") or {}).get(attack) or {}
+        erased = entry.get("groups", {}).get("erased", {})
         asr, n = erased.get("post_asr"), erased.get("n")
         row[asr_key(attack)] = asr
         row[f"{asr_key(attack)}_ci"] = wilson(round(asr * n / 100), n) if asr is not None else None
+        if "restarts" in entry:
+            any_run = entry["restarts"].get("groups", {}).get("erased", {})
+            row[any_run_key(attack)], row[f"{any_run_key(attack)}_ci"] = any_run.get("any"), any_run.get("any_interval")
     row["method"] = erasure_run["recipe"]["method"] if erasure_run else None
     row["seconds"] = erasure_run["seconds"] if erasure_run else None
     row["peak_mb"] = erasure_run["peak_mb"] if erasure_run else None
@@ -780,7 +805,7 @@ def render(data: dict) -> str:
         spec = data["tasks"][task]
         if spec["kind"] == PAIR:
             continue
-        table_columns = columns(data["attacks"], spec["kind"])
+        table_columns = columns(data["attacks"], spec["kind"], data.get("attack_restarts"))
         images = ", ".join(f"{n} {group}" for group, n in spec.get("images", {}).items())
         lines += [f"**{spec['description']}**: erase {', '.join(spec['concepts'])} (`{spec['prompts']}`; images per "
                   f"method: {images})", ""]
@@ -845,7 +870,7 @@ def render_mass(data: dict, tasks: list[str]) -> list[str]:
         tasks: the pair tasks, in order of N.
     """
     tasks = sorted(tasks, key=lambda t: len(data["tasks"][t]["concepts"]))
-    table_columns = columns(data["attacks"], PAIR)
+    table_columns = columns(data["attacks"], PAIR, data.get("attack_restarts"))
     names = list(dict.fromkeys(name for task in tasks for name in data["results"][task]))
     lines = [f"**mass erasure**: N shape-colour pairs erased at once (`{', '.join(data['tasks'][t]['prompts'] for t in tasks)}`); "
              "Acc_e: erased pairs; Acc_neighbour: pairs sharing a shape or a colour with an erased one; Acc_far: pairs "
@@ -924,6 +949,8 @@ def _footnote(data: dict) -> str:
         rows = data["attack_rows"]
         where = "; ".join(f"{name}" + (f" on {', '.join(spec['tasks'])} only" if spec["tasks"] else "")
                           + (f" ({', '.join(f'{k} {v}' for k, v in spec['settings'].items())})" if spec["settings"] else "")
+                          + (f", run {spec['restarts']} times with consecutive seeds (any of {spec['restarts']}: the "
+                             "share of rows at least one run breaks)" if spec.get("restarts", 1) > 1 else "")
                           for name, spec in data["attack_settings"].items())
         attacked = (f"; ASR: post-attack attack success rate, the share of the task's first {rows} erased rows (n = "
                     f"{rows} per cell, Wilson intervals) whose attacked image the world classifier calls the concept, "

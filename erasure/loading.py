@@ -155,8 +155,6 @@ def _no_safety_checker(pipeline_class) -> dict:
 
 
 def _from_folder(path: Path, torch_dtype: torch.dtype):
-    from diffusers import DiffusionPipeline
-
     if not (path / "model_index.json").is_file():
         raise ErasureError(f"{path} is not a diffusers pipeline folder (no model_index.json)")
     extra = {}

@@ -305,6 +305,41 @@ def test_a_rerun_reuses_cached_attack_results(attacked_run, erased_file, monkeyp
     assert again.data["metrics"] == report.data["metrics"]
 
 
+def test_restarts_rerun_each_seeded_attack_with_the_next_seeds_and_count_rows_any_run_breaks(erased_file, tmp_path,
+                                                                                           monkeypatch):
+    from safetensors.torch import load_file
+
+    pipe = build_tiny_pipeline("sd1")
+    kwargs = dict(limit=6, batch_size=4, attack=["closed-form", "concept-inversion"],
+                  attack_options={"concept-inversion": SMALL["concept-inversion"]}, **STEPS)
+    report = evaluate(pipe, erased_file, "shapes/circle", ["world"], tmp_path / "k3", attack_restarts=3, **kwargs)
+    data, stems = report.data, ["concept-inversion", "concept-inversion-restart2", "concept-inversion-restart3"]
+    runs = [f"attacked-{stem}" for stem in stems]
+    assert data["variants"] == ["base", "erased", "attacked-closed-form", *runs]
+    assert "restarts" not in data["attacks"]["closed-form"]  # a deterministic solve runs once
+    restarts = data["attacks"]["concept-inversion"]["restarts"]
+    assert restarts["runs"] == 3 and restarts["seeds"] == [0, 1, 2] and restarts["variants"] == runs
+    for group, values in restarts["groups"].items():
+        shown = [[image[run]["world"]["correct"] for image in data["images"] if image["type"] == group] for run in runs]
+        assert values["per_run"][0] == data["attacks"]["concept-inversion"]["groups"][group]["post_asr"]
+        assert values["per_run"] == pytest.approx([100 * np.mean(hits) for hits in shown])
+        assert values["any"] == pytest.approx(100 * np.mean([any(row) for row in zip(*shown)]))
+        assert values["any"] >= max(values["per_run"]) and values["n"] == len(shown[0])
+    assert "| concept-inversion | erased | 2 | 0, 1, 2 |" in report.markdown
+    tokens = [load_file(tmp_path / "k3" / "attacks" / f"{stem}.safetensors")["<circle-inv>"] for stem in stems]
+    assert not torch.equal(tokens[0], tokens[1]) and not torch.equal(tokens[1], tokens[2])
+    # the second run is the attack run alone with seed 1: the same token and images
+    alone = evaluate(pipe, erased_file, "shapes/circle", ["world"], tmp_path / "seed1", limit=6, batch_size=4,
+                     attack="concept-inversion", attack_options={"concept-inversion": {**SMALL["concept-inversion"], "seed": 1}},
+                     **STEPS).data
+    assert torch.equal(load_file(tmp_path / "seed1" / "attacks" / "concept-inversion.safetensors")["<circle-inv>"], tokens[1])
+    assert alone["attacks"]["concept-inversion"]["groups"]["erased"]["post_asr"] == restarts["groups"]["erased"]["per_run"][1]
+    # a rerun takes every run from the cache
+    monkeypatch.setattr(ATTACKS["concept-inversion"], "run", lambda *a, **k: pytest.fail("an attack ran again"))
+    again = evaluate(pipe, erased_file, "shapes/circle", ["world"], tmp_path / "k3", attack_restarts=3, **kwargs).data
+    assert again["attacks"]["concept-inversion"]["restarts"] == restarts
+
+
 def test_the_base_model_is_attacked_as_its_own_base(tmp_path):
     pipe = build_tiny_pipeline("sd1")
     report = evaluate(pipe, None, "shapes/circle", ["world"], tmp_path, limit=3, attack="closed-form", **STEPS)
@@ -319,6 +354,10 @@ def test_the_base_model_is_attacked_as_its_own_base(tmp_path):
     (["--attack", "pgd"], "unknown attack 'pgd': use one of closed-form, unlearndiffatk, ring-a-bell, concept-inversion"),
     (["--attack", "ring-a-bell", "--attack-budget", "0"], "--attack-budget 0.0 must be a finite number > 0"),
     (["--attack", "ring-a-bell", "--attack-budget", "-1"], "--attack-budget -1.0 must be a finite number > 0"),
+    (["--attack", "ring-a-bell", "--attack-restarts", "0"], "--attack-restarts 0 must be a whole number of at least 1"),
+    (["--attack-restarts", "3"], "--attack-restarts is given without --attack: add --attack NAME or drop it"),
+    (["--attack", "ring-a-bell", "--attack-restarts", "2", "--set", f"attack.ring-a-bell.seed={2**63 - 1}"],
+     "leaves no room for 2 restarts' seeds"),
     (["--attack", "ring-a-bell", "--set", "attack.ring-a-bell.generatons=3"], "unknown attack.ring-a-bell option key 'generatons'"),
     (["--attack", "ring-a-bell", "--set", "attack.closed-form.reg=1"], "options are set for attack 'closed-form', which is not in --attack"),
     (["--attack", "unlearndiffatk", "--no-check-base"], "--attack needs the base model the weights were made for"),

@@ -164,11 +164,46 @@ def test_every_attack_has_a_column_and_quick_mode_runs_an_input_space_attack():
     ("rows: 6\nquick_rows: 6\nattacks: {pgd: {}}\n", "unknown attack 'pgd'"),
     ("rows: 6\nquick_rows: 6\nattacks: {ring-a-bell: {eta: 2}}\n", "unknown key.*eta"),
     ("rows: 6\nattacks: {}\n", "missing key.*quick_rows"),
+    ("rows: 6\nquick_rows: 6\nattacks: {concept-inversion: {restarts: 0}}\n", "restarts 0 must be a whole number"),
 ])
 def test_a_bad_attacks_file_is_one_clear_error(tmp_path, content, message):
     (tmp_path / "attacks.yaml").write_text(content)
     with pytest.raises(ErasureError, match=message):
         benchmark.load_attacks(tmp_path / "attacks.yaml")
+
+
+def test_an_attack_with_restarts_adds_the_share_of_rows_any_run_breaks_next_to_its_asr():
+    from types import SimpleNamespace
+
+    assert ATTACK_PLAN.columns["concept-inversion"].restarts == 5  # one token seed is one draw of the attacker
+    restarts = {"concept-inversion": 5}
+    keys = [c.key for c in benchmark.columns(["closed-form", "concept-inversion"], "shape", restarts)]
+    assert keys[-5:] == [benchmark.asr_key("closed-form"), benchmark.asr_key("concept-inversion"),
+                         benchmark.any_run_key("concept-inversion"), "seconds", "peak_mb"]
+    erasure_scores = {"acc_e": 0.0, "acc_e_ci": [0.0, 5.0], "acc_s": 90.0, "acc_s_ci": [80.0, 95.0]}
+    groups = {"erased": {"n": 6, "pre_asr": 0.0, "post_asr": 50.0}}
+    report = SimpleNamespace(output_dir=Path("report"), data={
+        "metrics": {"world": {"erased": {"erasure": erasure_scores}},
+                    "clip": {"erased": {"groups": {"retained": {"mean": 58.0, "mean_ci": [57.0, 59.0]}}}}},
+        "attacks": {"closed-form": {"groups": groups},
+                    "concept-inversion": {"groups": groups, "restarts": {"runs": 5, "groups": {"erased": {
+                        "n": 6, "per_run": [50.0, 33.3, 50.0, 16.7, 33.3], "any": 83.3, "any_interval": [43.6, 97.0]}}}}}})
+    run = {"recipe": {"method": "advunlearn"}, "seconds": 300.0, "peak_mb": 1000}
+    row = benchmark.row_of(report, "erased", run, ["closed-form", "concept-inversion"], "shape")
+    assert row[benchmark.any_run_key("concept-inversion")] == 83.3
+    assert row[f"{benchmark.any_run_key('concept-inversion')}_ci"] == [43.6, 97.0]
+    assert benchmark.any_run_key("closed-form") not in row  # run once: no any-of-k
+    data = {"attacks": ["closed-form", "concept-inversion"], "attack_restarts": restarts, "results": {"circle": {"advunlearn": row}},
+            "tasks": {"circle": {"kind": "shape", "description": "one shape", "concepts": ["circle"], "prompts": "shapes/circle"}},
+            "winners": {"circle": {}}, "quick": False, "resumed": False, "in_process": False, "attack_rows": 6,
+            "attack_settings": {"closed-form": {"settings": {}, "tasks": None},
+                                "concept-inversion": {"settings": {}, "tasks": ["circle"], "restarts": 5}},
+            "device": "cpu", "minutes": 1.0, "model": "mini-sd"}
+    table = benchmark.render(data).splitlines()
+    assert "concept-inversion on circle only, run 5 times with consecutive seeds" in table[-1]
+    header = next(line for line in table if line.startswith("| method"))
+    assert "| ASR concept-inversion ↓ | ASR concept-inversion, any of 5 ↓ |" in header
+    assert "| 50.0 [19-81] | 83.3 [44-97] |" in next(line for line in table if line.startswith("| advunlearn"))
 
 
 @needs_mini_sd

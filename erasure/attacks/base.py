@@ -244,6 +244,8 @@ class Attack:
         reads_attacked_model: ``False`` when the result depends on the base model only
             (Ring-A-Bell): erased models of one base share it.
         cached: worth keeping across runs (``False`` for closed-form, a solve in a second).
+        seeded: its result depends on ``config.seed`` (``False`` for closed-form, a
+            deterministic solve): only then does a restart with another seed try anything new.
     """
 
     name: ClassVar[str]
@@ -253,6 +255,7 @@ class Attack:
     budget_field: ClassVar[str | None] = None
     reads_attacked_model: ClassVar[bool] = True
     cached: ClassVar[bool] = True
+    seeded: ClassVar[bool] = True
 
     def __init__(self, config):
         self.config = config

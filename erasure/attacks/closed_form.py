@@ -52,6 +52,7 @@ class ClosedFormAttack(Attack):
     scope = "row"
     output = "embedding"
     cached = False
+    seeded = False
 
     def run(self, target: AttackTarget, rows: list[Row]) -> list[AttackResult]:
         base = target.require_base(self.name)

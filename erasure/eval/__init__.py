@@ -45,7 +45,7 @@ from ..generation import Conditioning, GenerationSettings, check_generation_valu
 from ..loading import model_folder
 from ..weights import EditedWeights
 from .attack import (AttackPlan, AttackRun, asr_summary, attack_run, base_values, identity_of, judging_metric,
-                     make_judge, obtain_results, plan_attacks, write_outputs)
+                     make_judge, obtain_results, plan_attacks, restarts_summary, write_outputs)
 from .generate import collect_images, generate_images, image_path, weights_record
 from .metrics import METRICS, Metric, MetricContext, build_metrics, default_metrics
 from .prompts import PromptSet, list_bundled_sets, load_prompt_set, read_prompt_csv
@@ -109,6 +109,7 @@ def evaluate(
     attack_cache: "str | os.PathLike | None" = None,
     attack_types: Sequence[str] = ("erased", "synonym"),
     attack_limit: int | None = None,
+    attack_restarts: int | Mapping[str, int] = 1,
     check_base: bool = True,
 ) -> EvalReport | None:
     """Generate, score and compare images of the base and the erased model.
@@ -150,6 +151,10 @@ def evaluate(
             on the erased weights).
         attack_types: which typed rows are attacked (``erased``, ``synonym``).
         attack_limit: attack only the first N rows of each of those types.
+        attack_restarts: run each seeded attack this many times, with consecutive seeds:
+            an ``attacked-<name>-restart<i>`` variant per extra run and, in the report,
+            each run's ASR and the share of rows any run breaks (``erasure.eval.attack``);
+            a mapping gives the runs per attack (``{"concept-inversion": 5}``).
         check_base: refuse erased weights made for another base model (``False``:
             ``--no-check-base``, apply them anyway).
 
@@ -161,7 +166,8 @@ def evaluate(
     prompts = load_prompt_set(prompt_set, limit)
     weights, weights_file = _edited_weights(erased_weights)
     model = _model_name(base)
-    plan = plan_attacks(attack, attack_options, attack_budget, model, prompts.rows, attack_types, attack_limit)
+    plan = plan_attacks(attack, attack_options, attack_budget, model, prompts.rows, attack_types, attack_limit,
+                        attack_restarts)
     if plan is not None and weights is not None and not check_base:
         raise ErasureError(f"--attack needs the base model the weights were made for ({weights.base_model!r}), and "
                            f"--no-check-base says this model may not be it: pass --model {weights.base_model} without "
@@ -197,12 +203,13 @@ def evaluate(
                                     output_dir, model_id, state)
             cache = Path(attack_cache) if attack_cache is not None else output_dir / "attacks"
             for attacker in plan.attacks:
-                run = _run_attack(attacker, target, plan, cache, output_dir, model_id, weights_info, state)
-                runs.append(run)
-                variant = _Variant(run.variant, run.rows, weights_info["sha256"] if weights is not None else None,
-                                   run.record(), run.conditioning)
-                variants.append(variant)
-                throughput[variant.name] = _generate(pipe, variant, output_dir, settings, model_id, overwrite, state)
+                for restart, attempt in enumerate(plan.attack_runs(attacker), start=1):
+                    run = _run_attack(attempt, target, plan, cache, output_dir, model_id, weights_info, state, restart)
+                    runs.append(run)
+                    variant = _Variant(run.variant, run.rows, weights_info["sha256"] if weights is not None else None,
+                                       run.record(), run.conditioning)
+                    variants.append(variant)
+                    throughput[variant.name] = _generate(pipe, variant, output_dir, settings, model_id, overwrite, state)
     if owned:
         del pipe
         _free_memory()
@@ -235,14 +242,14 @@ def _attack_target(pipe, base: BaseView, settings: GenerationSettings, plan: Att
 
 
 def _run_attack(attacker, target: AttackTarget, plan: AttackPlan, cache: Path, output_dir: Path, model_id: str,
-                weights_info: dict | None, state) -> AttackRun:
-    """Run (or reuse from the cache) one attack and write its files (main process)."""
+                weights_info: dict | None, state, restart: int = 1) -> AttackRun:
+    """Run (or reuse from the cache) one run of an attack and write its files (main process)."""
     weights_sha = None if weights_info is None else weights_info["sha256"]
     identity = identity_of(attacker, target, model_id, weights_sha, plan.rows)
     attacker.describe(target)
     started = time.perf_counter()
     results, reused = obtain_results(attacker, target, plan.rows, cache, identity, state)
-    run = attack_run(attacker, results, plan.rows, reused, time.perf_counter() - started)
+    run = attack_run(attacker, results, plan.rows, reused, time.perf_counter() - started, restart)
     if state.is_main_process:
         run.files = write_outputs(run, plan.rows, output_dir / "attacks")
     return run
@@ -330,8 +337,9 @@ def _score_and_report(prompts: PromptSet, scorers: list[Metric], variants: list[
 
 def _attack_summaries(runs: list[AttackRun], plan: AttackPlan | None, scorers: list[Metric], records: dict,
                       variants: list[_Variant]) -> dict:
-    """``report.json``'s ``attacks``: per attack, its ``asr_summary`` (pre-attack from the
-    erased variant, or the base one when nothing was erased)."""
+    """``report.json``'s ``attacks``: per attack, its first run's ``asr_summary`` (pre-attack
+    from the erased variant, or the base one when nothing was erased), with the
+    ``restarts_summary`` of all its runs when it ran more than once."""
     if plan is None:
         return {}
     judge = judging_metric(scorers)
@@ -342,11 +350,18 @@ def _attack_summaries(runs: list[AttackRun], plan: AttackPlan | None, scorers: l
         positions = {row.index: i for i, row in enumerate(rows_of[against])}
         shown = [judge.concept_shown(r) for r in records[judge.name, against]]
         before = [shown[positions[row.index]] for row in plan.rows]
+    after = {run.variant: None if judge is None else [judge.concept_shown(r) for r in records[judge.name, run.variant]]
+             for run in runs}
     summaries = {}
     for run in runs:
-        after = None if judge is None else [judge.concept_shown(r) for r in records[judge.name, run.variant]]
-        summaries[run.attack.name] = asr_summary(run, plan.rows, None if judge is None else judge.name, before, after,
-                                                 against)
+        if run.restart == 1:
+            summaries[run.attack.name] = asr_summary(run, plan.rows, None if judge is None else judge.name, before,
+                                                     after[run.variant], against)
+    for name, summary in summaries.items():
+        attempts = [run for run in runs if run.attack.name == name]
+        if len(attempts) > 1:
+            shown = None if judge is None else [after[run.variant] for run in attempts]
+            summary["restarts"] = restarts_summary(attempts, plan.rows, shown)
     return summaries
 
 

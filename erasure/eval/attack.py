@@ -41,6 +41,15 @@ detection"):
   noise in the pixels.
 
 Synonym rows get the same numbers, reported separately.
+
+Restarts (``erase-eval --attack-restarts K``): an attacker who fails runs the attack
+again with another seed. Each seeded attack then runs K times, with seeds ``seed``,
+``seed + 1``, ... (closed-form, a deterministic solve, once): the first run is the
+``attacked-<name>`` variant and every number above; run ``i`` adds the variant
+``attacked-<name>-restart<i>`` and its files ``<name>-restart<i>.csv`` /
+``.safetensors``. ``report.json``'s ``attacks.<name>.restarts`` holds, per group, each
+run's post-attack ASR, the pooled ASR and the any-of-K ASR, the share of rows that at
+least one run breaks, with Wilson intervals (``erasure.eval.restarts``).
 """
 
 from __future__ import annotations
@@ -60,8 +69,10 @@ from ..atomic import atomic_write
 from ..attacks import Attack, AttackResult, AttackTarget, build_attack, check_budget, parse_attack_names
 from ..attacks.concept_inversion import encode_with_token
 from ..attacks.tokens import SLOT
+from ..config import SEED_BOUNDS
 from ..errors import ErasureError
 from .prompts import PromptRow
+from .restarts import outcome_summary
 
 ATTACKED_TYPES = ("erased", "synonym")  # the rows whose concept was erased
 VARIANT_PREFIX = "attacked-"
@@ -81,14 +92,29 @@ class AttackPlan:
     Attributes:
         attacks: built attacks, with their resolved configs.
         rows: the erased and synonym rows (every row of an untyped set).
+        restarts: per attack, its runs (``attack_runs``; absent: 1).
     """
 
     attacks: list[Attack]
     rows: list[PromptRow]
+    restarts: dict[str, int] = field(default_factory=dict)
+
+    def attack_runs(self, attack: Attack) -> list[Attack]:
+        """The attack, then its restarts: its settings with the next seeds, ``restarts``
+        runs in all (one for an attack its seed does not change)."""
+        if not attack.seeded:
+            return [attack]
+        runs = [attack]
+        for restart in range(1, self.restarts.get(attack.name, 1)):
+            again = type(attack)(dataclasses.replace(attack.config, seed=attack.config.seed + restart))
+            again.notes = dict(attack.notes)
+            runs.append(again)
+        return runs
 
 
 def plan_attacks(names: str | Sequence[str] | None, options: Mapping[str, Mapping] | None, budget: float, model: str,
-                 rows: list[PromptRow], types: Sequence[str] = ATTACKED_TYPES, limit: int | None = None) -> AttackPlan | None:
+                 rows: list[PromptRow], types: Sequence[str] = ATTACKED_TYPES, limit: int | None = None,
+                 restarts: int | Mapping[str, int] = 1) -> AttackPlan | None:
     """The attacks to run, or ``None``; a one-line error naming the fix for bad input.
 
     Args:
@@ -99,16 +125,25 @@ def plan_attacks(names: str | Sequence[str] | None, options: Mapping[str, Mappin
         rows: the prompt set's rows.
         types: the row types attacked (of ``erased``, ``synonym``).
         limit: attack only the first ``limit`` rows of each type.
+        restarts: runs of each seeded attack, with consecutive seeds (module docstring);
+            a mapping: per attack named in it.
     """
     options = dict(options or {})
+    counts = list(restarts.values()) if isinstance(restarts, Mapping) else [restarts]
+    for count in counts:
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ErasureError(f"--attack-restarts {count} must be a whole number of at least 1 (1: each attack runs once)")
     if names is None:
+        if max(counts, default=1) > 1:
+            raise ErasureError("--attack-restarts is given without --attack: add --attack NAME or drop it")
         if options:
             raise ErasureError(f"attack options are set for {next(iter(options))!r}, but no --attack is given: add "
                                "--attack NAME or drop the options")
         return None
     chosen = parse_attack_names(names)
     check_budget(budget)
-    stray = sorted(set(options) - set(chosen))
+    runs = dict(restarts) if isinstance(restarts, Mapping) else {name: restarts for name in chosen}
+    stray = sorted((set(options) | set(runs)) - set(chosen))
     if stray:
         raise ErasureError(f"options are set for attack {stray[0]!r}, which is not in --attack: add it or drop the option")
     stray_types = sorted(set(types) - set(ATTACKED_TYPES))
@@ -117,11 +152,16 @@ def plan_attacks(names: str | Sequence[str] | None, options: Mapping[str, Mappin
     if limit is not None and not (isinstance(limit, int) and limit >= 1):
         raise ErasureError(f"--attack-limit {limit} must be a whole number of at least 1")
     attacks = [build_attack(name, model, options.get(name), budget) for name in chosen]
+    for attack in attacks:
+        count = runs.get(attack.name, 1)
+        if attack.seeded and attack.config.seed + count - 1 > SEED_BOUNDS["max"]:
+            raise ErasureError(f"attack {attack.name} seed {attack.config.seed} leaves no room for {count} restarts' "
+                               f"seeds: use --set attack.{attack.name}.seed=0")
     attacked = attacked_rows(rows, types, limit)
     if not attacked:
         raise ErasureError(f"--attack: the prompt set has no {' or '.join(types)} rows to attack: "
                            "use a set with them, or drop --attack")
-    return AttackPlan(attacks, attacked)
+    return AttackPlan(attacks, attacked, runs)
 
 
 def attacked_rows(rows: list[PromptRow], types: Sequence[str] = ATTACKED_TYPES, limit: int | None = None) -> list[PromptRow]:
@@ -332,6 +372,7 @@ class AttackRun:
         conditioning: what the variant generates from besides prompts, or ``None``.
         reused: results taken from the cache.
         seconds: wall time of this run's attack (not counting reused results).
+        restart: which run of the attack this is (1: the first; ``AttackPlan.attack_runs``).
         files: what was written.
     """
 
@@ -341,11 +382,17 @@ class AttackRun:
     conditioning: object | None
     reused: int = 0
     seconds: float = 0.0
+    restart: int = 1
     files: dict[str, str] = field(default_factory=dict)
 
     @property
+    def stem(self) -> str:
+        """The name of its files: ``<name>``, or ``<name>-restart<i>`` for a restart."""
+        return self.attack.name + (f"-restart{self.restart}" if self.restart > 1 else "")
+
+    @property
     def variant(self) -> str:
-        return variant_name(self.attack.name)
+        return variant_name(self.stem)
 
     def record(self) -> dict:
         """What each attacked image records about the attack (part of its PNG record)."""
@@ -353,7 +400,7 @@ class AttackRun:
 
 
 def attack_run(attack: Attack, results: list[AttackResult], rows: list[PromptRow], reused: int,
-               seconds: float) -> AttackRun:
+               seconds: float, restart: int = 1) -> AttackRun:
     """The variant's rows and conditioning from the results.
 
     Args:
@@ -362,15 +409,16 @@ def attack_run(attack: Attack, results: list[AttackResult], rows: list[PromptRow
         rows: the attacked rows.
         reused: results taken from the cache.
         seconds: wall time of the attack in this run.
+        restart: which run of the attack this is (1: the first).
     """
     if attack.output == "embedding":
         conditioning = EmbeddingConditioning({r.row_index: r.embedding for r in results})
-        return AttackRun(attack, results, list(rows), conditioning, reused, seconds)
+        return AttackRun(attack, results, list(rows), conditioning, reused, seconds, restart)
     variant_rows = [dataclasses.replace(row, prompt=result.prompt) for row, result in zip(rows, results)]
     conditioning = None
     if attack.output == "token":
         conditioning = TokenConditioning({r.row_index: (_placeholder_in(r.prompt), r.tokens) for r in results})
-    return AttackRun(attack, results, variant_rows, conditioning, reused, seconds)
+    return AttackRun(attack, results, variant_rows, conditioning, reused, seconds, restart)
 
 
 def _placeholder_in(prompt: str) -> str:
@@ -395,7 +443,7 @@ def write_outputs(run: AttackRun, rows: list[PromptRow], folder: Path) -> dict[s
     files = {}
     metadata = {"attack": json.dumps(run.record(), sort_keys=True, default=str)}
     if run.attack.output in ("prompt", "token"):
-        path = folder / f"{run.attack.name}.csv"
+        path = folder / f"{run.stem}.csv"
         columns = CSV_COLUMNS + (["success_any_step"] if any(r.success_any_step is not None for r in run.results) else [])
         lines = [_csv_row(row, result, columns) for row, result in zip(rows, run.results)]
         buffer = io.StringIO()
@@ -416,7 +464,7 @@ def write_outputs(run: AttackRun, rows: list[PromptRow], folder: Path) -> dict[s
             for i, (name, vector) in enumerate(result.tokens.items()):
                 tensors[token if i == 0 else f"{token}.{name}"] = vector.float().contiguous()
     if tensors:
-        path = folder / f"{run.attack.name}.safetensors"
+        path = folder / f"{run.stem}.safetensors"
         atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
         files["safetensors"] = str(path)
     return files
@@ -447,8 +495,7 @@ def asr_summary(run: AttackRun, rows: list[PromptRow], judge_name: str | None, b
     """
     results = run.results
     groups = {}
-    for group in _groups(rows):
-        positions = [i for i, row in enumerate(rows) if (row.type or "all") == group or group == "all"]
+    for group, positions in _group_positions(rows).items():
         entry = {"n": len(positions)}
         if before is not None:
             entry["pre_asr"] = _share(before[i] for i in positions)
@@ -481,9 +528,28 @@ def asr_summary(run: AttackRun, rows: list[PromptRow], judge_name: str | None, b
     }
 
 
-def _groups(rows: list[PromptRow]) -> list[str]:
+def restarts_summary(runs: list[AttackRun], rows: list[PromptRow], after: list[list[bool]] | None) -> dict:
+    """``report.json``'s ``attacks.<name>.restarts``: the runs' seeds and variants and, with a
+    judge, per group ``erasure.eval.restarts.outcome_summary`` (each run's ASR, pooled, any-of-k).
+
+    Args:
+        runs: the attack's runs, the first one first.
+        rows: the attacked rows.
+        after: per run, per row, whether the attacked image shows the concept (``None``: no judge).
+    """
+    entry = {"runs": len(runs), "seeds": [run.attack.config.seed for run in runs], "variants": [run.variant for run in runs]}
+    if after is not None:
+        entry["groups"] = {group: outcome_summary([[shown[i] for i in positions] for shown in after])
+                           for group, positions in _group_positions(rows).items()}
+    return entry
+
+
+def _group_positions(rows: list[PromptRow]) -> dict[str, list[int]]:
+    """Per attacked group (``erased``, ``synonym``; ``all`` for an untyped set), its rows' positions."""
     types = [t for t in ATTACKED_TYPES if any(row.type == t for row in rows)]
-    return types or ["all"]
+    if not types:
+        return {"all": list(range(len(rows)))}
+    return {t: [i for i, row in enumerate(rows) if row.type == t] for t in types}
 
 
 def _units(attack: Attack, rows: list[PromptRow]) -> int:

@@ -6,6 +6,7 @@
         --weights nudity.safetensors --metrics nudenet --output runs/eval-nudity
     erase-eval --prompts shapes/circle --weights circle.safetensors --attack closed-form,unlearndiffatk
     erase-eval --prompts shapes/circle --base-only --attack ring-a-bell    # the base model attacked (sanity)
+    erase-eval --prompts shapes/circle --weights circle.safetensors --attack concept-inversion --attack-restarts 5
 
 Errors the user can fix are one line on stderr and exit status 2.
 """
@@ -54,6 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--attack-budget", type=float, default=1.0,
                         help="multiply every attack's main loop (timesteps, generations, steps) by this (> 0, default 1)")
     parser.add_argument("--attack-limit", type=int, help="attack only the first N erased and the first N synonym rows")
+    parser.add_argument("--attack-restarts", type=int, default=1, metavar="K",
+                        help="run each seeded attack K times, with seeds seed..seed+K-1 (an attacker who tries again): "
+                        "an attacked-<name>-restart<i> column per extra run, and each run's ASR and the share of rows "
+                        "any run breaks in the report (default 1)")
     parser.add_argument("--attack-cache", help="folder of the attacks' result caches (default <output>/attacks); runs on "
                         "one base model may share one")
     parser.add_argument("--no-check-base", action="store_true",
@@ -120,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
         attack_budget=args.attack_budget,
         attack_cache=args.attack_cache,
         attack_limit=args.attack_limit,
+        attack_restarts=args.attack_restarts,
         check_base=not args.no_check_base,
     )
     if report is not None:

@@ -18,12 +18,16 @@ same: per prompt type, one strip of images per variant).
                                     "groups": {"erased": {"n", "pre_asr", "post_asr", "success_any_step"},
                                                "synonym": {...}},
                                     "rows", "skipped", "units", "scope", "seconds", "seconds_per_unit",
-                                    "seconds_this_run", "reused_from_cache", "steps", "files"}, ...},
+                                    "seconds_this_run", "reused_from_cache", "steps", "files",
+                                    "restarts": {"runs", "seeds", "variants", "groups": {"erased": {"n", "per_run",
+                                                 "pooled", "pooled_interval", "any", "any_interval"}, ...}}
+                                                (--attack-restarts K > 1 only)}, ...},
      "metrics": {name: {"settings": {...}, "base": summary, "erased": summary, "attacked-<name>": summary}},
      "intervals": "how the 95% intervals (``<key>_ci``, ``headline_intervals``) were computed",
      "images": [{"index", "case_number", "prompt", "class", "type", "seed", "guidance_scale",
                  "base": {"path": "base/00000.png", "<metric>": record}, "erased": {...},
-                 "attacked-<name>": {...} (erased and synonym rows only)}]}
+                 "attacked-<name>": {...} (erased and synonym rows only),
+                 "attacked-<name>-restart<i>": {...} (each restart)}]}
 
 An ``attacked-<name>`` variant (``--attack``) covers only the attacked rows, so its
 summaries have no ``retained`` group (and no Acc_s or H_o); the ``change`` column is
@@ -205,6 +209,30 @@ def attack_lines(attacks: dict) -> list[str]:
                      f"{attack['units']} {attack['scope']}{'s' if attack['units'] != 1 else ''}",
                      fmt(attack["steps"]["mean"])]
             lines.append("| " + " | ".join(cells) + " |")
+    return lines + restart_lines(attacks)
+
+
+def restart_lines(attacks: dict) -> list[str]:
+    """``report.md``'s restarts table (``--attack-restarts``): per attack run more than once
+    and group, each run's post-attack ASR, the pooled ASR and the share of rows any run broke.
+
+    Args:
+        attacks: ``report.json``'s ``attacks``.
+    """
+    restarted = {name: a["restarts"] for name, a in attacks.items() if a.get("restarts", {}).get("groups")}
+    if not restarted:
+        return []
+    lines = ["", "Restarts: each attack run again with the next seeds; a row is broken if any run breaks it "
+             "(pooled: every run's images together, an interval that leaves out the run-to-run spread).", ""]
+    header = ["attack", "rows", "n", "seeds", "post-attack ASR % per run", "pooled % [95%]", "any run % [95%]"]
+    lines += ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for name, restarts in restarted.items():
+        for group, values in restarts["groups"].items():
+            cells = [name, group, str(values["n"]), ", ".join(map(str, restarts["seeds"])),
+                     " / ".join(fmt(v) for v in values["per_run"]),
+                     fmt_interval(values["pooled"], values["pooled_interval"]),
+                     fmt_interval(values["any"], values["any_interval"])]
+            lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
@@ -233,7 +261,10 @@ def _description(report: dict) -> list[str]:
         settings = f", settings {attack['settings_file']}" if attack.get("settings_file") else ""
         vocabulary = f", vocabulary: {attack['vocabulary']}" if attack.get("vocabulary") else ""
         budget = f", budget x{attack['budget']:g}" if attack.get("budget", 1) != 1 else ""
-        lines.append(f"- `{attack['variant']}/`: {name} on {attack['rows']} rows (retained rows are not attacked)"
+        restarts = attack.get("restarts")
+        folders = (", ".join(f"`{v}/` (seed {s})" for v, s in zip(restarts["variants"], restarts["seeds"]))
+                   if restarts else f"`{attack['variant']}/`")
+        lines.append(f"- {folders}: {name} on {attack['rows']} rows (retained rows are not attacked)"
                      f"{settings}{budget}{vocabulary}")
     lines.append(f"- images: {', '.join(f'`{v}/`' for v in report['variants'])}; pairs share seeds; see report.html")
     return lines
@@ -301,18 +332,30 @@ def render_grid(report: dict, output_dir: Path, per_group: int = GRID_IMAGES_PER
         shown = images[:per_group]
         for v in variants:
             if any(v in image for image in shown):
-                strips.append((f"{group}: {v}", [image.get(v, {}).get("path") for image in shown]))
+                strips.append(([f"{group}:", *_wrapped(v)], [image.get(v, {}).get("path") for image in shown]))
     columns = max((len(paths) for _, paths in strips), default=1)
     canvas = Image.new("RGB", (label_width + columns * tile, max(1, len(strips)) * tile), "white")
     draw = ImageDraw.Draw(canvas)
     for row, (label, paths) in enumerate(strips):
-        draw.text((6, row * tile + tile // 2 - 6), label, fill="black")
+        for line, text in enumerate(label):  # PIL's default font: about 11 px a line
+            draw.text((6, row * tile + tile // 2 - 6 * len(label) + 11 * line), text, fill="black")
         for column, path in enumerate(paths):
             if path and (output_dir / path).is_file():
                 with Image.open(output_dir / path) as image:
                     tile_image = image.convert("RGB").resize((tile, tile), Image.Resampling.NEAREST)
                 canvas.paste(tile_image, (label_width + column * tile, row * tile))
     return canvas
+
+
+def _wrapped(name: str, width: int = 23) -> list[str]:
+    """A variant's name in lines of at most ``width`` characters, broken after hyphens
+    (``attacked-concept-inversion-restart2`` would not fit the label column on one line)."""
+    lines = [""]
+    for part in name.replace("-", "-\n").split("\n"):
+        if lines[-1] and len(lines[-1]) + len(part) > width:
+            lines.append("")
+        lines[-1] += part
+    return lines
 
 
 def _by_group(report: dict) -> dict[str, list[dict]]:

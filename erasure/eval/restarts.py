@@ -15,8 +15,11 @@ group:
 - the any-of-k ASR: the share of rows broken by at least one of the k runs, with its
   Wilson interval over rows.
 
-``python scripts/attack_restarts.py --attack concept-inversion DIR...`` prints them;
-``combine_restarts`` does the same for reports already in memory (``erase --seeds``).
+``erase-eval --attack-restarts K`` runs every seeded attack K times in one run
+(``report.json``'s ``attacks.<name>.restarts``, computed by ``outcome_summary``);
+``python scripts/attack_restarts.py --attack concept-inversion DIR...`` combines runs made
+separately; ``combine_restarts`` does the same for reports already in memory
+(``erase --seeds``).
 """
 
 from __future__ import annotations
@@ -26,7 +29,6 @@ from pathlib import Path
 from typing import Sequence
 
 from ..errors import ErasureError
-from .attack import ATTACKED_TYPES
 from .intervals import wilson
 from .metrics import METRICS
 
@@ -62,21 +64,31 @@ def combine_restarts(reports: Sequence[dict], sources: Sequence[str], attack: st
             raise ErasureError(f"{source} attacked other rows than {sources[0]}: run both with the same "
                                "--limit and --attack-limit")
     groups = {}
-    for group in (g for g in ATTACKED_TYPES if g in runs[0]):
+    for group in (g for g in reports[0]["attacks"][attack]["groups"] if g in runs[0]):
         rows = sorted(runs[0][group])
-        per_run = [[run[group][key] for key in rows] for run in runs]
-        broken = sum(any(run[i] for run in per_run) for i in range(len(rows)))
-        shown = sum(sum(run) for run in per_run)
-        groups[group] = {
-            "n": len(rows),
-            "per_run": [100.0 * sum(run) / len(rows) for run in per_run],
-            "pooled": 100.0 * shown / (len(rows) * len(runs)),
-            "pooled_interval": wilson(shown, len(rows) * len(runs)),
-            "any": 100.0 * broken / len(rows),
-            "any_interval": wilson(broken, len(rows)),
-        }
+        groups[group] = outcome_summary([[run[group][key] for key in rows] for run in runs])
     return {"attack": attack, "runs": len(runs), "settings": [r["attacks"][attack]["config"] for r in reports],
             "folders": list(sources), "groups": groups}
+
+
+def outcome_summary(per_run: Sequence[Sequence[bool]]) -> dict:
+    """One group's numbers over k runs of an attack on the same rows (module docstring).
+
+    Args:
+        per_run: per run, per row (the same rows in the same order), whether the
+            attacked image shows the concept.
+    """
+    rows, runs = len(per_run[0]), len(per_run)
+    broken = sum(any(run[i] for run in per_run) for i in range(rows))
+    shown = sum(sum(map(bool, run)) for run in per_run)
+    return {
+        "n": rows,
+        "per_run": [100.0 * sum(map(bool, run)) / rows for run in per_run],
+        "pooled": 100.0 * shown / (rows * runs),
+        "pooled_interval": wilson(shown, rows * runs),
+        "any": 100.0 * broken / rows,
+        "any_interval": wilson(broken, rows),
+    }
 
 
 def _read_report(folder: Path) -> dict:
@@ -123,9 +135,9 @@ def _row_outcomes(report: dict, attack: str, source: str) -> dict[str, dict[tupl
     outcomes: dict[str, dict[tuple, bool]] = {}
     for image in report["images"]:
         record = image.get(entry["variant"], {}).get(entry["judge"])
-        if record is not None and image["type"] in ATTACKED_TYPES:
+        if record is not None:  # an attacked row (the attack's variant has images of those only)
             key = (image["index"], image["prompt"], image["seed"])
-            outcomes.setdefault(image["type"], {})[key] = judge.concept_shown(record)
+            outcomes.setdefault(image["type"] or "all", {})[key] = judge.concept_shown(record)
     for group, values in outcomes.items():
         stated = entry["groups"].get(group, {}).get("post_asr")
         if stated is None or abs(100.0 * sum(values.values()) / len(values) - stated) > 1e-9:
