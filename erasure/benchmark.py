@@ -379,10 +379,12 @@ def columns(attacks: list[str], kind: str = "", restarts: dict[str, int] | None 
         kind: the task's kind (``pair``: the mass-erasure columns).
         restarts: runs per attack (absent: 1).
     """
-    restarts = restarts or {}
-    attacked = [column for a in attacks for column in
-                [Column(asr_key(a), f"ASR {a} ↓")]
-                + ([Column(any_run_key(a), f"ASR {a}, any of {restarts[a]} ↓")] if restarts.get(a, 1) > 1 else [])]
+    attacked = []
+    for attack in attacks:
+        attacked.append(Column(asr_key(attack), f"ASR {attack} ↓"))
+        runs = (restarts or {}).get(attack, 1)
+        if runs > 1:
+            attacked.append(Column(any_run_key(attack), f"ASR {attack}, any of {runs} ↓"))
     if kind == PAIR:
         return [*MASS_COLUMNS, *attacked, COST_COLUMNS[0]]
     return [*SCORE_COLUMNS, *attacked, *COST_COLUMNS]
