@@ -365,6 +365,11 @@ def asr_key(attack: str) -> str:
     return f"asr_{attack}"
 
 
+def restarts_of(data: dict) -> dict[str, int]:
+    """Runs per attack column, as ``data["attack_settings"]`` records them (earlier files: 1)."""
+    return {name: spec.get("restarts", 1) for name, spec in data.get("attack_settings", {}).items()}
+
+
 def any_run_key(attack: str) -> str:
     """The row field of the share of rows any of the attack's restarts breaks."""
     return f"asr_{attack}_any_run"
@@ -430,7 +435,6 @@ def run(tasks: list[Task], variants: list[Variant], output: Path, *, model: str 
                            model=model, device=device, quick=quick,
                            in_process=quick if in_process is None else in_process,
                            columns=tuple(plan.columns[a] for a in attacks), attack_rows=plan.rows_for(quick))
-    restarts = {c.name: c.restarts for c in settings.columns if c.restarts > 1}
     started, cpu_before = time.perf_counter(), cpu_seconds()
     cells = run_cells(settings, tasks, variants, jobs)
     results, records, costs = {}, {}, {}
@@ -441,13 +445,13 @@ def run(tasks: list[Task], variants: list[Variant], output: Path, *, model: str 
         records[task.name] = {**task_record(task), "images": task_cells["base"]["images"],
                               "minutes": sum(cell["seconds"] for cell in task_cells.values()) / 60}
     data = {"suite": suite, "quick": quick, "model": model, "device": device, "in_process": settings.in_process,
-            "attacks": attacks, "attack_restarts": restarts, "attack_rows": settings.attack_rows, "attack_seconds": costs,
+            "attacks": attacks, "attack_rows": settings.attack_rows, "attack_seconds": costs,
             "attack_settings": {c.name: {"settings": c.options(quick), "tasks": c.tasks, "restarts": c.restarts}
                                 for c in settings.columns},
             "minutes": (time.perf_counter() - started) / 60, "cpu_minutes": (cpu_seconds() - cpu_before) / 60,
             "jobs": jobs, "resumed": any(cells[t.name, "base"]["resumed"] for t in tasks),
-            "load_average": os.getloadavg()[0], "tasks": records, "results": results,
-            "winners": {t.name: winners(results[t.name], columns(attacks, t.kind, restarts)) for t in tasks}}
+            "load_average": os.getloadavg()[0], "tasks": records, "results": results}
+    data["winners"] = {t.name: winners(results[t.name], columns(attacks, t.kind, restarts_of(data))) for t in tasks}
     stem = f"benchmark-{suite}" if suite else "benchmark"
     write(settings.output / f"{stem}.json", json.dumps(data, indent=2) + "\n")
     write(settings.output / f"{stem}.md", render(data))
@@ -807,7 +811,7 @@ def render(data: dict) -> str:
         spec = data["tasks"][task]
         if spec["kind"] == PAIR:
             continue
-        table_columns = columns(data["attacks"], spec["kind"], data.get("attack_restarts"))
+        table_columns = columns(data["attacks"], spec["kind"], restarts_of(data))
         images = ", ".join(f"{n} {group}" for group, n in spec.get("images", {}).items())
         lines += [f"**{spec['description']}**: erase {', '.join(spec['concepts'])} (`{spec['prompts']}`; images per "
                   f"method: {images})", ""]
@@ -872,7 +876,7 @@ def render_mass(data: dict, tasks: list[str]) -> list[str]:
         tasks: the pair tasks, in order of N.
     """
     tasks = sorted(tasks, key=lambda t: len(data["tasks"][t]["concepts"]))
-    table_columns = columns(data["attacks"], PAIR, data.get("attack_restarts"))
+    table_columns = columns(data["attacks"], PAIR, restarts_of(data))
     names = list(dict.fromkeys(name for task in tasks for name in data["results"][task]))
     lines = [f"**mass erasure**: N shape-colour pairs erased at once (`{', '.join(data['tasks'][t]['prompts'] for t in tasks)}`); "
              "Acc_e: erased pairs; Acc_neighbour: pairs sharing a shape or a colour with an erased one; Acc_far: pairs "

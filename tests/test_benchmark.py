@@ -193,7 +193,7 @@ def test_an_attack_with_restarts_adds_the_share_of_rows_any_run_breaks_next_to_i
     assert row[benchmark.any_run_key("concept-inversion")] == 83.3
     assert row[f"{benchmark.any_run_key('concept-inversion')}_ci"] == [43.6, 97.0]
     assert benchmark.any_run_key("closed-form") not in row  # run once: no any-of-k
-    data = {"attacks": ["closed-form", "concept-inversion"], "attack_restarts": restarts, "results": {"circle": {"advunlearn": row}},
+    data = {"attacks": ["closed-form", "concept-inversion"], "results": {"circle": {"advunlearn": row}},
             "tasks": {"circle": {"kind": "shape", "description": "one shape", "concepts": ["circle"], "prompts": "shapes/circle"}},
             "winners": {"circle": {}}, "quick": False, "resumed": False, "in_process": False, "attack_rows": 6,
             "attack_settings": {"closed-form": {"settings": {}, "tasks": None},

@@ -49,6 +49,7 @@ from __future__ import annotations
 import html
 import json
 import platform
+import textwrap
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping
@@ -65,6 +66,7 @@ if TYPE_CHECKING:
 FORMAT_VERSION = 2
 HTML_IMAGES_PER_GROUP = 48  # enough to see what happened, light enough to open
 GRID_IMAGES_PER_GROUP = 8  # the PNG is for a glance (and a README), the HTML for study
+LABEL_CHARACTERS = 23  # a line of PIL's default font that fits the grid's 150 px label column
 
 
 def versions() -> dict[str, str]:
@@ -332,7 +334,9 @@ def render_grid(report: dict, output_dir: Path, per_group: int = GRID_IMAGES_PER
         shown = images[:per_group]
         for v in variants:
             if any(v in image for image in shown):
-                strips.append(([f"{group}:", *_wrapped(v)], [image.get(v, {}).get("path") for image in shown]))
+                # broken after hyphens: attacked-concept-inversion-restart2 overruns the label column
+                strips.append(([f"{group}:", *textwrap.wrap(v, LABEL_CHARACTERS)],
+                               [image.get(v, {}).get("path") for image in shown]))
     columns = max((len(paths) for _, paths in strips), default=1)
     canvas = Image.new("RGB", (label_width + columns * tile, max(1, len(strips)) * tile), "white")
     draw = ImageDraw.Draw(canvas)
@@ -345,17 +349,6 @@ def render_grid(report: dict, output_dir: Path, per_group: int = GRID_IMAGES_PER
                     tile_image = image.convert("RGB").resize((tile, tile), Image.Resampling.NEAREST)
                 canvas.paste(tile_image, (label_width + column * tile, row * tile))
     return canvas
-
-
-def _wrapped(name: str, width: int = 23) -> list[str]:
-    """A variant's name in lines of at most ``width`` characters, broken after hyphens
-    (``attacked-concept-inversion-restart2`` would not fit the label column on one line)."""
-    lines = [""]
-    for part in name.replace("-", "-\n").split("\n"):
-        if lines[-1] and len(lines[-1]) + len(part) > width:
-            lines.append("")
-        lines[-1] += part
-    return lines
 
 
 def _by_group(report: dict) -> dict[str, list[dict]]:
