@@ -12,7 +12,8 @@ no guarantee: on mini-sd the best of seeds 0-7 met a 20% target and the best of 
 
 The rule (``SeedChoiceConfig``; fixed before erase seeds 8-15 were run, and not a paper's):
 
-1. Screen every seed: mean post-attack ASR of ``attack`` over ``attack_seeds`` on the
+1. Screen every seed: mean post-attack ASR of ``attack_runs`` runs of ``attack`` (seeds
+   ``attack_seed``, ``attack_seed + 1``, ...; ``erase-eval --attack-restarts``) on the
    tuning set's erased rows; Acc_e, Acc_s and CLIP on its erased and retained rows
    (the world classifier on mini-sd, CLIP zero-shot accuracy elsewhere).
 2. Eligible: Acc_e <= ``max_acc_e``, Acc_s >= ``min_acc_s_share`` x the base's, CLIP on
@@ -24,7 +25,8 @@ The rule (``SeedChoiceConfig``; fixed before erase seeds 8-15 were run, and not 
 
 Beside the rule, each seed's table entry also gives ``screening_any``: the share of the
 tuning set's erased rows that at least one of the screening runs broke, what an attacker
-who restarts would count (``erasure.eval.restarts``); the rule itself ranks by the mean.
+who restarts would count (``report.json``'s ``attacks.<name>.restarts``); the rule itself
+ranks by the mean.
 
 Files: the candidates and their evaluations go to ``<output stem>.seeds/`` (rerunning
 resumes there: finished erasures and images are reused, after checking that they were
@@ -56,7 +58,8 @@ class SeedChoiceConfig:
     """
 
     attack: str = "concept-inversion"
-    attack_seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    attack_seed: int = 0
+    attack_runs: int = 3
     confirm_attacks: list[str] = field(default_factory=lambda: ["unlearndiffatk"])
     confirm_top: int = 3
     max_acc_e: float = 10.0
@@ -119,12 +122,16 @@ def parse_seeds(text: str, max_seed: int) -> list[int]:
 def check_rule(config: SeedChoiceConfig) -> None:
     """Refuse, before any erasure, a rule that cannot run."""
     from .attacks import ATTACKS
+    from .config import SEED_BOUNDS
 
     for name in [config.attack, *config.confirm_attacks, *config.attack_options]:
         if name not in ATTACKS:
             raise ErasureError(f"--choose-set: unknown attack {name!r}: use one of {', '.join(ATTACKS)}")
-    if not config.attack_seeds or len(set(config.attack_seeds)) < len(config.attack_seeds) or config.confirm_top < 1:
-        raise ErasureError("--choose-set: attack_seeds needs at least one seed, each once, and confirm_top at least 1")
+    if config.attack_runs < 1 or config.confirm_top < 1:
+        raise ErasureError("--choose-set: attack_runs and confirm_top must be at least 1")
+    if not SEED_BOUNDS["min"] <= config.attack_seed <= SEED_BOUNDS["max"] - config.attack_runs + 1:
+        raise ErasureError(f"--choose-set: attack_seed {config.attack_seed} leaves no room for {config.attack_runs} "
+                           f"runs' seeds: give one from {SEED_BOUNDS['min']} to {SEED_BOUNDS['max'] - config.attack_runs + 1}")
 
 
 def check_tuning_set(path: Path) -> None:
@@ -213,9 +220,10 @@ def _check_same_settings(weights: Path, settings: dict, model: str) -> None:
                            f"{weights.parent} to start afresh, or give another --output")
 
 
-def _evaluate(candidate: Candidate, run: ChoiceRun, name: str, attack: str, options: dict) -> dict:
-    """One evaluation of the candidate on the tuning set; every evaluation of a candidate
-    shares its base and erased images (``share_images``), and every candidate the base ones."""
+def _evaluate(candidate: Candidate, run: ChoiceRun, name: str, attack: str, options: dict, runs: int = 1) -> dict:
+    """One evaluation of the candidate on the tuning set, ``attack`` run ``runs`` times;
+    every evaluation of a candidate shares its base and erased images (``share_images``),
+    and every candidate the base ones."""
     from .eval import evaluate
     from .eval.generate import share_images
 
@@ -224,24 +232,22 @@ def _evaluate(candidate: Candidate, run: ChoiceRun, name: str, attack: str, opti
     for variant, source in shared.items():
         share_images(source, output / variant)
     report = evaluate(run.model, candidate.weights, run.tuning_set, None, output, device=run.device, html=False,
-                      attack=attack, attack_options={attack: options}, attack_cache=run.folder / "attack-cache")
+                      attack=attack, attack_options={attack: options}, attack_restarts=runs,
+                      attack_cache=run.folder / "attack-cache")
     for variant, source in shared.items():
         share_images(output / variant, source)
     return report.data
 
 
 def _screen(candidate: Candidate, run: ChoiceRun, config: SeedChoiceConfig) -> None:
-    screenings = []
-    for attack_seed in config.attack_seeds:
-        options = {**config.attack_options.get(config.attack, {}), "seed": attack_seed}
-        data = _evaluate(candidate, run, f"{config.attack}-{attack_seed}", config.attack, options)
-        candidate.screening_asr.append(_post_asr(data, config.attack))
-        screenings.append(data)
-    if len(screenings) > 1:
-        from .eval.restarts import combine_restarts
-
-        sources = [f"seed {candidate.seed}, {config.attack} seed {s}" for s in config.attack_seeds]
-        candidate.screening_any = combine_restarts(screenings, sources, config.attack)["groups"]["erased"]["any"]
+    options = {**config.attack_options.get(config.attack, {}), "seed": config.attack_seed}
+    data = _evaluate(candidate, run, f"screen-{config.attack}", config.attack, options, config.attack_runs)
+    restarts = data["attacks"][config.attack].get("restarts")  # absent after one run, or for an unseeded attack
+    if restarts:
+        candidate.screening_asr = restarts["groups"]["erased"]["per_run"]
+        candidate.screening_any = restarts["groups"]["erased"]["any"]
+    else:
+        candidate.screening_asr = [_post_asr(data, config.attack)]
     accuracy = next(data["metrics"][m] for m in ACCURACY_METRICS if m in data["metrics"])
     candidate.acc_e = accuracy["erased"]["erasure"]["acc_e"]
     candidate.acc_s = accuracy["erased"]["erasure"]["acc_s"]

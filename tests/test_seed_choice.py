@@ -14,7 +14,6 @@ import torch
 
 import erasure
 from erasure.cli import main
-from erasure.eval.restarts import restart_summary
 from erasure.weights import EditedWeights
 
 MINI_SD = (Path(erasure.__file__).parent / "assets" / "mini-sd" / "model_index.json").is_file()
@@ -22,7 +21,7 @@ pytestmark = pytest.mark.skipif(not MINI_SD, reason="the bundled mini-sd is not 
 
 ATTACKS = ("attack_options={concept-inversion: {steps: 3, num_images: 2, batch_size: 2, grad_accumulation: 1}, "
            "unlearndiffatk: {timesteps: 2, steps_per_timestep: 2, vocabulary: [red, blue, circle, square]}}")
-RULE = ["--choose-set", ATTACKS, "--choose-set", "attack_seeds=[0, 1]", "--choose-set", "confirm_top=2",
+RULE = ["--choose-set", ATTACKS, "--choose-set", "attack_runs=2", "--choose-set", "confirm_top=2",
         "--choose-set", "max_acc_e=100", "--choose-set", "min_acc_s_share=0", "--choose-set", "max_clip_drop=100"]
 
 
@@ -56,13 +55,13 @@ def test_the_rule_picks_the_confirmed_seed_whose_worst_attack_is_lowest(chosen):
     candidates = {c["seed"]: c for c in table["candidates"]}
     assert sorted(candidates) == [1, 2, 3]
     for seed, c in candidates.items():
-        reports = [json.loads((folder / f"seed-{seed}" / f"concept-inversion-{t}" / "report.json").read_text())
-                   for t in (0, 1)]
-        assert c["screening_asr"] == [r["attacks"]["concept-inversion"]["groups"]["erased"]["post_asr"] for r in reports]
-        assert c["acc_e"] == reports[0]["metrics"]["world"]["erased"]["erasure"]["acc_e"]
-        folders = [folder / f"seed-{seed}" / f"concept-inversion-{t}" for t in (0, 1)]
-        assert c["screening_any"] == restart_summary(folders, "concept-inversion")["groups"]["erased"]["any"]
-        assert c["screening_any"] >= max(c["screening_asr"])
+        report = json.loads((folder / f"seed-{seed}" / "screen-concept-inversion" / "report.json").read_text())
+        screening = report["attacks"]["concept-inversion"]
+        assert screening["restarts"]["seeds"] == [0, 1]  # the rule's attack_seed, then the next
+        assert c["screening_asr"] == screening["restarts"]["groups"]["erased"]["per_run"]
+        assert c["screening_asr"][0] == screening["groups"]["erased"]["post_asr"]
+        assert c["screening_any"] == screening["restarts"]["groups"]["erased"]["any"] >= max(c["screening_asr"])
+        assert c["acc_e"] == report["metrics"]["world"]["erased"]["erasure"]["acc_e"]
     confirmed = sorted(candidates.values(), key=lambda c: c["screening_mean"])[:2]
     assert {c["seed"] for c in candidates.values() if c["confirming_asr"]} == {c["seed"] for c in confirmed}
     for c in confirmed:
@@ -134,7 +133,8 @@ def _link_first_run(chosen: Path, folder: Path, erasures: bool) -> None:
     (["--seeds", "1-2", "--resume", "--choose-on", "TUNE"], "rerun the same command without --resume"),
     (["--seeds", "1-2", "--choose-on", "TUNE", "--choose-set", "attack=pgd"], "unknown attack 'pgd'"),
     (["--seeds", "1-2", "--choose-on", "TUNE", "--choose-set", "confirm_top=two"], "confirm_top"),
-    (["--seeds", "1-2", "--choose-on", "TUNE", "--choose-set", "attack_seeds=[0, 0]"], "each once"),
+    (["--seeds", "1-2", "--choose-on", "TUNE", "--choose-set", "attack_runs=0"], "attack_runs and confirm_top must be"),
+    (["--seeds", "1-2", "--choose-on", "TUNE", "--choose-set", f"attack_seed={2**63 - 2}"], "leaves no room for 3 runs"),
     (["--seeds", "1-2", "--choose-on", "shapes/circle-nothing.csv"], "shapes/circle-nothing.csv"),
     (["--seeds", "1-2", "--choose-on", "ERASED_ONLY"], "needs rows of type 'erased' and 'retained'"),
     (["--seeds", "1-2", "--choose-on", "NO_CLASS"], "the rows need a 'class' column"),
@@ -163,7 +163,7 @@ def test_ctrl_c_in_one_seeds_erasure_resumes_it_on_the_rerun_bit_identically(cho
     from test_esd import interrupt_on_call
 
     output = tmp_path / "circle.safetensors"
-    command = ["--seeds", "1,2", "--choose-on", str(tuning_set), *RULE, "--choose-set", "attack_seeds=[0]",
+    command = ["--seeds", "1,2", "--choose-on", str(tuning_set), *RULE, "--choose-set", "attack_runs=1",
                "--choose-set", "confirm_top=1"]
     with monkeypatch.context() as patch:
         interrupt_on_call(patch, 5)  # seed 2's second of 3 steps

@@ -18,8 +18,7 @@ group:
 ``erase-eval --attack-restarts K`` runs every seeded attack K times in one run
 (``report.json``'s ``attacks.<name>.restarts``, computed by ``outcome_summary``);
 ``python scripts/attack_restarts.py --attack concept-inversion DIR...`` combines runs made
-separately; ``combine_restarts`` does the same for reports already in memory
-(``erase --seeds``).
+separately (``restart_summary``).
 """
 
 from __future__ import annotations
@@ -40,20 +39,10 @@ def restart_summary(folders: Sequence[str | Path], attack: str) -> dict:
         folders: ``erase-eval --output`` folders, one per run of ``attack``.
         attack: the attack's name (``report.json``'s ``attacks`` key).
     """
-    reports = [_read_report(Path(folder)) for folder in folders]
-    return combine_restarts(reports, [str(folder) for folder in folders], attack)
-
-
-def combine_restarts(reports: Sequence[dict], sources: Sequence[str], attack: str) -> dict:
-    """``restart_summary`` of reports already read.
-
-    Args:
-        reports: ``report.json`` contents (``EvalReport.data``), one per run of ``attack``.
-        sources: where each report came from, for messages and the record.
-        attack: the attack's name.
-    """
-    if len(reports) < 2:
+    if len(folders) < 2:
         raise ErasureError("restarts need at least two erase-eval folders of the same attack with different seeds")
+    reports = [_read_report(Path(folder)) for folder in folders]
+    sources = [str(folder) for folder in folders]
     for report, source in zip(reports, sources):
         if attack not in report.get("attacks", {}):
             raise ErasureError(f"{source} has no {attack!r} attack: give folders of erase-eval --attack {attack}")
