@@ -16,7 +16,7 @@ from erasure.errors import ErasureError
 from erasure.methods import esd
 from erasure.methods.esd import ESDConfig
 from erasure.training import CHECKPOINT_INDEX, RunOptions
-from erasure.trajectories import TrajectoryBank, sample_until
+from erasure.trajectories import sample_until
 
 # A few iterations over a 2-step DDIM schedule keep each run to about a second.
 FAST = dict(iterations=3, ddim_steps=2, lr=1e-3)
