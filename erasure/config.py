@@ -33,6 +33,11 @@ _CONFIG_DIRS = (Path(__file__).parent / "configs", Path(__file__).parents[1] / "
 SEED_BOUNDS = {"min": 0, "max": 2**63 - 1}  # what torch.Generator.manual_seed takes
 
 
+def consecutive_seeds_fit(first: int, count: int) -> bool:
+    """Whether seeds ``first .. first + count - 1`` (an attack and its restarts) all lie in ``SEED_BOUNDS``."""
+    return SEED_BOUNDS["min"] <= first and first + count - 1 <= SEED_BOUNDS["max"]
+
+
 def configs_dir() -> Path:
     for directory in _CONFIG_DIRS:
         if directory.is_dir():

@@ -122,14 +122,14 @@ def parse_seeds(text: str, max_seed: int) -> list[int]:
 def check_rule(config: SeedChoiceConfig) -> None:
     """Refuse, before any erasure, a rule that cannot run."""
     from .attacks import ATTACKS
-    from .config import SEED_BOUNDS
+    from .config import SEED_BOUNDS, consecutive_seeds_fit
 
     for name in [config.attack, *config.confirm_attacks, *config.attack_options]:
         if name not in ATTACKS:
             raise ErasureError(f"--choose-set: unknown attack {name!r}: use one of {', '.join(ATTACKS)}")
     if config.attack_runs < 1 or config.confirm_top < 1:
         raise ErasureError("--choose-set: attack_runs and confirm_top must be at least 1")
-    if not SEED_BOUNDS["min"] <= config.attack_seed <= SEED_BOUNDS["max"] - config.attack_runs + 1:
+    if not consecutive_seeds_fit(config.attack_seed, config.attack_runs):
         raise ErasureError(f"--choose-set: attack_seed {config.attack_seed} leaves no room for {config.attack_runs} "
                            f"runs' seeds: give one from {SEED_BOUNDS['min']} to {SEED_BOUNDS['max'] - config.attack_runs + 1}")
 

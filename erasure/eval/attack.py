@@ -69,7 +69,7 @@ from ..atomic import atomic_write
 from ..attacks import Attack, AttackResult, AttackTarget, build_attack, check_budget, parse_attack_names
 from ..attacks.concept_inversion import encode_with_token
 from ..attacks.tokens import SLOT
-from ..config import SEED_BOUNDS
+from ..config import consecutive_seeds_fit
 from ..errors import ErasureError
 from .prompts import PromptRow
 from .restarts import outcome_summary
@@ -154,7 +154,7 @@ def plan_attacks(names: str | Sequence[str] | None, options: Mapping[str, Mappin
     attacks = [build_attack(name, model, options.get(name), budget) for name in chosen]
     for attack in attacks:
         count = runs.get(attack.name, 1)
-        if attack.seeded and attack.config.seed + count - 1 > SEED_BOUNDS["max"]:
+        if attack.seeded and not consecutive_seeds_fit(attack.config.seed, count):
             raise ErasureError(f"attack {attack.name} seed {attack.config.seed} leaves no room for {count} restarts' "
                                f"seeds: use --set attack.{attack.name}.seed=0")
     attacked = attacked_rows(rows, types, limit)
