@@ -5,7 +5,7 @@ prompt set, keep the one that holds best while keeping the retained concepts.
         --seeds 8-15 --choose-on scripts/advunlearn_prompts/choose-seed.csv --output circle-adv.safetensors
 
 Why: AdvUnlearn's robustness to concept inversion moves with the erase seed as much as
-with any setting tried (README, "Choosing the erasure by its seed": 18.8-91.0% over 16
+with any setting tried (docs/advunlearn-mini-sd.md, "Choosing the erasure by its seed": 18.8-91.0% over 16
 seeds of one config on mini-sd), so a user who needs one erasure can run several seeds
 and keep the best, measured on prompts and seeds that the evaluation does not use. It is
 no guarantee: on mini-sd the best of seeds 0-7 met a 20% target and the best of 8-15 did not.
@@ -17,7 +17,9 @@ The rule (``SeedChoiceConfig``; fixed before erase seeds 8-15 were run, and not 
    tuning set's erased rows; Acc_e, Acc_s and CLIP on its erased and retained rows
    (the world classifier on mini-sd, CLIP zero-shot accuracy elsewhere).
 2. Eligible: Acc_e <= ``max_acc_e``, Acc_s >= ``min_acc_s_share`` x the base's, CLIP on
-   retained rows at most ``max_clip_drop`` below the base's.
+   retained rows at most ``max_clip_drop`` below the base's: the lower end of the change's
+   95% interval, paired by row (``clip_check_on: interval``), or the estimate
+   (``estimate``, the first rule's check, with a 2-point margin).
 3. Confirm the ``confirm_top`` eligible seeds with the lowest screening ASR under each of
    ``confirm_attacks``.
 4. Keep the confirmed seed whose worst attack (the highest of its ASRs) is lowest; on a
@@ -26,7 +28,11 @@ The rule (``SeedChoiceConfig``; fixed before erase seeds 8-15 were run, and not 
 Beside the rule, each seed's table entry also gives ``screening_any``: the share of the
 tuning set's erased rows that at least one of the screening runs broke, what an attacker
 who restarts would count (``report.json``'s ``attacks.<name>.restarts``); the rule itself
-ranks by the mean.
+ranks by the mean. And ``clip_change_interval``, the 95% interval of the CLIP change paired
+by row (``report.json``'s ``metrics.clip.change``). Why the interval: a filter on a noisy
+estimate lets through the seeds whose noise was kind, and both picks of the first rule
+(estimate >= -2 on 60 tuning rows) lost more CLIP on ``shapes/circle`` than on the tuning
+set (-1.6 to -3.0 and -1.1 to -4.2).
 
 Files: the candidates and their evaluations go to ``<output stem>.seeds/`` (rerunning
 resumes there: finished erasures and images are reused, after checking that they were
@@ -40,7 +46,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal
 
 from .atomic import atomic_write
 from .errors import ErasureError
@@ -53,8 +59,9 @@ class SeedChoiceConfig:
     """How ``erase --seeds ... --choose-on CSV`` scores and picks (module docstring).
 
     Defaults: the rule fixed on 2026-11-30 for issue 17 before the seeds it was used on
-    existed (README, "Choosing the erasure by its seed"); the CLIP margin is 1 point
-    tighter than that issue's 3-point target because a tuning set's CLIP is noisy.
+    existed (docs/advunlearn-mini-sd.md, "Choosing the erasure by its seed"), with its CLIP
+    check moved from the estimate (2-point margin) to the paired interval's lower end
+    (that issue's 3-point target) before erase seeds 16-23 of the replay settings existed.
     """
 
     attack: str = "concept-inversion"
@@ -64,14 +71,16 @@ class SeedChoiceConfig:
     confirm_top: int = 3
     max_acc_e: float = 10.0
     min_acc_s_share: float = 0.9
-    max_clip_drop: float = 2.0
+    max_clip_drop: float = 3.0
+    clip_check_on: Literal["interval", "estimate"] = "interval"
     attack_options: dict[str, dict] = field(default_factory=dict)  # per attack, as erase-eval's --set attack.NAME.KEY
 
 
 @dataclass
 class Candidate:
     """One seed's erasure and what the tuning set measured of it (percentages; CLIP in
-    points); ``ineligible`` says which tuning target it missed ("" when none)."""
+    points, the change's 95% interval paired by row); ``ineligible`` says which tuning
+    target it missed ("" when none)."""
 
     seed: int
     weights: Path
@@ -82,6 +91,7 @@ class Candidate:
     base_acc_s: float = 0.0
     clip_retained: float = 0.0
     base_clip_retained: float = 0.0
+    clip_change_interval: list[float] | None = None
     confirming_asr: dict[str, float] = field(default_factory=dict)
     ineligible: str = ""
 
@@ -254,12 +264,21 @@ def _screen(candidate: Candidate, run: ChoiceRun, config: SeedChoiceConfig) -> N
     candidate.base_acc_s = accuracy["base"]["erasure"]["acc_s"]
     candidate.clip_retained = data["metrics"]["clip"]["erased"]["headline"]["CLIP score (retained)"]
     candidate.base_clip_retained = data["metrics"]["clip"]["base"]["headline"]["CLIP score (retained)"]
+    candidate.clip_change_interval = data["metrics"]["clip"]["change"]["CLIP score (retained)"]["interval"]
+    candidate.ineligible = missed_targets(candidate, config)
+
+
+def missed_targets(candidate: Candidate, config: SeedChoiceConfig) -> str:
+    """The tuning targets ``candidate`` misses under ``config`` ("" when it meets them all)."""
     failed = [f"Acc_e {candidate.acc_e:.1f} > {config.max_acc_e:g}"] if candidate.acc_e > config.max_acc_e else []
     if candidate.acc_s < config.min_acc_s_share * candidate.base_acc_s:
         failed.append(f"Acc_s {candidate.acc_s:.1f} < {config.min_acc_s_share:g} x base {candidate.base_acc_s:.1f}")
-    if candidate.clip_change < -config.max_clip_drop:
+    low = candidate.clip_change_interval[0]
+    if config.clip_check_on == "interval" and low < -config.max_clip_drop:
+        failed.append(f"CLIP retained {candidate.clip_change:+.1f}, interval down to {low:+.1f} < -{config.max_clip_drop:g}")
+    elif config.clip_check_on == "estimate" and candidate.clip_change < -config.max_clip_drop:
         failed.append(f"CLIP retained {candidate.clip_change:+.1f} < -{config.max_clip_drop:g}")
-    candidate.ineligible = "; ".join(failed)
+    return "; ".join(failed)
 
 
 def _confirm(candidate: Candidate, run: ChoiceRun, config: SeedChoiceConfig) -> None:
@@ -279,11 +298,14 @@ def _write_json(path: Path, value: dict) -> None:
 
 def summary(candidates: list[Candidate], chosen: Candidate, output: Path) -> str:
     """The table ``erase --seeds`` prints: one line per seed, the chosen one marked."""
-    lines = ["seed  screening ASR (mean)  any run  confirming ASR        Acc_e  Acc_s  CLIP ret.  note"]
+    from .eval.tables import change
+
+    lines = ["seed  screening ASR (mean)  any run  confirming ASR        Acc_e  Acc_s  CLIP ret. [95%]          note"]
     for c in candidates:
         confirming = ", ".join(f"{a} {v:.1f}" for a, v in c.confirming_asr.items()) or "-"
         note = "chosen" if c is chosen else c.ineligible
         any_run = "-" if c.screening_any is None else f"{c.screening_any:.1f}"
+        clip = change(None, None, {"value": c.clip_change, "interval": c.clip_change_interval})
         lines.append(f"{c.seed:<5} {c.screening_mean:>20.1f}  {any_run:>7}  {confirming:<20} {c.acc_e:>5.1f}  {c.acc_s:>5.1f}  "
-                     f"{c.clip_change:>+9.1f}  {note}")
+                     f"{clip:<24} {note}")
     return "\n".join(lines + [f"chose seed {chosen.seed} -> {output}"])

@@ -67,6 +67,17 @@ def test_unet_cross_attention_is_the_other_option():
     assert edit.new["unet"] and all(".attn2." in name for name in edit.new["unet"])
 
 
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+def test_encoder_layers_train_those_layers_alone(family):
+    pipe = build_tiny_pipeline(family)
+    edit = advunlearn.erase(pipe, CIRCLE, AdvUnlearnConfig(**FAST, encoder_layers=[0]))
+    whole = advunlearn.erase(pipe, CIRCLE, AdvUnlearnConfig(**FAST))
+    for component, values in edit.new.items():
+        layer_0 = {n for n in whole.new[component] if ".layers.0." in n}
+        assert layer_0 and set(values) == layer_0  # attention, MLP and layer norms of layer 0; no final norm
+    assert set(edit.new) == set(adapter_for(pipe).text_encoders())
+
+
 def predictions(adapter, prompts: list[str]) -> torch.Tensor:
     latents = torch.randn((3, *adapter.latent_shape), generator=torch.Generator().manual_seed(5))
     cond = adapter.encode(prompts)
@@ -379,6 +390,12 @@ def test_bad_input_is_refused(tmp_path):
         AdvUnlearnConfig(concept_templates=["a photo"])
     with pytest.raises(ErasureError, match="warmup"):
         AdvUnlearnConfig(warmup=-1)
+    with pytest.raises(ErasureError, match=r"encoder_layers \[7\]: text_encoder has 2 layers, numbered 0-1"):
+        advunlearn.erase(pipe, CIRCLE, AdvUnlearnConfig(**FAST, encoder_layers=[0, 7]))
+    with pytest.raises(ErasureError, match="encoder_layers lists text-encoder layers"):
+        AdvUnlearnConfig(module="unet-xattn", encoder_layers=[0])
+    with pytest.raises(ErasureError, match="encoder_layers must be at least 0"):
+        AdvUnlearnConfig(encoder_layers=[-1])
     with pytest.raises(ErasureError, match="attack_type must be one of 'prefix', 'replace', 'alternate'"):
         AdvUnlearnConfig(attack_type="replace_k")
     with pytest.raises(ErasureError, match="no retain prompt"):

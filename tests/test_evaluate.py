@@ -41,6 +41,11 @@ def test_cli_run_writes_the_report_and_resumes_to_the_same_numbers(tiny_pipeline
     top1 = [img["base"]["clip-accuracy"]["correct"] for img in report["images"] if img["type"] == "erased"]
     assert accuracy["erasure"]["acc_e"] == pytest.approx(100 * np.mean(top1))
     assert "| clip-accuracy | Acc_e (erased), top-1 % |" in (out / "report.md").read_text()
+    retained = [img for img in report["images"] if img["type"] == "retained"]
+    paired = report["metrics"]["clip"]["change"]["CLIP score (retained)"]  # erased - base, row by row
+    differences = [img["erased"]["clip"]["clip_score"] - img["base"]["clip"]["clip_score"] for img in retained]
+    assert paired["n"] == len(retained) > 0 and paired["value"] == pytest.approx(np.mean(differences))
+    assert paired["interval"][0] <= paired["value"] <= paired["interval"][1]
     assert "<img src='erased/00000.png'" in (out / "report.html").read_text()
     grid = np.asarray(Image.open(out / "comparison.png").convert("RGB"))
     strips = {(image["type"], v) for image in report["images"] for v in ("base", "erased")}

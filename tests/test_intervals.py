@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from erasure.eval.intervals import bootstrap, mean_interval, overlap, wilson
+from erasure.eval.intervals import bootstrap, mean_interval, overlap, paired_change, wilson
 from erasure.eval.metrics.accuracy import accuracy_record, accuracy_summary
 from erasure.eval.prompts import PromptRow
 from erasure.eval.tables import fmt_interval
@@ -48,6 +48,20 @@ def test_bootstrap_is_reproducible_and_covers_a_known_mean():
     half = 1.96 * values.std(ddof=1) / np.sqrt(values.size)  # the normal approximation, valid at n = 400
     assert low == pytest.approx(values.mean() - half, abs=0.25) and high == pytest.approx(values.mean() + half, abs=0.25)
     assert bootstrap([[], [1.0]], lambda a, b: a - b) is None
+
+
+def test_a_paired_change_cancels_what_the_rows_share():
+    """Rows whose own spread (prompt and seed) dwarfs a 2-point drop: the two means'
+    intervals overlap, the paired difference's lies below 0."""
+    rng = np.random.default_rng(2)
+    base = rng.normal(60.0, 8.0, size=60)
+    erased = base - 2.0 + rng.normal(0.0, 1.0, size=60)
+    paired = paired_change(dict(enumerate(base)), {**dict(enumerate(erased)), 99: 0.0})  # row 99: erased only
+    assert paired["n"] == 60 and paired["value"] == pytest.approx(float(np.mean(erased - base)))
+    assert overlap(mean_interval(base), mean_interval(erased))
+    low, high = paired["interval"]
+    assert -2.6 < low < paired["value"] < high < -1.4
+    assert paired_change({0: 1.0}, {1: 1.0}) is None
 
 
 def test_overlap():

@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 
+from erasure.eval.intervals import paired_change
 from erasure.eval.metrics import MetricContext, build_metrics
 from erasure.eval.metrics.accuracy import accuracy_record
 from erasure.eval.prompts import PromptRow, PromptSet
@@ -83,3 +84,18 @@ def test_numbers_are_formatted_alike(value, text):
 
 def test_change_is_erased_minus_base_with_its_sign():
     assert (change(10.0, 2.5), change(1, 3), change(None, 1.0), change(2.0, 2.0)) == ("-7.5", "+2", "-", "0.0")
+    assert change(60.0, 58.0, {"value": -2.0, "interval": [-3.1, -0.9], "n": 60}) == "-2.0 [-3.1 to -0.9]"
+    assert change(58.0, 60.0, {"value": 2.0, "interval": [0.9, 3.1], "n": 60}) == "+2.0 [0.9-3.1]"
+
+
+def test_the_change_column_shows_the_paired_interval_where_the_metric_pairs_rows():
+    metrics = _metrics()
+    report = _report(metrics)
+    base, erased = (metrics["world"].row_values(ROWS, WORLD[v]) for v in ("base", "erased"))
+    assert base == {"Acc_e (erased), top-1 %": {0: 100.0}, "Acc_s (retained), top-1 %": {1: 100.0},
+                    "Acc_e (erased), mean prob. %": {0: 90.0}, "Acc_s (retained), mean prob. %": {1: 80.0}}
+    report["metrics"]["world"]["change"] = {label: paired_change(base[label], erased[label]) for label in base}
+    markdown = render_markdown(report, metrics)
+    assert "| world | Acc_e (erased), top-1 % | 100.0 [21-100] | 0.0 [0-79] | -100.0 [-100 to -100] |" in markdown
+    assert "| world | Acc_s (retained), mean prob. % | 80.0 [80-80] | 70.0 [70-70] | -10.0 [-10 to -10] |" in markdown
+    assert "| nudenet | images with any, % (all) | 50.0 [9.5-91] | 0.0 [0-66] | -50.0 |" in markdown  # no pairing

@@ -6,6 +6,7 @@ afford: the numbers are not the point, that the rule picks by them is.
 """
 
 import csv
+import dataclasses
 import json
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import torch
 
 import erasure
 from erasure.cli import main
+from erasure.seed_choice import Candidate, SeedChoiceConfig, missed_targets
 from erasure.weights import EditedWeights
 
 MINI_SD = (Path(erasure.__file__).parent / "assets" / "mini-sd" / "model_index.json").is_file()
@@ -62,6 +64,9 @@ def test_the_rule_picks_the_confirmed_seed_whose_worst_attack_is_lowest(chosen):
         assert c["screening_asr"][0] == screening["groups"]["erased"]["post_asr"]
         assert c["screening_any"] == screening["restarts"]["groups"]["erased"]["any"] >= max(c["screening_asr"])
         assert c["acc_e"] == report["metrics"]["world"]["erased"]["erasure"]["acc_e"]
+        low, high = c["clip_change_interval"]  # paired by row, as the report's change column
+        assert c["clip_change_interval"] == report["metrics"]["clip"]["change"]["CLIP score (retained)"]["interval"]
+        assert low <= c["clip_change"] <= high
     confirmed = sorted(candidates.values(), key=lambda c: c["screening_mean"])[:2]
     assert {c["seed"] for c in candidates.values() if c["confirming_asr"]} == {c["seed"] for c in confirmed}
     for c in confirmed:
@@ -177,3 +182,17 @@ def test_ctrl_c_in_one_seeds_erasure_resumes_it_on_the_rerun_bit_identically(cho
     resumed = EditedWeights.load(folder / "seed-2.safetensors")
     uninterrupted = EditedWeights.load(chosen.with_name("circle.seeds") / "seed-2.safetensors")
     assert all(torch.equal(resumed.tensors[k], uninterrupted.tensors[k]) for k in uninterrupted.tensors)
+
+
+@pytest.mark.parametrize("check_on, interval, missed", [
+    ("interval", [-2.9, 0.4], ""),
+    ("interval", [-3.4, 0.2], "CLIP retained -1.2, interval down to -3.4 < -3"),  # the estimate alone would pass
+    ("estimate", [-3.4, 0.2], ""),
+])
+def test_the_clip_check_reads_the_paired_interval_or_the_estimate(check_on, interval, missed):
+    candidate = Candidate(8, Path("seed-8.safetensors"), acc_e=2.0, acc_s=95.0, base_acc_s=95.0,
+                          clip_retained=58.0, base_clip_retained=59.2, clip_change_interval=interval)
+    rule = SeedChoiceConfig(clip_check_on=check_on, max_clip_drop=3.0 if check_on == "interval" else 2.0)
+    assert missed_targets(candidate, rule) == missed
+    low_acc_s = dataclasses.replace(candidate, acc_s=80.0)
+    assert missed_targets(low_acc_s, rule).startswith("Acc_s 80.0 < 0.9 x base 95.0")

@@ -47,6 +47,7 @@ from ..weights import EditedWeights
 from .attack import (AttackPlan, AttackRun, asr_summary, attack_run, base_values, identity_of, judging_metric,
                      make_judge, obtain_results, plan_attacks, restarts_summary, write_outputs)
 from .generate import collect_images, generate_images, image_path, weights_record
+from .intervals import paired_change
 from .metrics import METRICS, Metric, MetricContext, build_metrics, default_metrics
 from .prompts import PromptSet, list_bundled_sets, load_prompt_set, read_prompt_csv
 from .report import build_report, write_report
@@ -325,6 +326,7 @@ def _score_and_report(prompts: PromptSet, scorers: list[Metric], variants: list[
             results[scorer.name][v.name] = scorer.summarize(v.rows, scored)
             for row, record in zip(v.rows, scored):
                 images[row.index][v.name][scorer.name] = record
+        results[scorer.name].update(_paired_changes(scorer, variants, records))
     generation = {**settings.record(), "batch_size": settings.batch_size,
                   "seeds": "each row's evaluation_seed (its index when absent), CPU generator per row",
                   "throughput": throughput}
@@ -333,6 +335,17 @@ def _score_and_report(prompts: PromptSet, scorers: list[Metric], variants: list[
                           list(images.values()), attacks)
     files = write_report(output_dir, report, {scorer.name: scorer for scorer in scorers}, html_page=html)
     return EvalReport(report, output_dir, files)
+
+
+def _paired_changes(scorer: Metric, variants: list[_Variant], records: dict) -> dict:
+    """``{"change": {label: {"value", "interval", "n"}}}``: erased - base of each headline
+    mean, paired by row (``intervals.paired_change``); nothing without both variants."""
+    by_name = {v.name: v for v in variants}
+    if not {"base", "erased"} <= by_name.keys():
+        return {}
+    base, erased = (scorer.row_values(by_name[n].rows, records[scorer.name, n]) for n in ("base", "erased"))
+    changes = {label: paired_change(base[label], erased.get(label, {})) for label in base}
+    return {"change": {label: change for label, change in changes.items() if change is not None}}
 
 
 def _attack_summaries(runs: list[AttackRun], plan: AttackPlan | None, scorers: list[Metric], records: dict,

@@ -8,6 +8,11 @@
   rows (H_o): a percentile bootstrap over rows, each group resampled on its own
   (``BOOTSTRAP_RESAMPLES`` resamples, seed ``BOOTSTRAP_SEED``, so the same records always
   give the same interval).
+- The change of a mean from the base model to the erased one (the report's change
+  column): a percentile bootstrap of the mean of the rows' paired differences. Both
+  images of a row share its prompt and seed, so this interval is narrower than the two
+  means' intervals suggest, and it is the one that says whether a change is larger than
+  its noise.
 
 Rows are treated as independent draws; a set whose rows share prompts differs only in
 seeds, so the intervals describe the variation over seeds and phrasings of that set, not
@@ -17,7 +22,7 @@ over other prompt sets.
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -27,7 +32,9 @@ BOOTSTRAP_RESAMPLES = 2000
 BOOTSTRAP_SEED = 0
 DESCRIPTION = (f"95% intervals: Wilson score for proportions (top-1 accuracies, shares of images); percentile "
                f"bootstrap over rows ({BOOTSTRAP_RESAMPLES:,} resamples, each group resampled on its own) for means "
-               "(CLIP score, mean probability) and harmonic means (H_o)")
+               "(CLIP score, mean probability) and harmonic means (H_o); for the change column (erased - base) of a mean "
+               "over rows, bootstrap over the rows' paired differences (a row's base and erased images share its "
+               "prompt and seed)")
 
 
 def wilson(successes: int, n: int) -> list[float] | None:
@@ -88,6 +95,21 @@ def mean_interval(values: Sequence[float]) -> list[float] | None:
         values: one number per row.
     """
     return bootstrap([values], lambda m: m)
+
+
+def paired_change(base: Mapping[int, float], erased: Mapping[int, float]) -> dict | None:
+    """The mean of ``erased - base`` over the rows both have, with its bootstrap interval
+    over those rows: base and erased images share each row's prompt and seed, so the
+    row-to-row spread that both share cancels (``None`` when no row has both).
+
+    Args:
+        base, erased: one value per row, by row index.
+    """
+    rows = sorted(base.keys() & erased.keys())
+    if not rows:
+        return None
+    differences = [erased[r] - base[r] for r in rows]
+    return {"value": float(np.mean(differences)), "interval": mean_interval(differences), "n": len(rows)}
 
 
 def overlap(a: Sequence[float] | None, b: Sequence[float] | None) -> bool:

@@ -22,7 +22,8 @@ same: per prompt type, one strip of images per variant).
                                     "restarts": {"runs", "seeds", "variants", "groups": {"erased": {"n", "per_run",
                                                  "pooled", "pooled_interval", "any", "any_interval"}, ...}}
                                                 (--attack-restarts K > 1 only)}, ...},
-     "metrics": {name: {"settings": {...}, "base": summary, "erased": summary, "attacked-<name>": summary}},
+     "metrics": {name: {"settings": {...}, "base": summary, "erased": summary, "attacked-<name>": summary,
+                        "change": {label: {"value", "interval", "n"}}}},
      "intervals": "how the 95% intervals (``<key>_ci``, ``headline_intervals``) were computed",
      "images": [{"index", "case_number", "prompt", "class", "type", "seed", "guidance_scale",
                  "base": {"path": "base/00000.png", "<metric>": record}, "erased": {...},
@@ -31,7 +32,9 @@ same: per prompt type, one strip of images per variant).
 
 An ``attacked-<name>`` variant (``--attack``) covers only the attacked rows, so its
 summaries have no ``retained`` group (and no Acc_s or H_o); the ``change`` column is
-erased - base. The ASR definitions are in ``erasure.eval.attack`` and in ``report.md``.
+erased - base; ``change`` holds, for each headline mean over rows (CLIP score, Acc_e, Acc_s,
+Acc_g), that difference paired by row with its 95% interval (``intervals.paired_change``).
+The ASR definitions are in ``erasure.eval.attack`` and in ``report.md``.
 Format 2 (attacks) replaced format 1's single ``attack`` entry and ``attacked`` variant.
 
 Every summary has a ``headline`` mapping (label -> number) which is what ``report.md``
@@ -159,9 +162,11 @@ def render_markdown(report: dict, metrics: Mapping[str, "Metric"]) -> str:
         for label in labels:
             values = {v: result[v]["headline"].get(label) for v in variants}
             intervals = {v: result[v].get("headline_intervals", {}).get(label) for v in variants}
-            cells = [name, label, *(fmt_interval(values[v], intervals[v]) for v in variants)] + changes(values, variants)
+            paired = result.get("change", {}).get(label)
+            cells = [name, label, *(fmt_interval(values[v], intervals[v]) for v in variants)] + changes(values, variants,
+                                                                                                        paired)
             lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", f"{DESCRIPTION}; the change column is erased - base."]
+    lines += ["", f"{DESCRIPTION}."]
     lines += attack_lines(report.get("attacks") or {})
     for name, result in report["metrics"].items():
         lines += metrics[name].details(result, variants)

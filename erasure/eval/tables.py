@@ -37,8 +37,16 @@ def fmt_interval(value, interval) -> str:
     return f"{fmt(value)} [{bound(interval[0])}{between}{bound(interval[1])}]"
 
 
-def change(base, erased) -> str:
-    """``erased - base`` with its sign, or ``-`` when either is not a number."""
+def change(base, erased, paired: dict | None = None) -> str:
+    """``erased - base`` with its sign, or ``-`` when either is not a number; with
+    ``paired`` (``intervals.paired_change``), its value and 95% interval.
+
+    Args:
+        base, erased: the two numbers.
+        paired: the paired difference, when the metric gives one per row.
+    """
+    if paired is not None:
+        return ("+" if paired["value"] > 0 else "") + fmt_interval(paired["value"], paired["interval"])
     if not isinstance(base, (int, float)) or not isinstance(erased, (int, float)):
         return "-"
     delta = erased - base
@@ -50,14 +58,15 @@ def has_change(variants: list[str]) -> bool:
     return "base" in variants and "erased" in variants
 
 
-def changes(values: dict, variants: list[str]) -> list[str]:
+def changes(values: dict, variants: list[str], paired: dict | None = None) -> list[str]:
     """``[erased - base]`` when the table has a change column, else nothing.
 
     Args:
         values: a number per variant.
         variants: the table's variant columns.
+        paired: the paired difference with its interval, when there is one.
     """
-    return [change(values.get("base"), values.get("erased"))] if has_change(variants) else []
+    return [change(values.get("base"), values.get("erased"), paired)] if has_change(variants) else []
 
 
 def table(title: str, header: list[str], rows: list[list[str]]) -> list[str]:

@@ -33,15 +33,17 @@ concept latent (not the authors': their outer step sees only the latest vectors)
 
 What trains (``module``): the text encoder (default, the paper's finding: every encoder
 layer and the final layer norm, not the token and position embeddings; each text
-encoder of SDXL), or the UNet's cross-attention blocks (``unet-xattn``, ESD's
-``esd-x`` subset).
+encoder of SDXL; ``encoder_layers`` narrows it to some layers, the authors'
+``text_encoder_layer0``, ``text_encoder_layer01``, ...), or the UNet's cross-attention
+blocks (``unet-xattn``, ESD's ``esd-x`` subset).
 
 Sources (``OPTML-Group/AdvUnlearn@9d23124``, ``train-scripts/``): ``AdvUnlearn.py``
 (loop lines 72-206, argparse defaults lines 226-261), ``utils/attack_util.py`` (the
 inner attack, ``soft_prompt_attack`` lines 126-222; where its vectors go,
 ``construct_embd`` lines 232-271), ``utils/get_loss.py``
 (``get_train_loss_retain`` lines 270-366), ``utils/util.py`` (``text_encoder_full``
-lines 36-67; the ``x_t`` sampler lines 500-526). Defaults are argparse's, except where
+lines 36-67, ``text_encoder_layer0`` and the other layer choices after it; the ``x_t``
+sampler lines 500-526). Defaults are argparse's, except where
 the README's training commands set a value (``attack_init random``, retain ``reg`` with
 weight 0.3 on the COCO-object prompts): the README's.
 
@@ -126,6 +128,12 @@ class AdvUnlearnConfig(MethodConfig):
     Attributes:
         module: what trains: ``"text_encoder"`` (authors' ``text_encoder_full``) or
             ``"unet-xattn"`` (the UNet's cross-attention blocks, authors' ``xattn``).
+        encoder_layers: with ``module: text_encoder``, train only these transformer
+            layers (0 = the first), their attention, MLP and layer norms, and leave the
+            final layer norm frozen: the authors' ``text_encoder_layer0``,
+            ``text_encoder_layer01``, ..., ``text_encoder_layer0_11`` (``[0, 11]``) with
+            ``--norm_layer`` off (``utils/util.py``, ``param_choices``). ``None``: every
+            layer and the final layer norm (``text_encoder_full``, the default).
         iterations: outer Adam steps (authors: 1000). A resumed run may ask for more.
         warmup: first iterations without the attack (authors: 200).
         lr: outer Adam learning rate (authors: 1e-5).
@@ -172,6 +180,7 @@ class AdvUnlearnConfig(MethodConfig):
     """
 
     module: Literal["text_encoder", "unet-xattn"] = "text_encoder"
+    encoder_layers: list[int] | None = setting(None, min=0)
     iterations: int = setting(1000, min=1)
     warmup: int = setting(200, min=0)
     lr: float = setting(1e-5, above=0)
@@ -203,6 +212,9 @@ class AdvUnlearnConfig(MethodConfig):
         bad = [t for t in self.concept_templates if t.count("{}") != 1]
         if not self.concept_templates or bad:
             raise ErasureError(f"AdvUnlearnConfig.concept_templates needs templates with one {{}} each, got {bad or '[]'}")
+        if self.encoder_layers is not None and (self.module != "text_encoder" or not self.encoder_layers):
+            raise ErasureError("AdvUnlearnConfig.encoder_layers lists text-encoder layers to train: give at least one "
+                               "with module text_encoder, or leave it null (every layer)")
 
 
 # ---- the entry point -------------------------------------------------------------
@@ -227,7 +239,7 @@ def erase(pipe, concepts: list[Concept], config: AdvUnlearnConfig, run: RunOptio
         raise ErasureError(f"AdvUnlearn erases towards the empty prompt; {mapped[0]!r} maps to a target: "
                            "give the concept alone")
     adapter = adapter_for(pipe)
-    trained_modules = trained_parameter_names(adapter, config.module)
+    trained_modules = trained_parameter_names(adapter, config.module, config.encoder_layers)
     original = {f"{component}.{name}": module.get_parameter(name).detach()
                 for component, (module, names) in trained_modules.items() for name in names}
     esd.check_float32(original)
@@ -319,16 +331,19 @@ def components(adapter: StableDiffusionAdapter) -> dict[str, torch.nn.Module]:
     return {"unet": adapter.unet, **adapter.text_encoders()}
 
 
-def trained_parameter_names(adapter: StableDiffusionAdapter, module: str) -> dict[str, tuple[torch.nn.Module, list[str]]]:
+def trained_parameter_names(adapter: StableDiffusionAdapter, module: str,
+                            encoder_layers: list[int] | None = None) -> dict[str, tuple[torch.nn.Module, list[str]]]:
     """Per trained component, the module and its trained parameter names.
 
     Text encoder: every parameter but the token and position tables (the authors'
-    ``text_encoder_full``), whatever transformers' naming. UNet: its cross-attention
-    blocks (ESD's ``esd-x``).
+    ``text_encoder_full``), whatever transformers' naming; with ``encoder_layers``, only
+    the parameters of those transformer layers. UNet: its cross-attention blocks
+    (ESD's ``esd-x``).
 
     Args:
         adapter: the model's adapter.
         module: ``"text_encoder"`` or ``"unet-xattn"``.
+        encoder_layers: the text-encoder layers that train (``None``: all, and the final norm).
     """
     if module == "unet-xattn":
         names = esd.trainable_parameter_names(adapter.unet, set(adapter.cross_attention_modules()),
@@ -338,8 +353,22 @@ def trained_parameter_names(adapter: StableDiffusionAdapter, module: str) -> dic
     for component, encoder in adapter.text_encoders().items():
         tables = [m for m in encoder.modules() if isinstance(m, torch.nn.Embedding)]
         skipped = {id(p) for table in tables for p in table.parameters()}
-        chosen[component] = (encoder, [n for n, p in encoder.named_parameters() if id(p) not in skipped])
+        names = [n for n, p in encoder.named_parameters() if id(p) not in skipped]
+        chosen[component] = (encoder, names if encoder_layers is None else layer_parameter_names(
+            component, encoder, names, encoder_layers))
     return chosen
+
+
+def layer_parameter_names(component: str, encoder: torch.nn.Module, names: list[str], layers: list[int]) -> list[str]:
+    """The names among ``names`` that belong to transformer layers ``layers`` of ``encoder``
+    (``...layers.<i>.``); ``ErasureError`` for a layer the encoder does not have."""
+    count = encoder.config.num_hidden_layers
+    missing = sorted(set(layers) - set(range(count)))
+    if missing:
+        raise ErasureError(f"AdvUnlearnConfig.encoder_layers {missing}: {component} has {count} layers, "
+                           f"numbered 0-{count - 1}")
+    pattern = re.compile(rf"(?:^|\.)layers\.({'|'.join(map(str, layers))})\.")
+    return [name for name in names if pattern.search(name)]
 
 
 def retain_prompts(concepts: list[Concept], config: AdvUnlearnConfig, model: str) -> list[str]:

@@ -43,6 +43,17 @@ class AccuracyMetric(Metric):
     def summarize(self, rows: list[PromptRow], records: list[dict]) -> dict:
         return accuracy_summary(rows, records)
 
+    def row_values(self, rows: list[PromptRow], records: list[dict]) -> dict[str, dict[int, float]]:
+        """Acc_e, Acc_s and Acc_g, top-1 (100 or 0 per row) and mean probability (%)."""
+        values = {}
+        for key, label in HEADLINE:
+            group = GROUP_OF.get(key.removesuffix("_probability"))
+            column = "probability" if key.endswith("_probability") else "correct"
+            chosen = [(row.index, record) for row, record in zip(rows, records) if row.type == group]
+            if chosen:
+                values[label] = {index: 100.0 * float(record[column]) for index, record in chosen}
+        return values
+
     def concept_presence(self, summary: dict) -> float:
         """Acc_e: the share (%) of the erased rows' images classified as their class."""
         return erased_group(summary)["top1"]
@@ -145,7 +156,7 @@ def _counts(labels) -> dict[str, int]:
 def _erasure_scores(rows: list[PromptRow], records: list[dict], groups: dict) -> dict:
     scores = {}
     for key, measure in (("", "top1"), ("_probability", "mean_probability")):
-        for name, group in (("acc_e", "erased"), ("acc_s", "retained"), ("acc_g", "synonym")):
+        for name, group in GROUP_OF.items():
             scores[f"{name}{key}"] = groups[group][measure] if group in groups else None
             scores[f"{name}{key}_ci"] = groups[group][f"{measure}_ci"] if group in groups else None
     values = {g: [float(r["correct"]) for r in _records_of(rows, records, g)] for g in groups}
@@ -185,6 +196,7 @@ def _harmonic(key: str, values: dict[str, list[float]], groups: tuple[str, ...],
     return {key: score(*(sum(a) / len(a) for a in arrays)), f"{key}_ci": bootstrap(arrays, score)}
 
 
+GROUP_OF = {"acc_e": "erased", "acc_s": "retained", "acc_g": "synonym"}  # the rows each mean is over
 HEADLINE = (  # (erasure key, label); each shown when the set has its groups
     ("acc_e", "Acc_e (erased), top-1 %"), ("acc_e_seen", "Acc_e (erased, seen phrasings), top-1 %"),
     ("acc_e_held_out", "Acc_e (erased, held-out phrasings), top-1 %"), ("acc_s", "Acc_s (retained), top-1 %"),

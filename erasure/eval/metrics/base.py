@@ -16,6 +16,9 @@ A metric's life, in the order the evaluator calls it:
   ``erasure.eval.intervals``);
 - ``details(result, variants)``: its own tables for ``report.md``, and
   ``describe(record)``: one short line per image for ``report.html``;
+- ``row_values(rows, records)``: for the headline numbers that are means over rows,
+  each row's value, from which the report pairs base and erased rows for the change's
+  interval (``erasure.eval.intervals.paired_change``);
 - ``concept_presence(summary)``: one number, how much of the erased concept is left
   (RECE's validation picks the epoch that minimises it);
 - ``concept_shown(record)``: whether one image shows its row's concept, for metrics
@@ -105,6 +108,15 @@ class Metric:
             records: ``score``'s records, one per row.
         """
         raise NotImplementedError
+
+    def row_values(self, rows: list[PromptRow], records: list[dict]) -> dict[str, dict[int, float]]:
+        """Per headline label that is a mean over rows, each row's value by row index (none by default).
+
+        Args:
+            rows: the rows scored.
+            records: ``score``'s records, one per row.
+        """
+        return {}
 
     def concept_presence(self, summary: dict) -> float:
         """How much of the erased concept ``summary``'s images show; lower is better erased.

@@ -66,6 +66,10 @@ class ClipScore(Metric):
             summary["headline"][label], summary["headline_intervals"][label] = summary["h_a"], summary["h_a_ci"]
         return summary
 
+    def row_values(self, rows: list[PromptRow], records: list[dict]) -> dict[str, dict[int, float]]:
+        return {f"CLIP score ({g})": {rows[p].index: records[p]["clip_score"] for p in ps}
+                for g, ps in groups_of(rows).items()}
+
     def concept_presence(self, summary: dict) -> float:
         """The mean CLIP score of the erased rows' images with their prompts."""
         return erased_group(summary)["mean"]
