@@ -273,8 +273,7 @@ def missed_targets(candidate: Candidate, config: SeedChoiceConfig) -> str:
     failed = [f"Acc_e {candidate.acc_e:.1f} > {config.max_acc_e:g}"] if candidate.acc_e > config.max_acc_e else []
     if candidate.acc_s < config.min_acc_s_share * candidate.base_acc_s:
         failed.append(f"Acc_s {candidate.acc_s:.1f} < {config.min_acc_s_share:g} x base {candidate.base_acc_s:.1f}")
-    low = candidate.clip_change_interval[0]
-    if config.clip_check_on == "interval" and low < -config.max_clip_drop:
+    if config.clip_check_on == "interval" and (low := candidate.clip_change_interval[0]) < -config.max_clip_drop:
         failed.append(f"CLIP retained {candidate.clip_change:+.1f}, interval down to {low:+.1f} < -{config.max_clip_drop:g}")
     elif config.clip_check_on == "estimate" and candidate.clip_change < -config.max_clip_drop:
         failed.append(f"CLIP retained {candidate.clip_change:+.1f} < -{config.max_clip_drop:g}")
@@ -298,14 +297,14 @@ def _write_json(path: Path, value: dict) -> None:
 
 def summary(candidates: list[Candidate], chosen: Candidate, output: Path) -> str:
     """The table ``erase --seeds`` prints: one line per seed, the chosen one marked."""
-    from .eval.tables import change
+    from .eval.tables import fmt_change
 
     lines = ["seed  screening ASR (mean)  any run  confirming ASR        Acc_e  Acc_s  CLIP ret. [95%]          note"]
     for c in candidates:
         confirming = ", ".join(f"{a} {v:.1f}" for a, v in c.confirming_asr.items()) or "-"
         note = "chosen" if c is chosen else c.ineligible
         any_run = "-" if c.screening_any is None else f"{c.screening_any:.1f}"
-        clip = change(None, None, {"value": c.clip_change, "interval": c.clip_change_interval})
+        clip = fmt_change(c.clip_change, c.clip_change_interval)
         lines.append(f"{c.seed:<5} {c.screening_mean:>20.1f}  {any_run:>7}  {confirming:<20} {c.acc_e:>5.1f}  {c.acc_s:>5.1f}  "
                      f"{clip:<24} {note}")
     return "\n".join(lines + [f"chose seed {chosen.seed} -> {output}"])

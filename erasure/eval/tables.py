@@ -37,6 +37,11 @@ def fmt_interval(value, interval) -> str:
     return f"{fmt(value)} [{bound(interval[0])}{between}{bound(interval[1])}]"
 
 
+def fmt_change(value, interval=None) -> str:
+    """A change with its sign, and its 95% interval when there is one: ``+2``, ``-2.0 [-3.1 to -0.9]``."""
+    return ("+" if value > 0 else "") + fmt_interval(value, interval)
+
+
 def change(base, erased, paired: dict | None = None) -> str:
     """``erased - base`` with its sign, or ``-`` when either is not a number; with
     ``paired`` (``intervals.paired_change``), its value and 95% interval.
@@ -46,11 +51,11 @@ def change(base, erased, paired: dict | None = None) -> str:
         paired: the paired difference, when the metric gives one per row.
     """
     if paired is not None:
-        return ("+" if paired["value"] > 0 else "") + fmt_interval(paired["value"], paired["interval"])
+        return fmt_change(paired["value"], paired["interval"])
     if not isinstance(base, (int, float)) or not isinstance(erased, (int, float)):
         return "-"
     delta = erased - base
-    return ("+" if delta > 0 else "") + fmt(float(delta) if isinstance(delta, float) else delta)
+    return fmt_change(float(delta) if isinstance(delta, float) else delta)
 
 
 def has_change(variants: list[str]) -> bool:

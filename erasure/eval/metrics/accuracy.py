@@ -45,13 +45,12 @@ class AccuracyMetric(Metric):
 
     def row_values(self, rows: list[PromptRow], records: list[dict]) -> dict[str, dict[int, float]]:
         """Acc_e, Acc_s and Acc_g, top-1 (100 or 0 per row) and mean probability (%)."""
-        values = {}
-        for key, label in HEADLINE:
-            group = GROUP_OF.get(key.removesuffix("_probability"))
-            column = "probability" if key.endswith("_probability") else "correct"
+        labels, values = dict(HEADLINE), {}
+        for name, group in GROUP_OF.items():
             chosen = [(row.index, record) for row, record in zip(rows, records) if row.type == group]
-            if chosen:
-                values[label] = {index: 100.0 * float(record[column]) for index, record in chosen}
+            for suffix, column in (("", "correct"), ("_probability", "probability")):
+                if chosen:
+                    values[labels[name + suffix]] = {index: 100.0 * float(record[column]) for index, record in chosen}
         return values
 
     def concept_presence(self, summary: dict) -> float:
