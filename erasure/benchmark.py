@@ -68,6 +68,9 @@ from .eval.tables import bound
 METRICS = ["world", "clip"]
 SEED = 0  # torch's global seed in the erase command (its default), for in-process erasures too
 BATCH_SIZE = 64
+# Quick mode samples its images in 15 DDIM steps, not the model's 25: generation is most
+# of quick mode's time, and the floors compare each variant with the base sampled alike.
+QUICK_SAMPLING_STEPS = 15
 VARIANT_KEYS = {"method", "config", "settings", "per_kind", "quick"}
 QUICK_KEYS = {"settings", "floors"}
 FLOOR_KEYS = {"erased_drop", "retained_share", "kept_share"}
@@ -580,14 +583,12 @@ def run_cell(pipe, settings: RunSettings, task: Task, variant: Variant | None) -
         and ``resumed`` (whether an earlier run had made its report).
     """
     started, folder = time.perf_counter(), settings.output / task.name
-    limit = task.quick_rows if settings.quick else None
     names = [column.name for column in settings.columns]
     attacks = _attacks_on(list(settings.columns), task, variant.name if variant else "base", settings.quick)
     restarts = {c.name: c.restarts for c in settings.columns if c.name in attacks}
     if variant is None:
         resumed = (folder / "base" / "report.json").is_file()
-        report, seconds = _timed(_evaluate, pipe, None, task, folder / "base", limit, attacks, restarts,
-                                 settings.attack_rows)
+        report, seconds = _timed(_evaluate, pipe, None, task, folder / "base", settings, attacks, restarts)
         extra, row = {"images": image_counts(report), "resumed": resumed}, row_of(report, "base", None, names, task.kind)
     else:
         erasure_run = erase(pipe, variant, task, folder, model=settings.model, device=settings.device,
@@ -597,7 +598,7 @@ def run_cell(pipe, settings: RunSettings, task: Task, variant: Variant | None) -
             shutil.rmtree(report_folder, ignore_errors=True)  # images of earlier weights would be refused
         share_images(folder / "base" / "base", report_folder / "base")
         report, seconds = _timed(_evaluate, pipe, folder / f"{variant.name}.safetensors", task, report_folder,
-                                 limit, attacks, restarts, settings.attack_rows)
+                                 settings, attacks, restarts)
         extra, row = {}, row_of(report, "erased", erasure_run, names, task.kind)
     return {"row": {**row, "eval_seconds": seconds}, "costs": attack_costs(report),
             "seconds": time.perf_counter() - started, **extra}
@@ -636,17 +637,19 @@ def _attacks_on(columns: list[AttackColumn], task: Task, variant: str, quick: bo
     return {c.name: c.options(quick) for c in columns if c.runs_on(task, variant, quick)}
 
 
-def _evaluate(pipe, weights: Path | None, task: Task, folder: Path, limit: int | None, attacks: dict[str, dict],
-              restarts: dict[str, int], attack_rows: int):
+def _evaluate(pipe, weights: Path | None, task: Task, folder: Path, settings: RunSettings, attacks: dict[str, dict],
+              restarts: dict[str, int]):
     """The evaluator's report for the base model (``weights=None``, attacked as its own
-    base) or erased weights; attacks share one result cache per task."""
+    base) or erased weights, on the task's quick rows and steps in quick mode; attacks
+    share one result cache per task."""
     import erasure
 
-    return erasure.evaluate(pipe, weights, task.prompts, METRICS, folder, limit=limit, batch_size=BATCH_SIZE,
+    quick = settings.quick
+    return erasure.evaluate(pipe, weights, task.prompts, METRICS, folder, limit=task.quick_rows if quick else None,
+                            num_inference_steps=QUICK_SAMPLING_STEPS if quick else None, batch_size=BATCH_SIZE,
                             attack=list(attacks) or None, attack_options={k: v for k, v in attacks.items() if v},
-                            attack_restarts=restarts,
-                            attack_types=("erased",), attack_limit=attack_rows, attack_cache=folder.parent / "attack-cache",
-                            html=weights is not None)
+                            attack_restarts=restarts, attack_types=("erased",), attack_limit=settings.attack_rows,
+                            attack_cache=folder.parent / "attack-cache", html=weights is not None)
 
 
 def attack_costs(report) -> dict[str, float]:
@@ -1032,7 +1035,7 @@ def build_parser(tasks: dict[str, Task], variants: dict[str, Variant], suites: d
                         help=f"the tasks, variants and attacks of one suite ({described}); all: each in turn "
                              "(the default without --tasks or --quick)")
     parser.add_argument("--quick", action="store_true",
-                        help="the quick tasks, fewer rows and training steps, erasing in this process (for CI)")
+                        help="the quick tasks, fewer rows, sampling and training steps, erasing in this process (for CI)")
     parser.add_argument("--tasks", nargs="+", choices=list(tasks),
                         help="instead of a suite's (with --quick: default those with quick_rows)")
     parser.add_argument("--methods", nargs="+", choices=list(variants), help="variants (default: the suite's, or all)")
