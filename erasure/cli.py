@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "and write the one that holds best to --output; the others stay in <output>.seeds/")
     choice.add_argument("--choose-on", type=Path, metavar="CSV",
                         help="the tuning prompt set, with erased and retained rows, e.g. "
-                        "scripts/advunlearn_prompts/choose-seed.csv (never the set you report on)")
+                        "scripts/advunlearn_prompts/choose-seed-240.csv (never the set you report on)")
     choice.add_argument("--choose-set", action="append", default=[], metavar="KEY=VALUE",
                         help="override one field of the rule (SeedChoiceConfig), e.g. --choose-set confirm_top=2")
     return parser
@@ -149,7 +149,7 @@ def _choose_seed(args: argparse.Namespace, method) -> int:
 
     if args.seeds is None or args.choose_on is None:
         raise ErasureError("--seeds and --choose-on go together: the seeds to erase with and the tuning set that "
-                           "compares them, e.g. --seeds 8-15 --choose-on scripts/advunlearn_prompts/choose-seed.csv")
+                           "compares them, e.g. --seeds 8-15 --choose-on scripts/advunlearn_prompts/choose-seed-240.csv")
     if field_path(method.config_class, "seed") is None:
         raise ErasureError(f"--seeds chooses among a seeded method's runs; {args.method} has no seed (its result does "
                            "not depend on one)")

@@ -2,7 +2,7 @@
 prompt set, keep the one that holds best while keeping the retained concepts.
 
     erase --method advunlearn --concepts circle --model mini-sd --config configs/advunlearn/mini-sd.yaml \\
-        --seeds 8-15 --choose-on scripts/advunlearn_prompts/choose-seed.csv --output circle-adv.safetensors
+        --seeds 8-15 --choose-on scripts/advunlearn_prompts/choose-seed-240.csv --output circle-adv.safetensors
 
 Why: AdvUnlearn's robustness to concept inversion moves with the erase seed as much as
 with any setting tried (docs/advunlearn-mini-sd.md, "Choosing the erasure by its seed": 18.8-91.0% over 16
