@@ -17,32 +17,25 @@ import random
 from pathlib import Path
 
 from erasure.world import BACKGROUNDS, COLOURS, SHAPES, SIZES
+from erasure.world.captions import phrase
 
 FOLDER = Path(__file__).parent
-PHRASINGS = ("a {c} {s}", "a photo of a {c} {s}", "a drawing of a {c} {s}", "{c} {s}", "a photo of a {size} {c} {s}",
-             "a {size} {c} {s} on a {bg} background")
 FIRST_SEED, DRAWS = 7400, 6
-
-
-def with_articles(text: str) -> str:
-    """``a`` before a vowel reads ``an``, as in the existing rows ("an orange star")."""
-    words = text.split(" ")
-    return " ".join("an" if w == "a" and i + 1 < len(words) and words[i + 1][0] in "aeiou" else w
-                    for i, w in enumerate(words))
 
 
 def main() -> None:
     with open(FOLDER / "choose-seed.csv", newline="") as source:
         rows = list(csv.DictReader(source))
     fields = list(rows[0])
+    phrasings = list(dict.fromkeys(row["template"] for row in rows if row["type"] == "retained"))
     draw = random.Random(FIRST_SEED)
     seed = FIRST_SEED
     for _ in range(DRAWS):
-        for template in PHRASINGS:
+        for template in phrasings:
             for shape in (s for s in SHAPES if s != "circle"):
                 values = {"c": draw.choice(COLOURS), "s": shape, "size": draw.choice(SIZES), "bg": draw.choice(BACKGROUNDS)}
                 rows.append({**dict.fromkeys(fields, ""), "case_number": str(len(rows)), "class": shape,
-                             "prompt": with_articles(template.format(**values)), "evaluation_seed": str(seed),
+                             "prompt": phrase(template, **values), "evaluation_seed": str(seed),
                              "type": "retained", "template": template})
                 seed += 1
     with open(FOLDER / "choose-seed-240.csv", "w", newline="") as target:
