@@ -5,9 +5,10 @@ declares.
 
 Quick mode: the quick tasks' first rows (circle: 36 rows, 12 per group, so one image is
 8.3 points; six pairs at once: 12 erased, 12 neighbour, 12 far rows), sampled in 15
-steps instead of the model's 25, and shorter training, erasing in this process. Floors are loose on purpose: they catch a regression
-that stops a method from erasing or makes it wreck what must be kept, not a change of a
-few points. The full benchmark's numbers are in the README.
+steps instead of the model's 25, and shorter training, erasing in this process. Floors
+are loose on purpose: they catch a regression that stops a method from erasing or makes
+it wreck what must be kept, not a change of a few points. The full benchmark's numbers
+are in the README.
 """
 
 from __future__ import annotations
