@@ -25,6 +25,8 @@ from erasure.training import CHECKPOINT_INDEX, RunOptions, swapped_parameters
 # A 3-step DDIM bank of 4 trajectories and a few iterations keep each run to seconds.
 FAST = dict(iterations=4, warmup=2, ddim_steps=3, lr=1e-3, attack_steps=2, bank_size=4, retain_limit=6, retain_batch=3)
 CIRCLE = [Concept("circle")]
+# Long enough, with every retain prompt in one batch, for the retain terms to show.
+REGULARISED = dict(FAST, iterations=20, warmup=5, lr=2e-5, retain_batch=7, retain_empty_prompt=True, negative_guidance=3.0)
 
 
 def snapshot(pipe) -> dict[str, torch.Tensor]:
@@ -89,13 +91,12 @@ def predictions(adapter, prompts: list[str]) -> torch.Tensor:
 def test_the_regulariser_bounds_the_change_of_retained_prompts_while_the_erased_prompt_moves():
     pipe = build_tiny_pipeline("sd1")
     adapter = adapter_for(pipe)
-    settings = dict(FAST, iterations=20, warmup=5, lr=2e-5, retain_batch=7, retain_empty_prompt=True, negative_guidance=3.0)
-    retained = advunlearn.retain_prompts(CIRCLE, AdvUnlearnConfig(**settings), str(pipe.name_or_path))
+    retained = advunlearn.retain_prompts(CIRCLE, AdvUnlearnConfig(**REGULARISED), str(pipe.name_or_path))
     base_retained, base_erased, base_empty = predictions(adapter, retained), predictions(adapter, ["circle"]), predictions(adapter, [""])
     base_hidden = adapter.encode(retained + ["circle"]).hidden
 
     def after(retain_weight: float):
-        edit = advunlearn.erase(pipe, CIRCLE, AdvUnlearnConfig(**settings, retain_weight=retain_weight))
+        edit = advunlearn.erase(pipe, CIRCLE, AdvUnlearnConfig(**REGULARISED, retain_weight=retain_weight))
         with swapped_parameters(pipe.text_encoder, edit.new["text_encoder"]):
             hidden = adapter.encode(retained + ["circle"]).hidden
             return predictions(adapter, retained), predictions(adapter, ["circle"]), hidden
@@ -118,13 +119,12 @@ def test_the_regulariser_bounds_the_change_of_retained_prompts_while_the_erased_
 def test_the_encoding_term_holds_the_retained_prompts_encodings(family):
     pipe = build_tiny_pipeline(family)
     adapter = adapter_for(pipe)
-    settings = dict(FAST, iterations=20, warmup=5, lr=2e-5, retain_batch=7, retain_empty_prompt=True, negative_guidance=3.0)
-    retained = advunlearn.retain_prompts(CIRCLE, AdvUnlearnConfig(**settings), str(pipe.name_or_path))
+    retained = advunlearn.retain_prompts(CIRCLE, AdvUnlearnConfig(**REGULARISED), str(pipe.name_or_path))
     base = adapter.encode(retained + ["circle"])
 
     def drift(weight: float) -> tuple[torch.Tensor, torch.Tensor]:
         """The retained prompts' and the erased prompt's encoding drift after training."""
-        edit = advunlearn.erase(pipe, CIRCLE, AdvUnlearnConfig(**settings, retain_embedding_weight=weight))
+        edit = advunlearn.erase(pipe, CIRCLE, AdvUnlearnConfig(**REGULARISED, retain_embedding_weight=weight))
         with ExitStack() as stack:
             for component, values in edit.new.items():
                 stack.enter_context(swapped_parameters(getattr(pipe, component), values))

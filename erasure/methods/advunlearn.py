@@ -262,8 +262,10 @@ def erase(pipe, concepts: list[Concept], config: AdvUnlearnConfig, run: RunOptio
     started = time.perf_counter()
     scheduler = adapter.ddim_scheduler(config.ddim_steps)
     concept_bank, retain_bank = sample_banks(adapter, scheduler, concept_prompts, retain, config)
-    with torch.no_grad(), esd.autocast(adapter, config):  # before the trained tensors are swapped in
-        retain_frozen = adapter.encode_ids(adapter.tokenize(retain))
+    retain_frozen = None
+    if config.retain_embedding_weight:
+        with torch.no_grad(), esd.autocast(adapter, config):  # before the trained tensors are swapped in
+            retain_frozen = adapter.encode_ids(adapter.tokenize(retain))
     bank_seconds = time.perf_counter() - started
 
     trained = {name: value.clone() for name, value in original.items()}
@@ -520,7 +522,7 @@ class Loop:
     """
 
     def __init__(self, adapter, scheduler, concept: tuple[list[str], dict[str, list[str]], TrajectoryBank],
-                 retain: tuple[list[str], TrajectoryBank, PromptEmbeddings], candidates: torch.Tensor,
+                 retain: tuple[list[str], TrajectoryBank, PromptEmbeddings | None], candidates: torch.Tensor,
                  delta: dict[str, list[torch.Tensor]], config: AdvUnlearnConfig, state: TrainingState):
         """
         Args:
@@ -529,7 +531,8 @@ class Loop:
             concept: the concept prompts, the same per placement with the vectors' place
                 marked (``adversarial_prompts``), and their bank (``frozen_bank``, with ``""``
                 predictions).
-            retain: the retain prompts, their bank and their frozen encodings.
+            retain: the retain prompts, their bank and their frozen encodings (only with
+                ``retain_embedding_weight``, else ``None``).
             candidates: token ids a random attack start is drawn from.
             delta: the latest adversarial vectors per placement, updated in place.
             config: the run's settings.
