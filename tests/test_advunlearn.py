@@ -300,6 +300,57 @@ def test_replay_keeps_every_nth_attacks_vectors_and_trains_on_one_of_them(monkey
     assert any(not same(e[0], e[1]) for e in adversarial if len(e) == 2)  # a kept set, not the latest again
 
 
+def test_inversion_starts_at_the_concepts_word_and_each_kept_one_is_trained_against(monkeypatch):
+    """``inversion_every`` 2 over 6 adversarial iterations: 3 inversions, each starting at
+    the word's own vector in place of the concept's words, its loss falling on a fixed
+    draw; from the first on, each outer step also encodes one kept inversion there."""
+    first_draw = advunlearn.Loop.denoising_draw
+
+    def always_the_first_draw(self, count):
+        self.fixed = getattr(self, "fixed", None) or first_draw(self, count)
+        return self.fixed
+
+    starts, outer, loops = [], [], []
+    real_invert, real_outer, real_encode = advunlearn.Loop.invert, advunlearn.Loop.outer_step, \
+        advunlearn.Loop.encode_adversarial
+
+    def invert(self):
+        loops.append(self)
+        return real_invert(self)
+
+    def outer_step(self, placement):
+        outer.append([])
+        return real_outer(self, placement)
+
+    def encode_adversarial(self, rows, vectors, placement):
+        if any(v.requires_grad for v in vectors) and len(loops) > len(starts):  # an inversion's first step
+            starts.append(([v.detach().clone() for v in vectors], [self.adversarial_prompts[placement][r] for r in rows]))
+        elif outer and not any(v.requires_grad for v in vectors):
+            outer[-1].append([v.detach().clone() for v in vectors])
+        return real_encode(self, rows, vectors, placement)
+
+    for name, wrapper in [("denoising_draw", always_the_first_draw), ("invert", invert), ("outer_step", outer_step),
+                          ("encode_adversarial", encode_adversarial)]:
+        monkeypatch.setattr(advunlearn.Loop, name, wrapper)
+    pipe = build_tiny_pipeline("sd1")
+    settings = {**FAST, "iterations": 8, "concept_templates": ["a {}", "a photo of a {}"]}
+    edit = advunlearn.erase(pipe, CIRCLE, AdvUnlearnConfig(**settings, attack_type="prefix", inversion_every=2,
+                                                           inversion_steps=8, inversion_lr=5e-2, inversion_batch=3))
+
+    assert edit.extra["kept_inversions"] == 3 and len(starts) == 3
+    word = word_vectors(adapter_for(pipe), "circle")
+    placed = advunlearn.adversarial_prompts(CIRCLE, settings["concept_templates"])["replace"]
+    for vectors, prompts in starts:
+        assert all(torch.equal(v, w) for v, w in zip(vectors, word)) and len(prompts) == 3 and set(prompts) <= set(placed)
+    assert all(last < first for first, last in edit.extra["inversion_losses"])
+    kept = loops[-1].kept_vectors("inversion")
+    adversarial = outer[2:]  # the warm-up steps encode the concept prompt itself
+    assert [len(encoded) for encoded in adversarial] == [2] * 6  # the latest prefix vectors, then an inversion
+    for iteration, encoded in enumerate(adversarial):
+        assert any(all(torch.equal(a, b) for a, b in zip(encoded[1], k)) for k in kept[: iteration // 2 + 1])
+    assert not any(torch.equal(k[0], word[0]) for k in kept)
+
+
 def test_the_bank_keeps_the_frozen_predictions_and_chunks_change_nothing(monkeypatch):
     """Each latent keeps its run's prompt and ``""`` predictions; sampling in chunks (for
     memory) gives the bank sampled in one batch."""
@@ -365,14 +416,16 @@ def test_the_wrong_base_is_refused(tmp_path):
     assert all(torch.equal(before[n], v) for n, v in other.text_encoder.state_dict().items())
 
 
-@pytest.mark.parametrize(("attack_type", "replay_every", "embedding_weight"),
-                         [("prefix", 0, 0.0), ("alternate", 0, 0.0), ("prefix", 1, 1.0)])
-def test_resume_after_ctrl_c_is_bit_identical(monkeypatch, tmp_path, attack_type, replay_every, embedding_weight):
+@pytest.mark.parametrize(("attack_type", "replay_every", "embedding_weight", "inversion_every"),
+                         [("prefix", 0, 0.0, 0), ("alternate", 0, 0.0, 0), ("prefix", 1, 1.0, 1)])
+def test_resume_after_ctrl_c_is_bit_identical(monkeypatch, tmp_path, attack_type, replay_every, embedding_weight,
+                                              inversion_every):
     """``alternate``: the round after the break continues the prefix vectors of the round
-    before it. Replay: the sets kept before the break are replayed after it. The encoding
-    term: its frozen reference is the original encoder's, not the checkpoint's."""
+    before it. Replay and inversions: the sets kept before the break are replayed after it.
+    The encoding term: its frozen reference is the original encoder's, not the checkpoint's."""
     config = AdvUnlearnConfig(**{**FAST, "iterations": 6}, attack_init="latest", seed=3, attack_type=attack_type,
-                              attack_replay_every=replay_every, retain_embedding_weight=embedding_weight)
+                              attack_replay_every=replay_every, retain_embedding_weight=embedding_weight,
+                              inversion_every=inversion_every, inversion_steps=2)
     reference = advunlearn.erase(build_tiny_pipeline("sd1"), CIRCLE, config)
 
     pipe = build_tiny_pipeline("sd1")
@@ -395,6 +448,7 @@ def test_resume_after_ctrl_c_is_bit_identical(monkeypatch, tmp_path, attack_type
     resumed = advunlearn.erase(pipe, CIRCLE, config, RunOptions(checkpoint_dir=tmp_path, resume=True))
     assert resumed.extra["losses"] == reference.extra["losses"]
     assert resumed.extra["attack_losses"] == reference.extra["attack_losses"]
+    assert resumed.extra["inversion_losses"] == reference.extra["inversion_losses"]
     assert all(torch.equal(resumed.new["text_encoder"][n], v) for n, v in reference.new["text_encoder"].items())
 
 
@@ -424,6 +478,8 @@ def test_bad_input_is_refused(tmp_path):
         advunlearn.erase(pipe, CIRCLE, AdvUnlearnConfig(**FAST, encoder_layers=[0, 7]))
     with pytest.raises(ErasureError, match="encoder_layers lists text-encoder layers"):
         AdvUnlearnConfig(module="unet-xattn", encoder_layers=[0])
+    with pytest.raises(ErasureError, match="inverts one concept per run, got 2: erase them one at a time"):
+        advunlearn.erase(pipe, [Concept("circle"), Concept("square")], AdvUnlearnConfig(**FAST, inversion_every=1))
     with pytest.raises(ErasureError, match="set it to 0 with module unet-xattn"):
         AdvUnlearnConfig(module="unet-xattn", retain_embedding_weight=1.0)
     with pytest.raises(ErasureError, match="encoder_layers must be at least 0"):

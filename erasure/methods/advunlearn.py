@@ -30,6 +30,13 @@ the erasure must hold against them. The first ``warmup`` iterations train withou
 attack. With ``attack_replay_every`` N, every N-th attack's vectors are kept for the rest
 of the run, and each outer step also trains on one kept set, drawn at random, at a second
 concept latent (not the authors': their outer step sees only the latest vectors).
+With ``inversion_every`` N, every N-th iteration after the warm-up also runs concept
+inversion's attack (``erasure.attacks.concept_inversion``) on the current model: one
+vector per token of the concept's words, in their place, starting from the words' own
+vectors, trained by AdamW (weight decay 1e-2, that attack's) to reconstruct the noise of
+frozen-model concept images; each outer step then also trains on one kept inversion at a
+third concept latent (not the authors': the adversary the toolkit evaluates with, whose
+long optimisation from the concept's word the short inner attacks do not reach).
 
 What trains (``module``): the text encoder (default, the paper's finding: every encoder
 layer and the final layer norm, not the token and position embeddings; each text
@@ -57,7 +64,7 @@ The authors sample a fresh ``x_t`` (26.5 guided UNet calls on average) for each 
 frozen prediction comes from the bank and an iteration runs only the gradient passes.
 
 Deviations (none in the objectives, unless ``attack_objective`` is ``denoising`` or
-``attack_replay_every`` is set):
+``attack_replay_every``, ``inversion_every`` or ``retain_embedding_weight`` is set):
 - ``x_t`` comes from a finite bank (``bank_size`` concept trajectories, one per retain
   prompt) reused over iterations. In ``unet-xattn`` mode the authors sample ``x_t`` from
   the UNet being trained; the bank holds the frozen UNet's (as ESD's 2025 code's
@@ -77,8 +84,9 @@ Deviations (none in the objectives, unless ``attack_objective`` is ``denoising``
   authors' ``replace_k`` replaces the whole prompt (their bare concept word, so the two
   agree on the ``{}`` template) and fills the replaced words' places with end tokens,
   where here the rest of the prompt closes up behind the vectors.
-- ``attack_replay_every`` (off by default) adds the kept vectors' term to the outer loss,
-  with the weight of the latest vectors' term (1).
+- ``attack_replay_every`` and ``inversion_every`` (off by default) add the kept vectors'
+  terms to the outer loss, each with the weight of the latest vectors' term (1).
+  ``inversion_every`` takes one concept per run.
 - ``retain_embedding_weight`` (off by default) adds a second utility term in the text
   encoder's output space, ``lambda * || T(r) - T*(r) ||^2`` over the batch's retain prompts
   (every token position, and SDXL's pooled vector), ``T*`` the frozen encoder. The authors
@@ -168,6 +176,15 @@ class AdvUnlearnConfig(MethodConfig):
         attack_replay_every: keep every N-th attack's vectors for the rest of the run and
             train each outer step also on one kept set at random (the module docstring);
             0: off, the authors' (the latest vectors only).
+        inversion_every: every N iterations after the warm-up, run concept inversion's attack
+            on the current model and keep its vectors; each outer step then also trains on
+            one kept set at random (the module docstring); 0: off, the authors'. The
+            three settings below have no authors' value; their defaults are what was
+            measured on mini-sd (docs/advunlearn-mini-sd.md).
+        inversion_steps: AdamW steps of each inversion (concept inversion's mini-sd
+            config: 400; its authors': 5,000).
+        inversion_lr: their learning rate (concept inversion's scaled rate: 5e-3 x batch 4).
+        inversion_batch: noised concept images per step (concept inversion's: 4).
         attack_vocabulary: words ``random`` starts from: ``"all"``, ``"trained"`` (the
             model's trained ids) or a list (``erasure.attacks.tokens.candidate_ids``).
         retain_prompts: ``"builtin"`` (COCO-style captions), ``"model"`` (the model
@@ -205,6 +222,10 @@ class AdvUnlearnConfig(MethodConfig):
     attack_objective: Literal["prediction", "denoising"] = "prediction"
     attack_every: int = setting(1, min=1)
     attack_replay_every: int = setting(0, min=0)
+    inversion_every: int = setting(0, min=0)
+    inversion_steps: int = setting(200, min=1)
+    inversion_lr: float = setting(2e-2, above=0)
+    inversion_batch: int = setting(4, min=1)
     attack_vocabulary: str | list[str] = "all"
     retain_prompts: str = "builtin"
     retain_exclude: list[str] = setting(default_factory=list)
@@ -250,6 +271,9 @@ def erase(pipe, concepts: list[Concept], config: AdvUnlearnConfig, run: RunOptio
     if mapped:
         raise ErasureError(f"AdvUnlearn erases towards the empty prompt; {mapped[0]!r} maps to a target: "
                            "give the concept alone")
+    if config.inversion_every and len(concepts) > 1:
+        raise ErasureError(f"AdvUnlearnConfig.inversion_every inverts one concept per run, got {len(concepts)}: "
+                           "erase them one at a time, or set inversion_every to 0")
     adapter = adapter_for(pipe)
     trained_modules = trained_parameter_names(adapter, config.module, config.encoder_layers)
     original = {f"{component}.{name}": module.get_parameter(name).detach()
@@ -287,9 +311,11 @@ def erase(pipe, concepts: list[Concept], config: AdvUnlearnConfig, run: RunOptio
             tensors={**trained, **{f"attack/{p}/{i}": d for p, vectors in delta.items() for i, d in enumerate(vectors)}},
             optimizer=torch.optim.Adam(params, lr=config.lr),
             generator=generator,
-            extra={"seconds": {"inner_attack": 0.0, "outer": 0.0}, "attack_losses": []},
+            extra={"seconds": {"inner_attack": 0.0, "inversion": 0.0, "outer": 0.0}, "attack_losses": [],
+                   "inversion_losses": []},
         )
-        concept = (concept_prompts, adversarial_prompts(concepts, config.concept_templates), concept_bank)
+        concept = (concepts[0].text, concept_prompts, adversarial_prompts(concepts, config.concept_templates),
+                   concept_bank)
         loop = Loop(adapter, scheduler, concept, (retain, retain_bank, retain_frozen), candidates, delta, config, state)
         losses = run_steps(loop.step, state, config.iterations, checkpoint, run.checkpoint_every, unit="iteration")
     seconds = {"bank": round(bank_seconds, 3), **{k: round(v, 3) for k, v in state.extra["seconds"].items()}}
@@ -299,6 +325,7 @@ def erase(pipe, concepts: list[Concept], config: AdvUnlearnConfig, run: RunOptio
                  "steps": concept_bank.steps},
         "attack_vocabulary": vocabulary, "concept_prompts": concept_prompts, "retain_prompts": len(retain),
         "kept_attack_sets": {placement: len(loop.kept_vectors(placement)) for placement in placements},
+        "kept_inversions": len(loop.kept_vectors("inversion")), "inversion_losses": state.extra["inversion_losses"],
     }
     return edit_of(original, trained, extra)
 
@@ -504,10 +531,10 @@ def random_prefix(adapter: StableDiffusionAdapter, candidates: torch.Tensor, k: 
 
 @dataclass
 class AttackDraw:
-    """One attack step's example: concept prompt ``row``, the latents at ``timestep`` and
-    the prediction the vectors should make the model give there."""
+    """One attack step's examples: concept prompts ``rows``, the latents at ``timestep`` and
+    the predictions the vectors should make the model give there."""
 
-    row: int
+    rows: list[int]
     latents: torch.Tensor
     timestep: torch.Tensor
     target: torch.Tensor
@@ -521,15 +548,16 @@ class Loop:
     restores them.
     """
 
-    def __init__(self, adapter, scheduler, concept: tuple[list[str], dict[str, list[str]], TrajectoryBank],
+    def __init__(self, adapter, scheduler, concept: tuple[str, list[str], dict[str, list[str]], TrajectoryBank],
                  retain: tuple[list[str], TrajectoryBank, PromptEmbeddings | None], candidates: torch.Tensor,
                  delta: dict[str, list[torch.Tensor]], config: AdvUnlearnConfig, state: TrainingState):
         """
         Args:
             adapter: the model's adapter (its trained modules swapped in).
             scheduler: the banks' DDIM scheduler.
-            concept: the concept prompts, the same per placement with the vectors' place
-                marked (``adversarial_prompts``), and their bank (``frozen_bank``, with ``""``
+            concept: the concept's words (where an inversion starts), the concept prompts,
+                the same per placement with the vectors' place marked
+                (``adversarial_prompts``), and their bank (``frozen_bank``, with ``""``
                 predictions).
             retain: the retain prompts, their bank and their frozen encodings (only with
                 ``retain_embedding_weight``, else ``None``).
@@ -539,12 +567,12 @@ class Loop:
             state: the optimiser, the run's generator and the records.
         """
         self.adapter, self.scheduler, self.config, self.state = adapter, scheduler, config, state
-        self.concept_prompts, self.adversarial_prompts, self.concept_bank = concept
+        self.concept_words, self.concept_prompts, self.adversarial_prompts, self.concept_bank = concept
         self.retain_prompts, self.retain_bank, self.retain_frozen = retain
         # ESD's target, anchored at the "" prediction (the paper's and the authors').
         self.objective = esd.ESDConfig(negative_guidance=config.negative_guidance, target_base="anchor")
         self.candidates, self.delta = candidates, delta
-        if config.attack_objective == "denoising":
+        if config.attack_objective == "denoising" or config.inversion_every:
             self.concept_images = final_latents(self.concept_bank, scheduler, config.start_guidance)
 
     def step(self, index: int) -> float:
@@ -560,6 +588,12 @@ class Loop:
             self.keep_for_replay(index, placement)
             seconds["inner_attack"] += time.perf_counter() - started
             self.state.extra["attack_losses"].append([losses[0], losses[-1]])
+        if adversarial and config.inversion_every and (index - config.warmup) % config.inversion_every == 0:
+            started = time.perf_counter()
+            found, losses = self.invert()
+            self.keep("inversion", found)
+            seconds["inversion"] += time.perf_counter() - started
+            self.state.extra["inversion_losses"].append([losses[0], losses[-1]])
         started = time.perf_counter()
         loss = self.outer_step(placement)
         seconds["outer"] += time.perf_counter() - started
@@ -580,14 +614,19 @@ class Loop:
         config = self.config
         attack = (index - config.warmup) // config.attack_every + 1
         if config.attack_replay_every and attack % config.attack_replay_every == 0:
-            kept = len(self.kept_vectors(placement))
-            for encoder, vectors in enumerate(self.delta[placement]):
-                self.state.tensors[f"replay/{placement}/{kept:05d}/{encoder}"] = vectors.clone()
+            self.keep(placement, self.delta[placement])
 
-    def kept_vectors(self, placement: str) -> list[list[torch.Tensor]]:
-        """The vector sets kept for replay at ``placement``, oldest first, one tensor per
-        text encoder each (a restored checkpoint's are on the CPU)."""
-        prefix = f"replay/{placement}/"
+    def keep(self, kind: str, vectors: list[torch.Tensor]) -> None:
+        """Keep a vector set (one tensor per text encoder) of ``kind``, a placement or
+        ``inversion``, in the state's tensors, so that a checkpoint holds it."""
+        kept = len(self.kept_vectors(kind))
+        for encoder, values in enumerate(vectors):
+            self.state.tensors[f"replay/{kind}/{kept:05d}/{encoder}"] = values.clone()
+
+    def kept_vectors(self, kind: str) -> list[list[torch.Tensor]]:
+        """The vector sets kept of ``kind`` (a placement or ``inversion``), oldest first, one
+        tensor per text encoder each (a restored checkpoint's are on the CPU)."""
+        prefix = f"replay/{kind}/"
         kept: dict[str, list[torch.Tensor]] = {}
         for name in sorted(n for n in self.state.tensors if n.startswith(prefix)):
             kept.setdefault(name.split("/")[2], []).append(self.state.tensors[name])
@@ -597,24 +636,32 @@ class Loop:
         """The prompts through the current text encoder, with gradients."""
         return self.adapter.encode_ids(self.adapter.tokenize(prompts))
 
-    def encode_adversarial(self, row: int, vectors: list[torch.Tensor], placement: str) -> PromptEmbeddings:
-        """Concept prompt ``row`` with ``vectors`` before it (``prefix``) or in place of the
-        concept's words (``replace``), with gradients."""
-        return encode_with_vectors(self.adapter, [self.adversarial_prompts[placement][row]], vectors)
+    def encode_adversarial(self, rows: list[int], vectors: list[torch.Tensor], placement: str) -> PromptEmbeddings:
+        """Concept prompts ``rows`` with ``vectors`` (``(1, k, width)`` per text encoder)
+        before them (``prefix``) or in place of the concept's words (``replace``), with
+        gradients."""
+        prompts = [self.adversarial_prompts[placement][row] for row in rows]
+        return encode_with_vectors(self.adapter, prompts, [v.expand(len(rows), -1, -1) for v in vectors])
 
     def attack_draw(self) -> AttackDraw:
         """Where the next attack step scores the vectors (``attack_objective``)."""
         generator = self.state.generator
         if self.config.attack_objective == "prediction":
             draw = self.concept_bank.draw(generator, 1)
-            return AttackDraw(int(draw.rows[0]), draw.latents, self.scheduler.timesteps[draw.step],
+            return AttackDraw([int(draw.rows[0])], draw.latents, self.scheduler.timesteps[draw.step],
                               draw.values[:, CONDITIONAL])
-        adapter, index = self.adapter, int(torch.randint(len(self.concept_bank), (1,), generator=generator))
-        x0 = self.concept_images[index:index + 1]
+        return self.denoising_draw(1)
+
+    def denoising_draw(self, count: int) -> AttackDraw:
+        """``count`` frozen-model concept images drawn at random, each noised at a uniform
+        training timestep, and the noise (or v-prediction) target."""
+        adapter, generator = self.adapter, self.state.generator
+        picks = torch.randint(len(self.concept_bank), (count,), generator=generator)
+        x0 = self.concept_images[picks.to(self.concept_images.device)]
         noise = torch.randn(x0.shape, generator=generator).to(x0)
-        timestep = torch.randint(adapter.training_noise.config.num_train_timesteps, (1,), generator=generator)
+        timestep = torch.randint(adapter.training_noise.config.num_train_timesteps, (count,), generator=generator)
         timestep = timestep.to(x0.device)
-        return AttackDraw(int(self.concept_bank.rows[index]), adapter.add_noise(x0, noise, timestep), timestep,
+        return AttackDraw(self.concept_bank.rows[picks].tolist(), adapter.add_noise(x0, noise, timestep), timestep,
                           adapter.training_target(x0, noise, timestep).float())
 
     def attack(self, placement: str) -> tuple[list[torch.Tensor], list[float]]:
@@ -630,7 +677,7 @@ class Loop:
         for _ in range(config.attack_steps):
             draw = self.attack_draw()
             with esd.autocast(adapter, config):
-                cond = self.encode_adversarial(draw.row, vectors, placement)
+                cond = self.encode_adversarial(draw.rows, vectors, placement)
                 prediction = adapter.predict_noise(draw.latents, draw.timestep, cond)
             loss = F.mse_loss(prediction.float(), draw.target)
             losses.append(loss.item())
@@ -640,21 +687,46 @@ class Loop:
             optimizer.step()
         return [v.detach() for v in vectors], losses
 
+    def invert(self) -> tuple[list[torch.Tensor], list[float]]:
+        """Concept inversion's attack on the current model (``inversion_every``): the
+        vectors of the concept's words, in their place, trained for ``inversion_steps``
+        AdamW steps on ``inversion_batch`` noised concept images each. Returns the vectors
+        found and the loss of each step."""
+        config, adapter = self.config, self.adapter
+        ids = adapter.concept_token_ids(self.concept_words)
+        start = [table.weight.detach()[ids].unsqueeze(0) for table in adapter.token_embeddings()]
+        vectors = [v.clone().requires_grad_(True) for v in start]
+        optimizer = torch.optim.AdamW(vectors, lr=config.inversion_lr, weight_decay=1e-2)
+        losses = []
+        for _ in range(config.inversion_steps):
+            draw = self.denoising_draw(config.inversion_batch)
+            with esd.autocast(adapter, config):
+                cond = self.encode_adversarial(draw.rows, vectors, "replace")
+                prediction = adapter.predict_noise(draw.latents, draw.timestep, cond)
+            loss = F.mse_loss(prediction.float(), draw.target)
+            losses.append(loss.item())
+            grads = torch.autograd.grad(loss, vectors)
+            for vector, grad in zip(vectors, grads):
+                vector.grad = grad
+            optimizer.step()
+        return [v.detach() for v in vectors], losses
+
     def outer_step(self, placement: str | None) -> float:
         """ESD's loss on the concept prompt (with the adversarial vectors at ``placement``,
-        if any, and at a second concept latent with a kept set drawn for replay, if any)
-        plus ``gamma`` times the retain loss, in one UNet call, plus ``lambda`` times the
-        retain encodings' drift (``retain_embedding_weight``); one Adam step. Raises
-        ``NonFiniteError`` before the step."""
+        if any, and at more concept latents with a kept attack set and a kept inversion
+        drawn, if any) plus ``gamma`` times the retain loss, in one UNet call, plus
+        ``lambda`` times the retain encodings' drift (``retain_embedding_weight``); one
+        Adam step. Raises ``NonFiniteError`` before the step."""
         config, adapter, generator = self.config, self.adapter, self.state.generator
-        kept = self.kept_vectors(placement) if placement is not None else []
-        concept = self.concept_bank.draw(generator, 2 if kept else 1)
+        kept = {kind: self.kept_vectors(kind) for kind in (placement, "inversion")} if placement is not None else {}
+        kept = {kind: sets for kind, sets in kept.items() if sets}
+        concept = self.concept_bank.draw(generator, 1 + len(kept))
         retain = self.retain_bank.at(torch.randperm(len(self.retain_bank), generator=generator)[: config.retain_batch],
                                      concept.step)
-        replayed = []
-        if kept:  # only the drawn set goes to the model's device
-            drawn = kept[int(torch.randint(len(kept), (1,), generator=generator))]
-            replayed = [[vectors.to(adapter.device) for vectors in drawn]]
+        vector_sets = [(placement, self.delta[placement])] if placement is not None else []
+        for kind, sets in kept.items():  # only the drawn sets go to the model's device
+            drawn = sets[int(torch.randint(len(sets), (1,), generator=generator))]
+            vector_sets.append(("replace" if kind == "inversion" else kind, [v.to(adapter.device) for v in drawn]))
         target = esd.esd_target(concept.values[:, UNCONDITIONAL], concept.values[:, CONDITIONAL], None, self.objective)
         retain_target = retain.values[:, CONDITIONAL]
         latents = torch.cat([concept.latents, retain.latents])
@@ -663,13 +735,12 @@ class Loop:
         with esd.autocast(adapter, config):
             rows = [int(row) for row in concept.rows]
             concept_cond = [self.encode([self.concept_prompts[rows[0]]])] if placement is None else \
-                [self.encode_adversarial(row, vectors, placement)
-                 for row, vectors in zip(rows, [self.delta[placement], *replayed])]
+                [self.encode_adversarial([row], vectors, where) for row, (where, vectors) in zip(rows, vector_sets)]
             retain_cond = self.encode([self.retain_prompts[int(i)] for i in retain.rows])
             prediction = adapter.predict_noise(latents, self.scheduler.timesteps[concept.step],
                                                PromptEmbeddings.cat([*concept_cond, retain_cond])).float()
         erased = len(rows)
-        # Each adversarial set's term has ESD's weight 1: the kept set's adds to the latest's.
+        # Each adversarial set's term has ESD's weight 1: the kept sets' add to the latest's.
         esd_loss = F.mse_loss(prediction[:erased], target, reduction="none").flatten(1).mean(1).sum()
         loss = esd_loss + config.retain_weight * F.mse_loss(prediction[erased:], retain_target)
         if config.retain_embedding_weight:
