@@ -324,7 +324,8 @@ def test_inversion_starts_at_the_concepts_word_and_each_kept_one_is_trained_agai
 
     def encode_adversarial(self, rows, vectors, placement):
         if any(v.requires_grad for v in vectors) and len(loops) > len(starts):  # an inversion's first step
-            starts.append(([v.detach().clone() for v in vectors], [self.adversarial_prompts[placement][r] for r in rows]))
+            prompts = [self.adversarial_prompts[placement][r] for r in rows]
+            starts.append(([v.detach().clone() for v in vectors], prompts))
         elif outer and not any(v.requires_grad for v in vectors):
             outer[-1].append([v.detach().clone() for v in vectors])
         return real_encode(self, rows, vectors, placement)
@@ -341,7 +342,8 @@ def test_inversion_starts_at_the_concepts_word_and_each_kept_one_is_trained_agai
     word = word_vectors(adapter_for(pipe), "circle")
     placed = advunlearn.adversarial_prompts(CIRCLE, settings["concept_templates"])["replace"]
     for vectors, prompts in starts:
-        assert all(torch.equal(v, w) for v, w in zip(vectors, word)) and len(prompts) == 3 and set(prompts) <= set(placed)
+        assert all(torch.equal(v, w) for v, w in zip(vectors, word))
+        assert len(prompts) == 3 and set(prompts) <= set(placed)
     assert all(last < first for first, last in edit.extra["inversion_losses"])
     kept = loops[-1].kept_vectors("inversion")
     adversarial = outer[2:]  # the warm-up steps encode the concept prompt itself
