@@ -525,7 +525,11 @@ def adversarial_prompts(concepts: list[Concept], templates: list[str]) -> dict[s
 def random_prefix(adapter: StableDiffusionAdapter, candidates: torch.Tensor, k: int,
                   generator: torch.Generator) -> list[torch.Tensor]:
     """``k`` token vectors of words drawn from ``candidates``, ``(1, k, width)`` per text encoder."""
-    ids = candidates[torch.randint(len(candidates), (k,), generator=generator)]
+    return token_vectors(adapter, candidates[torch.randint(len(candidates), (k,), generator=generator)])
+
+
+def token_vectors(adapter: StableDiffusionAdapter, ids: torch.Tensor) -> list[torch.Tensor]:
+    """Copies of the token tables' rows ``ids``, ``(1, k, width)`` per text encoder."""
     return [table.weight.detach()[ids.to(table.weight.device)].unsqueeze(0).clone() for table in adapter.token_embeddings()]
 
 
@@ -668,23 +672,13 @@ class Loop:
         """The inner level: ``attack_steps`` steps on free vectors at ``placement``, each
         minimising the squared error of the model's prediction at an ``attack_draw``.
         Returns the vectors found and the loss of each step."""
-        config, adapter = self.config, self.adapter
+        config = self.config
         start = self.delta[placement] if config.attack_init == "latest" else \
-            random_prefix(adapter, self.candidates, config.attack_tokens, self.state.generator)
+            random_prefix(self.adapter, self.candidates, config.attack_tokens, self.state.generator)
         vectors = [d.clone().requires_grad_(True) for d in start]
         optimizer = torch.optim.Adam(vectors, lr=config.attack_lr)
-        losses = []
-        for _ in range(config.attack_steps):
-            draw = self.attack_draw()
-            with esd.autocast(adapter, config):
-                cond = self.encode_adversarial(draw.rows, vectors, placement)
-                prediction = adapter.predict_noise(draw.latents, draw.timestep, cond)
-            loss = F.mse_loss(prediction.float(), draw.target)
-            losses.append(loss.item())
-            grads = torch.autograd.grad(loss, vectors)  # to delta only: the model's weights get none
-            for vector, grad in zip(vectors, grads):
-                vector.grad = grad.sign() if config.attack == "fast" else grad
-            optimizer.step()
+        losses = self.descend(vectors, optimizer, config.attack_steps, self.attack_draw, placement,
+                              sign=config.attack == "fast")
         return [v.detach() for v in vectors], losses
 
     def invert(self) -> tuple[list[torch.Tensor], list[float]]:
@@ -692,24 +686,32 @@ class Loop:
         vectors of the concept's words, in their place, trained for ``inversion_steps``
         AdamW steps on ``inversion_batch`` noised concept images each. Returns the vectors
         found and the loss of each step."""
-        config, adapter = self.config, self.adapter
-        ids = adapter.concept_token_ids(self.concept_words)
-        start = [table.weight.detach()[ids].unsqueeze(0) for table in adapter.token_embeddings()]
-        vectors = [v.clone().requires_grad_(True) for v in start]
+        config = self.config
+        ids = torch.tensor(self.adapter.concept_token_ids(self.concept_words))
+        vectors = [v.requires_grad_(True) for v in token_vectors(self.adapter, ids)]
         optimizer = torch.optim.AdamW(vectors, lr=config.inversion_lr, weight_decay=1e-2)
-        losses = []
-        for _ in range(config.inversion_steps):
-            draw = self.denoising_draw(config.inversion_batch)
-            with esd.autocast(adapter, config):
-                cond = self.encode_adversarial(draw.rows, vectors, "replace")
-                prediction = adapter.predict_noise(draw.latents, draw.timestep, cond)
-            loss = F.mse_loss(prediction.float(), draw.target)
-            losses.append(loss.item())
-            grads = torch.autograd.grad(loss, vectors)
-            for vector, grad in zip(vectors, grads):
-                vector.grad = grad
-            optimizer.step()
+        losses = self.descend(vectors, optimizer, config.inversion_steps,
+                              lambda: self.denoising_draw(config.inversion_batch), "replace")
         return [v.detach() for v in vectors], losses
+
+    def descend(self, vectors: list[torch.Tensor], optimizer: torch.optim.Optimizer, steps: int, draw,
+                placement: str, sign: bool = False) -> list[float]:
+        """``steps`` optimiser steps on ``vectors`` at ``placement``, each minimising the
+        squared error of the model's prediction at ``draw()`` (an ``AttackDraw``); with
+        ``sign`` the gradient's sign replaces it (``fast``). Returns each step's loss."""
+        adapter, losses = self.adapter, []
+        for _ in range(steps):
+            example = draw()
+            with esd.autocast(adapter, self.config):
+                cond = self.encode_adversarial(example.rows, vectors, placement)
+                prediction = adapter.predict_noise(example.latents, example.timestep, cond)
+            loss = F.mse_loss(prediction.float(), example.target)
+            losses.append(loss.item())
+            grads = torch.autograd.grad(loss, vectors)  # to the vectors only: the model's weights get none
+            for vector, grad in zip(vectors, grads):
+                vector.grad = grad.sign() if sign else grad
+            optimizer.step()
+        return losses
 
     def outer_step(self, placement: str | None) -> float:
         """ESD's loss on the concept prompt (with the adversarial vectors at ``placement``,
