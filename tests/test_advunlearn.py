@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 import erasure
 from erasure.adapters import adapter_for
-from erasure.attacks.tokens import encode_with_vectors
+from erasure.attacks.tokens import SLOT, encode_with_vectors
 from erasure.concepts import Concept
 from erasure.errors import ErasureError
 from erasure.methods import advunlearn
@@ -306,17 +306,17 @@ def test_inversion_starts_at_the_concepts_word_and_each_kept_one_is_trained_agai
     draw; from the first on, each outer step also encodes one kept inversion there."""
     first_draw = advunlearn.Loop.denoising_draw
 
-    def always_the_first_draw(self, count):
-        self.fixed = getattr(self, "fixed", None) or first_draw(self, count)
+    def always_the_first_draw(self, count, concept=None):
+        self.fixed = getattr(self, "fixed", None) or first_draw(self, count, concept)
         return self.fixed
 
     starts, outer, loops = [], [], []
     real_invert, real_outer, real_encode = advunlearn.Loop.invert, advunlearn.Loop.outer_step, \
         advunlearn.Loop.encode_adversarial
 
-    def invert(self):
+    def invert(self, concept):
         loops.append(self)
-        return real_invert(self)
+        return real_invert(self, concept)
 
     def outer_step(self, placement):
         outer.append([])
@@ -351,6 +351,77 @@ def test_inversion_starts_at_the_concepts_word_and_each_kept_one_is_trained_agai
     for iteration, encoded in enumerate(adversarial):
         assert any(all(torch.equal(a, b) for a, b in zip(encoded[1], k)) for k in kept[: iteration // 2 + 1])
     assert not any(torch.equal(k[0], word[0]) for k in kept)
+
+
+def test_a_bank_smaller_than_the_prompts_holds_every_concept(monkeypatch):
+    """Three concepts in three templates (9 prompts) and a bank of 4 trajectories: the bank
+    takes the prompts in turn, so each concept must come early in their order."""
+    loops = []
+    real_init = advunlearn.Loop.__init__
+
+    def init(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        loops.append(self)
+
+    monkeypatch.setattr(advunlearn.Loop, "__init__", init)
+    concepts = [Concept("circle"), Concept("square"), Concept("red star")]
+    advunlearn.erase(build_tiny_pipeline("sd1"), concepts,
+                     AdvUnlearnConfig(**FAST, concept_templates=["a {}", "a photo of a {}", "a drawing of a {}"]))
+    loop = loops[0]
+    banked = [loop.concept_prompts[int(row)] for row in loop.concept_bank.rows]
+    assert len(banked) == 4 and {c.text for c in concepts} <= {p.split(" of a ")[-1].removeprefix("a ") for p in banked}
+    for row, prompt in enumerate(loop.concept_prompts):  # row i is about concept i % 3, in both placements
+        assert prompt.endswith(concepts[row % 3].text)
+        assert loop.adversarial_prompts["prefix"][row].endswith(prompt)
+        assert loop.adversarial_prompts["replace"][row] == prompt.replace(concepts[row % 3].text, SLOT)
+
+
+def test_several_concepts_are_each_inverted_and_trained_against_their_own_inversions(monkeypatch):
+    """"circle" (one token) and "red square" (two), ``inversion_every`` 2 over 4 adversarial
+    iterations: each round inverts both, on images of that concept, from its words; each
+    outer step trains on a kept inversion of its latent's own concept."""
+    inverted, outer, loops, inside = [], [], [], []
+    real_invert, real_outer, real_encode = advunlearn.Loop.invert, advunlearn.Loop.outer_step, \
+        advunlearn.Loop.encode_adversarial
+
+    def invert(self, concept):
+        loops.append(self)
+        inverted.append((concept, []))
+        inside.append(True)
+        found = real_invert(self, concept)
+        inside.pop()
+        return found
+
+    def outer_step(self, placement):
+        outer.append([])
+        return real_outer(self, placement)
+
+    def encode_adversarial(self, rows, vectors, placement):
+        record = (list(rows), [v.detach().clone() for v in vectors])
+        if inside:
+            inverted[-1][1].append(record)
+        elif outer:
+            outer[-1].append(record)
+        return real_encode(self, rows, vectors, placement)
+
+    for name, wrapper in [("invert", invert), ("outer_step", outer_step), ("encode_adversarial", encode_adversarial)]:
+        monkeypatch.setattr(advunlearn.Loop, name, wrapper)
+    pipe = build_tiny_pipeline("sd1")
+    concepts = [Concept("circle"), Concept("red square")]
+    edit = advunlearn.erase(pipe, concepts, AdvUnlearnConfig(**{**FAST, "iterations": 6}, concept_templates=["a {}", "a photo of a {}"],
+                                                             attack_type="prefix", inversion_every=2, inversion_steps=3))
+
+    words = [word_vectors(adapter_for(pipe), c.text) for c in concepts]
+    assert [concept for concept, _ in inverted] == [0, 1, 0, 1] and edit.extra["kept_inversions"] == 4
+    for concept, steps in inverted:
+        assert len(steps) == 3 and all(row % 2 == concept for rows, _ in steps for row in rows)
+        assert all(torch.equal(v, w) for v, w in zip(steps[0][1], words[concept]))
+    kept = loops[-1].kept_vectors("inversion")
+    assert [k[0].shape[1] for k in kept] == [1, 2, 1, 2]
+    for iteration, encoded in enumerate(outer[2:]):  # after the warm-up: the prefix vectors, then an inversion
+        (rows, vectors) = encoded[1]
+        own = [k for k in kept[: 2 * (iteration // 2 + 1)][rows[0] % 2::2]]
+        assert any(all(torch.equal(a, b) for a, b in zip(vectors, k)) for k in own), (iteration, rows)
 
 
 def test_the_bank_keeps_the_frozen_predictions_and_chunks_change_nothing(monkeypatch):
@@ -480,8 +551,6 @@ def test_bad_input_is_refused(tmp_path):
         advunlearn.erase(pipe, CIRCLE, AdvUnlearnConfig(**FAST, encoder_layers=[0, 7]))
     with pytest.raises(ErasureError, match="encoder_layers lists text-encoder layers"):
         AdvUnlearnConfig(module="unet-xattn", encoder_layers=[0])
-    with pytest.raises(ErasureError, match="inverts one concept per run, got 2: erase them one at a time"):
-        advunlearn.erase(pipe, [Concept("circle"), Concept("square")], AdvUnlearnConfig(**FAST, inversion_every=1))
     with pytest.raises(ErasureError, match="set it to 0 with module unet-xattn"):
         AdvUnlearnConfig(module="unet-xattn", retain_embedding_weight=1.0)
     with pytest.raises(ErasureError, match="encoder_layers must be at least 0"):

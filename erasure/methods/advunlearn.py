@@ -31,12 +31,13 @@ attack. With ``attack_replay_every`` N, every N-th attack's vectors are kept for
 of the run, and each outer step also trains on one kept set, drawn at random, at a second
 concept latent (not the authors': their outer step sees only the latest vectors).
 With ``inversion_every`` N, every N-th iteration after the warm-up also runs concept
-inversion's attack (``erasure.attacks.concept_inversion``) on the current model: one
-vector per token of the concept's words, in their place, starting from the words' own
-vectors, trained by AdamW (weight decay 1e-2, that attack's) to reconstruct the noise of
-frozen-model concept images; each outer step then also trains on one kept inversion at a
-third concept latent (not the authors': the adversary the toolkit evaluates with, whose
-long optimisation from the concept's word the short inner attacks do not reach).
+inversion's attack (``erasure.attacks.concept_inversion``) on the current model, once per
+concept: one vector per token of the concept's words, in their place, starting from the
+words' own vectors, trained by AdamW (weight decay 1e-2, that attack's) to reconstruct the
+noise of frozen-model images of that concept; each outer step then also trains on one
+kept inversion at a third concept latent, the inversion of that latent's own concept (not
+the authors': the adversary the toolkit evaluates with, whose long optimisation from the
+concept's word the short inner attacks do not reach).
 
 What trains (``module``): the text encoder (default, the paper's finding: every encoder
 layer and the final layer norm, not the token and position embeddings; each text
@@ -86,7 +87,10 @@ Deviations (none in the objectives, unless ``attack_objective`` is ``denoising``
   where here the rest of the prompt closes up behind the vectors.
 - ``attack_replay_every`` and ``inversion_every`` (off by default) add the kept vectors'
   terms to the outer loss, each with the weight of the latest vectors' term (1).
-  ``inversion_every`` takes one concept per run.
+- several concepts (the authors erase one): the concept prompts are every template with
+  every concept, concepts interleaved (``concept_prompts``), so that the bank, which takes
+  the prompts in turn, holds every concept's trajectories however small it is; one
+  attack's vectors serve every concept's prompts.
 - ``retain_embedding_weight`` (off by default) adds a second utility term in the text
   encoder's output space, ``lambda * || T(r) - T*(r) ||^2`` over the batch's retain prompts
   (every token position, and SDXL's pooled vector), ``T*`` the frozen encoder. The authors
@@ -271,21 +275,18 @@ def erase(pipe, concepts: list[Concept], config: AdvUnlearnConfig, run: RunOptio
     if mapped:
         raise ErasureError(f"AdvUnlearn erases towards the empty prompt; {mapped[0]!r} maps to a target: "
                            "give the concept alone")
-    if config.inversion_every and len(concepts) > 1:
-        raise ErasureError(f"AdvUnlearnConfig.inversion_every inverts one concept per run, got {len(concepts)}: "
-                           "erase them one at a time, or set inversion_every to 0")
     adapter = adapter_for(pipe)
     trained_modules = trained_parameter_names(adapter, config.module, config.encoder_layers)
     original = {f"{component}.{name}": module.get_parameter(name).detach()
                 for component, (module, names) in trained_modules.items() for name in names}
     esd.check_float32(original)
     checkpoint = Checkpoint.open(run, run_identity(concepts, config), original, "AdvUnlearn", f"advunlearn-{slug(concepts)}")
-    concept_prompts = [template.format(c.text) for c in concepts for template in config.concept_templates]
+    prompts = concept_prompts(concepts, config.concept_templates)
     retain = retain_prompts(concepts, config, str(pipe.name_or_path))
 
     started = time.perf_counter()
     scheduler = adapter.ddim_scheduler(config.ddim_steps)
-    concept_bank, retain_bank = sample_banks(adapter, scheduler, concept_prompts, retain, config)
+    concept_bank, retain_bank = sample_banks(adapter, scheduler, prompts, retain, config)
     retain_frozen = None
     if config.retain_embedding_weight:
         with torch.no_grad(), esd.autocast(adapter, config):  # before the trained tensors are swapped in
@@ -314,7 +315,7 @@ def erase(pipe, concepts: list[Concept], config: AdvUnlearnConfig, run: RunOptio
             extra={"seconds": {"inner_attack": 0.0, "inversion": 0.0, "outer": 0.0}, "attack_losses": [],
                    "inversion_losses": []},
         )
-        concept = (concepts[0].text, concept_prompts, adversarial_prompts(concepts, config.concept_templates),
+        concept = ([c.text for c in concepts], prompts, adversarial_prompts(concepts, config.concept_templates),
                    concept_bank)
         loop = Loop(adapter, scheduler, concept, (retain, retain_bank, retain_frozen), candidates, delta, config, state)
         losses = run_steps(loop.step, state, config.iterations, checkpoint, run.checkpoint_every, unit="iteration")
@@ -323,7 +324,7 @@ def erase(pipe, concepts: list[Concept], config: AdvUnlearnConfig, run: RunOptio
         "final_loss": losses[-1], "losses": losses, "seconds": seconds, "attack_losses": state.extra["attack_losses"],
         "bank": {"concept_trajectories": len(concept_bank), "retain_trajectories": len(retain_bank),
                  "steps": concept_bank.steps},
-        "attack_vocabulary": vocabulary, "concept_prompts": concept_prompts, "retain_prompts": len(retain),
+        "attack_vocabulary": vocabulary, "concept_prompts": prompts, "retain_prompts": len(retain),
         "kept_attack_sets": {placement: len(loop.kept_vectors(placement)) for placement in placements},
         "kept_inversions": len(loop.kept_vectors("inversion")), "inversion_losses": state.extra["inversion_losses"],
     }
@@ -363,7 +364,10 @@ def run_identity(concepts: list[Concept], config: AdvUnlearnConfig) -> dict:
     """What a resumed run must share with its checkpoint: everything but ``iterations``."""
     settings = dataclasses.asdict(config)
     del settings["iterations"]
-    return {"method": "advunlearn", "concepts": [str(c) for c in concepts], **settings}
+    # Several concepts' prompts were once ordered concept by concept: such a checkpoint's
+    # bank rows mean other prompts, so its identity differs.
+    order = {"prompt_order": "interleaved"} if len(concepts) > 1 else {}
+    return {"method": "advunlearn", "concepts": [str(c) for c in concepts], **settings, **order}
 
 
 # ---- what trains, and on what --------------------------------------------------------
@@ -509,17 +513,25 @@ def encoding_drift(current: PromptEmbeddings, frozen: PromptEmbeddings) -> torch
     return drift
 
 
-def adversarial_prompts(concepts: list[Concept], templates: list[str]) -> dict[str, list[str]]:
-    """Per placement (``prefix``, ``replace``), the concept prompts in ``erase``'s order with
-    ``tokens.SLOT`` where the adversarial vectors go: before the prompt, or in place of the
-    concept's words.
+def concept_prompts(concepts: list[Concept], templates: list[str], word: str | None = None) -> list[str]:
+    """Every template with every concept, template by template, so that prompt ``i`` is
+    about concept ``i % len(concepts)`` and any ``len(concepts)`` prompts in a row hold each
+    concept once (the bank takes the prompts in turn).
 
     Args:
         concepts: the erased concepts.
         templates: ``concept_templates``.
+        word: what stands in each concept's place (default: its own text).
     """
-    return {"prefix": [SLOT + template.format(c.text) for c in concepts for template in templates],
-            "replace": [template.format(SLOT) for c in concepts for template in templates]}
+    return [template.format(c.text if word is None else word) for template in templates for c in concepts]
+
+
+def adversarial_prompts(concepts: list[Concept], templates: list[str]) -> dict[str, list[str]]:
+    """Per placement (``prefix``, ``replace``), the concept prompts in ``concept_prompts``'
+    order with ``tokens.SLOT`` where the adversarial vectors go: before the prompt, or in
+    place of the concept's words."""
+    return {"prefix": [SLOT + prompt for prompt in concept_prompts(concepts, templates)],
+            "replace": concept_prompts(concepts, templates, SLOT)}
 
 
 def random_prefix(adapter: StableDiffusionAdapter, candidates: torch.Tensor, k: int,
@@ -552,14 +564,15 @@ class Loop:
     restores them.
     """
 
-    def __init__(self, adapter, scheduler, concept: tuple[str, list[str], dict[str, list[str]], TrajectoryBank],
+    def __init__(self, adapter, scheduler, concept: tuple[list[str], list[str], dict[str, list[str]], TrajectoryBank],
                  retain: tuple[list[str], TrajectoryBank, PromptEmbeddings | None], candidates: torch.Tensor,
                  delta: dict[str, list[torch.Tensor]], config: AdvUnlearnConfig, state: TrainingState):
         """
         Args:
             adapter: the model's adapter (its trained modules swapped in).
             scheduler: the banks' DDIM scheduler.
-            concept: the concept's words (where an inversion starts), the concept prompts,
+            concept: each concept's words (where its inversions start), the concept
+                prompts (``concept_prompts``: prompt ``i`` is about concept ``i % len(words)``),
                 the same per placement with the vectors' place marked
                 (``adversarial_prompts``), and their bank (``frozen_bank``, with ``""``
                 predictions).
@@ -594,10 +607,11 @@ class Loop:
             self.state.extra["attack_losses"].append([losses[0], losses[-1]])
         if adversarial and config.inversion_every and (index - config.warmup) % config.inversion_every == 0:
             started = time.perf_counter()
-            found, losses = self.invert()
-            self.keep("inversion", found)
+            for concept in range(len(self.concept_words)):  # kept in this order: set i is concept i % count
+                found, losses = self.invert(concept)
+                self.keep("inversion", found)
+                self.state.extra["inversion_losses"].append([losses[0], losses[-1]])
             seconds["inversion"] += time.perf_counter() - started
-            self.state.extra["inversion_losses"].append([losses[0], losses[-1]])
         started = time.perf_counter()
         loss = self.outer_step(placement)
         seconds["outer"] += time.perf_counter() - started
@@ -636,6 +650,14 @@ class Loop:
             kept.setdefault(name.split("/")[2], []).append(self.state.tensors[name])
         return list(kept.values())
 
+    def kept_set_for(self, kind: str, sets: list[list[torch.Tensor]], row: int) -> list[torch.Tensor]:
+        """A kept set of ``kind`` drawn at random for concept prompt ``row``. Each
+        inversion round keeps one set per concept, in order, and the row gets its own
+        concept's; attack sets serve every concept."""
+        count = len(self.concept_words) if kind == "inversion" else 1
+        round_ = int(torch.randint(len(sets) // count, (1,), generator=self.state.generator))
+        return sets[round_ * count + row % count]
+
     def encode(self, prompts: list[str]) -> PromptEmbeddings:
         """The prompts through the current text encoder, with gradients."""
         return self.adapter.encode_ids(self.adapter.tokenize(prompts))
@@ -656,11 +678,15 @@ class Loop:
                               draw.values[:, CONDITIONAL])
         return self.denoising_draw(1)
 
-    def denoising_draw(self, count: int) -> AttackDraw:
-        """``count`` frozen-model concept images drawn at random, each noised at a uniform
-        training timestep, and the noise (or v-prediction) target."""
+    def denoising_draw(self, count: int, concept: int | None = None) -> AttackDraw:
+        """``count`` frozen-model concept images drawn at random (of one ``concept``, an
+        index into the concept words, if given), each noised at a uniform training
+        timestep, and the noise (or v-prediction) target."""
         adapter, generator = self.adapter, self.state.generator
-        picks = torch.randint(len(self.concept_bank), (count,), generator=generator)
+        eligible = torch.arange(len(self.concept_bank))
+        if concept is not None:
+            eligible = eligible[self.concept_bank.rows % len(self.concept_words) == concept]
+        picks = eligible[torch.randint(len(eligible), (count,), generator=generator)]
         x0 = self.concept_images[picks.to(self.concept_images.device)]
         noise = torch.randn(x0.shape, generator=generator).to(x0)
         timestep = torch.randint(adapter.training_noise.config.num_train_timesteps, (count,), generator=generator)
@@ -681,17 +707,17 @@ class Loop:
                               sign=config.attack == "fast")
         return [v.detach() for v in vectors], losses
 
-    def invert(self) -> tuple[list[torch.Tensor], list[float]]:
+    def invert(self, concept: int) -> tuple[list[torch.Tensor], list[float]]:
         """Concept inversion's attack on the current model (``inversion_every``): the
-        vectors of the concept's words, in their place, trained for ``inversion_steps``
-        AdamW steps on ``inversion_batch`` noised concept images each. Returns the vectors
-        found and the loss of each step."""
+        vectors of concept ``concept``'s words, in their place, trained for
+        ``inversion_steps`` AdamW steps on ``inversion_batch`` noised images of it each.
+        Returns the vectors found and the loss of each step."""
         config = self.config
-        ids = torch.tensor(self.adapter.concept_token_ids(self.concept_words))
+        ids = torch.tensor(self.adapter.concept_token_ids(self.concept_words[concept]))
         vectors = [v.requires_grad_(True) for v in token_vectors(self.adapter, ids)]
         optimizer = torch.optim.AdamW(vectors, lr=config.inversion_lr, weight_decay=1e-2)
         losses = self.descend(vectors, optimizer, config.inversion_steps,
-                              lambda: self.denoising_draw(config.inversion_batch), "replace")
+                              lambda: self.denoising_draw(config.inversion_batch, concept), "replace")
         return [v.detach() for v in vectors], losses
 
     def descend(self, vectors: list[torch.Tensor], optimizer: torch.optim.Optimizer, steps: int, draw,
@@ -727,7 +753,7 @@ class Loop:
                                      concept.step)
         vector_sets = [(placement, self.delta[placement])] if placement is not None else []
         for kind, sets in kept.items():  # only the drawn sets go to the model's device
-            drawn = sets[int(torch.randint(len(sets), (1,), generator=generator))]
+            drawn = self.kept_set_for(kind, sets, int(concept.rows[len(vector_sets)]))
             vector_sets.append(("replace" if kind == "inversion" else kind, [v.to(adapter.device) for v in drawn]))
         target = esd.esd_target(concept.values[:, UNCONDITIONAL], concept.values[:, CONDITIONAL], None, self.objective)
         retain_target = retain.values[:, CONDITIONAL]
