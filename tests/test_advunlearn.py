@@ -551,6 +551,8 @@ def test_bad_input_is_refused(tmp_path):
         advunlearn.erase(pipe, CIRCLE, AdvUnlearnConfig(**FAST, encoder_layers=[0, 7]))
     with pytest.raises(ErasureError, match="encoder_layers lists text-encoder layers"):
         AdvUnlearnConfig(module="unet-xattn", encoder_layers=[0])
+    with pytest.raises(ErasureError, match="bank_size 1 is smaller than the 2 concepts: set it to at least 2"):
+        advunlearn.erase(pipe, [Concept("circle"), Concept("square")], AdvUnlearnConfig(**{**FAST, "bank_size": 1}))
     with pytest.raises(ErasureError, match="set it to 0 with module unet-xattn"):
         AdvUnlearnConfig(module="unet-xattn", retain_embedding_weight=1.0)
     with pytest.raises(ErasureError, match="encoder_layers must be at least 0"):

@@ -89,8 +89,8 @@ Deviations (none in the objectives, unless ``attack_objective`` is ``denoising``
   terms to the outer loss, each with the weight of the latest vectors' term (1).
 - several concepts (the authors erase one): the concept prompts are every template with
   every concept, concepts interleaved (``concept_prompts``), so that the bank, which takes
-  the prompts in turn, holds every concept's trajectories however small it is; one
-  attack's vectors serve every concept's prompts.
+  the prompts in turn, holds every concept's trajectories (``bank_size`` at least the
+  number of concepts); one attack's vectors serve every concept's prompts.
 - ``retain_embedding_weight`` (off by default) adds a second utility term in the text
   encoder's output space, ``lambda * || T(r) - T*(r) ||^2`` over the batch's retain prompts
   (every token position, and SDXL's pooled vector), ``T*`` the frozen encoder. The authors
@@ -275,6 +275,9 @@ def erase(pipe, concepts: list[Concept], config: AdvUnlearnConfig, run: RunOptio
     if mapped:
         raise ErasureError(f"AdvUnlearn erases towards the empty prompt; {mapped[0]!r} maps to a target: "
                            "give the concept alone")
+    if config.bank_size < len(concepts):
+        raise ErasureError(f"AdvUnlearnConfig.bank_size {config.bank_size} is smaller than the {len(concepts)} concepts: "
+                           f"set it to at least {len(concepts)}, so that every concept has a trajectory to train on")
     adapter = adapter_for(pipe)
     trained_modules = trained_parameter_names(adapter, config.module, config.encoder_layers)
     original = {f"{component}.{name}": module.get_parameter(name).detach()
