@@ -420,7 +420,7 @@ def test_several_concepts_are_each_inverted_and_trained_against_their_own_invers
     assert [k[0].shape[1] for k in kept] == [1, 2, 1, 2]
     for iteration, encoded in enumerate(outer[2:]):  # after the warm-up: the prefix vectors, then an inversion
         (rows, vectors) = encoded[1]
-        own = [k for k in kept[: 2 * (iteration // 2 + 1)][rows[0] % 2::2]]
+        own = kept[: 2 * (iteration // 2 + 1)][rows[0] % 2::2]  # the rounds so far, this row's concept
         assert any(all(torch.equal(a, b) for a, b in zip(vectors, k)) for k in own), (iteration, rows)
 
 
