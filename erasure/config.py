@@ -327,7 +327,8 @@ def _matches(value: Any, hint: Any) -> bool:
     if origin in (list, tuple):
         return isinstance(value, (list, tuple)) and all(_matches(v, args[0]) for v in value) if args else True
     if origin is dict:
-        return isinstance(value, dict)
+        return isinstance(value, dict) and (not args or all(_matches(k, args[0]) and _matches(v, args[1])
+                                                            for k, v in value.items()))
     if hint is type(None):
         return value is None
     if hint is float:
@@ -345,4 +346,6 @@ def _describe(hint: Any) -> str:
         return " or ".join(_describe(a) for a in args)
     if origin in (list, tuple):
         return f"a list of {_describe(args[0])}" if args else "a list"
+    if origin is dict:
+        return f"a mapping of {_describe(args[0])} to {_describe(args[1])}" if args else "a mapping"
     return "null" if hint is type(None) else getattr(hint, "__name__", str(hint))

@@ -115,6 +115,17 @@ def test_the_regulariser_bounds_the_change_of_retained_prompts_while_the_erased_
     assert change(held_hidden[-1:], base_hidden[-1:]).item() > 0
 
 
+def test_the_retain_set_leaves_out_the_synonyms_of_the_erased_concepts_only(tmp_path):
+    captions = tmp_path / "captions.txt"
+    captions.write_text("a red disk\na blue box\na green wedge\na star\na Square and a star\na round shape\n")
+    config = AdvUnlearnConfig(retain_prompts=str(captions), retain_exclude=["star"],
+                              concept_synonyms={"circle": ["disk", "round"], "square": ["box"]})
+    assert advunlearn.retain_prompts([Concept("circle")], config, "") == ["a blue box", "a green wedge"]
+    assert advunlearn.retain_prompts([Concept("red circle"), Concept("square")], config, "") == ["a green wedge"]
+    assert advunlearn.retain_prompts([Concept("triangle")], config, "") == \
+        ["a red disk", "a blue box", "a green wedge", "a round shape"]
+
+
 @pytest.mark.parametrize("family", ["sd1", "sdxl"])
 def test_the_encoding_term_holds_the_retained_prompts_encodings(family):
     pipe = build_tiny_pipeline(family)
@@ -559,6 +570,8 @@ def test_bad_input_is_refused(tmp_path):
         AdvUnlearnConfig(encoder_layers=[-1])
     with pytest.raises(ErasureError, match="attack_type must be one of 'prefix', 'replace', 'alternate'"):
         AdvUnlearnConfig(attack_type="replace_k")
+    with pytest.raises(ErasureError, match="concept_synonyms must be a mapping of str to a list of str"):
+        AdvUnlearnConfig(concept_synonyms={"circle": "disk"})
     with pytest.raises(ErasureError, match="no retain prompt"):
         advunlearn.erase(pipe, CIRCLE, AdvUnlearnConfig(**FAST, retain_prompts=str(only_circles)))
     with pytest.raises(ErasureError, match="float32"):

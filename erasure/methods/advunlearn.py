@@ -78,7 +78,9 @@ Deviations (none in the objectives, unless ``attack_objective`` is ``denoising``
   batch), the authors' draw without replacement across iterations until the set is
   used up; the retain set here is ``retain_prompts`` (the authors' 243 COCO-object
   prompts are not shipped), optionally with the empty prompt, which the trained encoder
-  also encodes as the guidance's negative.
+  also encodes as the guidance's negative, and without prompts naming an erased
+  concept's other names (``concept_synonyms``): on mini-sd a retain set with "box" and
+  "wedge" captions held squares and triangles against their erasure.
 - concept prompts can be templated (``concept_templates``; the authors train on the
   bare word): on the bundled mini-sd the bare word does not generalise to "a red circle".
 - ``replace`` puts the vectors where the concept's words are in a templated prompt; the
@@ -193,8 +195,13 @@ class AdvUnlearnConfig(MethodConfig):
             model's trained ids) or a list (``erasure.attacks.tokens.candidate_ids``).
         retain_prompts: ``"builtin"`` (COCO-style captions), ``"model"`` (the model
             folder's ``general_captions.txt``) or a text file, one prompt a line.
-            Prompts naming a concept or a ``retain_exclude`` word are dropped.
-        retain_exclude: more words whose prompts leave the retain set (e.g. synonyms).
+            Prompts naming a concept, a ``retain_exclude`` word or an erased concept's
+            ``concept_synonyms`` are dropped.
+        retain_exclude: more words whose prompts leave the retain set, whatever is erased.
+        concept_synonyms: other words for a concept (``{circle: [disk, round]}``): when an
+            erased concept names it ("circle", "red circle"), prompts with them leave the
+            retain set too, so that the retain loss does not hold the concept under another
+            name (not the authors': their retain prompts are COCO captions).
         retain_limit: use at most this many retain prompts, drawn by ``seed``; ``None``: all.
         retain_empty_prompt: add ``""`` to the retain set.
         retain_batch: retain prompts per iteration (authors: 5).
@@ -233,6 +240,7 @@ class AdvUnlearnConfig(MethodConfig):
     attack_vocabulary: str | list[str] = "all"
     retain_prompts: str = "builtin"
     retain_exclude: list[str] = setting(default_factory=list)
+    concept_synonyms: dict[str, list[str]] = setting(default_factory=dict)
     retain_limit: int | None = setting(None, min=1)
     retain_empty_prompt: bool = False
     retain_batch: int = setting(5, min=1)
@@ -422,9 +430,9 @@ def layer_parameter_names(component: str, encoder: torch.nn.Module, names: list[
 
 
 def retain_prompts(concepts: list[Concept], config: AdvUnlearnConfig, model: str) -> list[str]:
-    """The retain set: the captions of ``retain_prompts`` that name no concept and no
-    ``retain_exclude`` word, at most ``retain_limit`` of them (drawn by ``seed``), and
-    ``""`` if asked.
+    """The retain set: the captions of ``retain_prompts`` that name no concept, none of
+    its ``concept_synonyms`` and no ``retain_exclude`` word, at most ``retain_limit`` of
+    them (drawn by ``seed``), and ``""`` if asked.
 
     Args:
         concepts: the erased concepts.
@@ -433,6 +441,8 @@ def retain_prompts(concepts: list[Concept], config: AdvUnlearnConfig, model: str
     """
     captions = general_captions(MACEConfig(general_captions=config.retain_prompts), model)
     banned = [c.text for c in concepts] + list(config.retain_exclude)
+    banned += [word for name, words in config.concept_synonyms.items() if any(_names(c.text, name) for c in concepts)
+               for word in words]
     pattern = re.compile("|".join(rf"\b{re.escape(word)}\b" for word in banned), re.IGNORECASE)
     kept = [prompt for prompt in captions if not pattern.search(prompt)]
     if not kept:
@@ -442,6 +452,11 @@ def retain_prompts(concepts: list[Concept], config: AdvUnlearnConfig, model: str
         order = torch.randperm(len(kept), generator=torch.Generator().manual_seed(config.seed))
         kept = [kept[i] for i in sorted(order[: config.retain_limit].tolist())]
     return kept + ([""] if config.retain_empty_prompt else [])
+
+
+def _names(text: str, word: str) -> bool:
+    """Whether ``text`` has ``word`` as a word ("red circle" names circle), ignoring case."""
+    return re.search(rf"\b{re.escape(word)}\b", text, re.IGNORECASE) is not None
 
 
 # ---- the x_t bank --------------------------------------------------------------------
