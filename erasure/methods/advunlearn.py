@@ -441,9 +441,9 @@ def retain_prompts(concepts: list[Concept], config: AdvUnlearnConfig, model: str
     """
     captions = general_captions(MACEConfig(general_captions=config.retain_prompts), model)
     banned = [c.text for c in concepts] + list(config.retain_exclude)
-    banned += [word for name, words in config.concept_synonyms.items() if any(_names(c.text, name) for c in concepts)
-               for word in words]
-    pattern = re.compile("|".join(rf"\b{re.escape(word)}\b" for word in banned), re.IGNORECASE)
+    banned += [word for name, words in config.concept_synonyms.items()
+               if any(_any_word([name]).search(c.text) for c in concepts) for word in words]
+    pattern = _any_word(banned)
     kept = [prompt for prompt in captions if not pattern.search(prompt)]
     if not kept:
         raise ErasureError(f"no retain prompt of {config.retain_prompts!r} is free of the erased concepts: "
@@ -454,9 +454,9 @@ def retain_prompts(concepts: list[Concept], config: AdvUnlearnConfig, model: str
     return kept + ([""] if config.retain_empty_prompt else [])
 
 
-def _names(text: str, word: str) -> bool:
-    """Whether ``text`` has ``word`` as a word ("red circle" names circle), ignoring case."""
-    return re.search(rf"\b{re.escape(word)}\b", text, re.IGNORECASE) is not None
+def _any_word(words: list[str]) -> re.Pattern:
+    """A pattern finding any of ``words`` as a whole word ("red circle" holds circle), any case."""
+    return re.compile("|".join(rf"\b{re.escape(word)}\b" for word in words), re.IGNORECASE)
 
 
 # ---- the x_t bank --------------------------------------------------------------------
