@@ -194,6 +194,20 @@ def test_mass_erasure_sets_are_nested_and_keep_far_pairs():
     assert len(load_prompt_set("pairs/all")) == 36 and set(load_prompt_set("pairs/all").class_names) == PAIRS
 
 
+TUNING_SETS = sorted((Path(__file__).parents[1] / "scripts" / "advunlearn_prompts").glob("*.csv"))
+
+
+def test_tuning_sets_share_no_seed_with_the_reported_sets():
+    """Settings chosen on a tuning set are reported on the bundled sets: no image of one
+    may be an image of the other (same seed), or the report would measure the tuning."""
+    reported = {row.seed for name in list_bundled_sets() for row in load_prompt_set(name).rows}
+    assert len(TUNING_SETS) >= 6 and reported
+    for path in TUNING_SETS:
+        rows = read_prompt_csv(path).rows
+        assert rows and {row.type for row in rows} >= {"erased"}, path.name
+        assert not {row.seed for row in rows} & reported, path.name
+
+
 def test_world_all_sets_list_each_attribute_untyped():
     for name, count in (("colours/all", 6), ("styles/all", 2)):
         prompts = load_prompt_set(name)
