@@ -13,10 +13,10 @@ shape or a colour shared with an erased pair) and each far pair (neither) once i
 
 from __future__ import annotations
 
-import csv
 import random
 from pathlib import Path
 
+from erasure.eval.prompts import write_prompt_csv
 from erasure.world import BACKGROUNDS, COLOURS, SHAPES, SIZES
 from erasure.world.captions import phrase
 
@@ -25,7 +25,7 @@ FIRST_SEED = 7700
 ERASED = [(colour, shape) for colour in ("red", "green", "blue") for shape in ("circle", "square")]
 PHRASINGS = ("a drawing of a {size} {c} {s}", "a photo of a {c} {s} on a {bg} background")
 COPIES = {"erased": 3, "neighbour": 1, "far": 1}
-FIELDS = ("case_number", "prompt", "evaluation_seed", "evaluation_guidance", "class", "type", "phrasing", "template")
+FIELDS = ["case_number", "prompt", "evaluation_seed", "evaluation_guidance", "class", "type", "phrasing", "template"]
 
 
 def kind_of(colour: str, shape: str) -> str:
@@ -49,10 +49,7 @@ def main() -> None:
                                  "evaluation_seed": FIRST_SEED + len(rows), "evaluation_guidance": "",
                                  "class": f"{colour} {shape}", "type": kind,
                                  "phrasing": "held-out" if kind == "erased" else "", "template": template})
-    with open(FOLDER / "tune-pairs.csv", "w", newline="") as target:
-        writer = csv.DictWriter(target, fieldnames=FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
+    write_prompt_csv(FOLDER / "tune-pairs.csv", rows, FIELDS)
 
 
 if __name__ == "__main__":
