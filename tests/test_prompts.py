@@ -198,8 +198,9 @@ TUNING_SETS = sorted((Path(__file__).parents[1] / "scripts" / "advunlearn_prompt
 
 
 def test_tuning_sets_share_no_seed_with_the_reported_sets():
-    """Settings chosen on a tuning set are reported on the bundled sets: no image of one
-    may be an image of the other (same seed), or the report would measure the tuning."""
+    """Settings chosen on a tuning set are reported on the bundled sets, so a tuning set
+    draws its images from seeds no reported set uses: the report must not be measured on
+    the noise the settings were chosen on."""
     reported = {row.seed for name in list_bundled_sets() for row in load_prompt_set(name).rows}
     assert len(TUNING_SETS) >= 6 and reported
     for path in TUNING_SETS:
