@@ -15,11 +15,13 @@ import erasure
 from erasure.adapters import adapter_for
 from erasure.attacks.tokens import SLOT, encode_with_vectors
 from erasure.concepts import Concept
+from erasure.config import build_config, configs_dir, read_yaml
 from erasure.errors import ErasureError
 from erasure.methods import advunlearn
 from erasure.methods.advunlearn import AdvUnlearnConfig
 from erasure.tiny import build_tiny_pipeline
 from erasure.trajectories import sample_until
+from erasure.world.captions import COLOUR_SYNONYMS, STYLE_WORDS, SYNONYMS
 from erasure.training import CHECKPOINT_INDEX, RunOptions, swapped_parameters
 
 # A 3-step DDIM bank of 4 trajectories and a few iterations keep each run to seconds.
@@ -124,6 +126,22 @@ def test_the_retain_set_leaves_out_the_synonyms_of_the_erased_concepts_only(tmp_
     assert advunlearn.retain_prompts([Concept("red circle"), Concept("square")], config, "") == ["a green wedge"]
     assert advunlearn.retain_prompts([Concept("triangle")], config, "") == \
         ["a red disk", "a blue box", "a green wedge", "a round shape"]
+
+
+def test_the_mini_sd_config_leaves_out_every_other_name_the_world_gives_a_concept(tmp_path):
+    # configs/advunlearn/mini-sd.yaml copies the world's table of other names by hand: a name
+    # missing there would stay in the retain set and hold its concept back under that name.
+    names = {**SYNONYMS, **COLOUR_SYNONYMS, **{style: [w for w in words if w != style]
+                                               for style, words in STYLE_WORDS.items()}}
+    captions = {concept: [f"a {word}" for word in (concept, *words)] for concept, words in names.items()}
+    path = tmp_path / "captions.txt"
+    path.write_text("".join(f"{caption}\n" for group in captions.values() for caption in group))
+    settings = {**read_yaml(configs_dir() / "advunlearn" / "mini-sd.yaml"), "retain_prompts": str(path),
+                "retain_limit": None, "retain_empty_prompt": False}
+    config = build_config(AdvUnlearnConfig, settings)
+    for concept in names:
+        others = [caption for name, group in captions.items() if name != concept for caption in group]
+        assert advunlearn.retain_prompts([Concept(concept)], config, "") == others, concept
 
 
 @pytest.mark.parametrize("family", ["sd1", "sdxl"])
