@@ -132,18 +132,27 @@ def timed_iterations(device: str, records: list[dict], count_flops: bool = False
         advunlearn.Loop.step = real
 
 
-def guided_step_seconds(pipe, config, batch: int, device: str, repeats: int = 4) -> float:
-    """Seconds of one guided DDIM step at ``batch`` (CFG doubles it), as the authors' sampler runs."""
+def guided_steps(pipe, config, batch: int):
+    """A function running ``n`` guided DDIM steps at ``batch`` (CFG doubles it), as the authors' sampler runs."""
     adapter = adapter_for(pipe)
     scheduler = adapter.ddim_scheduler(config.ddim_steps)
     cond, empty = adapter.encode(["a concept"] * batch), adapter.encode([""])
     noise = torch.randn(batch, *adapter.latent_shape, device=adapter.device)
-    with torch.no_grad(), esd.autocast(adapter, config):
-        esd.sample_until(adapter, scheduler, noise, 1, cond, empty, config.start_guidance)
-        synchronize(device)
-        start = time.perf_counter()
-        esd.sample_until(adapter, scheduler, noise, repeats, cond, empty, config.start_guidance)
-        synchronize(device)
+
+    def run(steps: int) -> None:
+        with torch.no_grad(), esd.autocast(adapter, config):
+            esd.sample_until(adapter, scheduler, noise, steps, cond, empty, config.start_guidance)
+    return run
+
+
+def guided_step_seconds(pipe, config, batch: int, device: str, repeats: int = 4) -> float:
+    """Seconds of one guided DDIM step at ``batch``."""
+    run = guided_steps(pipe, config, batch)
+    run(1)
+    synchronize(device)
+    start = time.perf_counter()
+    run(repeats)
+    synchronize(device)
     return (time.perf_counter() - start) / repeats
 
 
@@ -163,12 +172,9 @@ def single_prediction_seconds(pipe, config, device: str, repeats: int = 4) -> fl
 
 def guided_step_flops(pipe, config) -> int:
     """FLOPs of one guided DDIM step at batch 1 (two sample-forwards: CFG)."""
-    adapter = adapter_for(pipe)
-    scheduler = adapter.ddim_scheduler(config.ddim_steps)
-    cond, empty = adapter.encode(["a concept"]), adapter.encode([""])
-    noise = torch.randn(1, *adapter.latent_shape, device=adapter.device)
-    with torch.no_grad(), esd.autocast(adapter, config), FlopCounterMode(display=False) as flops:
-        esd.sample_until(adapter, scheduler, noise, 1, cond, empty, config.start_guidance)
+    run = guided_steps(pipe, config, 1)
+    with FlopCounterMode(display=False) as flops:
+        run(1)
     return flops.get_total_flops()
 
 
@@ -308,9 +314,11 @@ def main() -> None:
         config = advunlearn.AdvUnlearnConfig(attack_steps=args.attack_steps, ddim_steps=args.ddim_steps,
                                              bank_size=args.bank_size, retain_limit=args.retain,
                                              mixed_precision=PRECISIONS[precision])
-        figures = count_flops(pipe, config, args.device) if args.count_flops else \
-            bench(pipe, config, args.device, args.warm, args.timed, args.gradient_checkpointing)
-        print(json.dumps(figures), flush=True)
+        if args.count_flops:  # the same count at every precision: once is enough
+            print(json.dumps(count_flops(pipe, config, args.device)), flush=True)
+            break
+        print(json.dumps(bench(pipe, config, args.device, args.warm, args.timed, args.gradient_checkpointing)),
+              flush=True)
 
 
 if __name__ == "__main__":
