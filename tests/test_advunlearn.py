@@ -65,11 +65,28 @@ def test_the_text_encoder_trains_without_its_token_tables_and_the_pipeline_is_le
     assert all(torch.equal(before[c][n], now[c][n]) for c in before for n in before[c])
 
 
-def test_unet_cross_attention_is_the_other_option():
+def test_unet_cross_attention_is_an_option():
     pipe = build_tiny_pipeline("sd1")
     edit = advunlearn.erase(pipe, CIRCLE, AdvUnlearnConfig(**FAST, module="unet-xattn"))
     assert set(edit.new) == {"unet"}
     assert edit.new["unet"] and all(".attn2." in name for name in edit.new["unet"])
+
+
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+def test_the_unet_outside_cross_attention_is_the_authors_noxattn(family):
+    pipe = build_tiny_pipeline(family)
+    before = snapshot(pipe)
+    edit = advunlearn.erase(pipe, CIRCLE, AdvUnlearnConfig(**FAST, module="unet-noxattn"))
+    assert set(edit.new) == {"unet"}
+    trained = set(edit.new["unet"])
+    # noxattn: not the cross-attention, the time (and SDXL's added) embedding or the output head.
+    frozen = (".attn2.", "time_embedding.", "add_embedding.", "conv_norm_out.", "conv_out.")
+    assert not [n for n in trained if any(part in f".{n}" for part in frozen)]
+    every = {n for n, _ in pipe.unet.named_parameters()}
+    allowed = {n for n in every if not any(part in f".{n}" for part in frozen)}
+    assert trained and len(trained) > len(allowed) // 2, "the resnets, self-attention and norms train"
+    assert any(".attn1." in n for n in trained) and any("resnets." in n for n in trained)
+    assert not changed_names(pipe, before), "the pipeline is left unchanged"
 
 
 @pytest.mark.parametrize("family", ["sd1", "sdxl"])
@@ -582,8 +599,8 @@ def test_bad_input_is_refused(tmp_path):
         AdvUnlearnConfig(module="unet-xattn", encoder_layers=[0])
     with pytest.raises(ErasureError, match="bank_size 1 is smaller than the 2 concepts: set it to at least 2"):
         advunlearn.erase(pipe, [Concept("circle"), Concept("square")], AdvUnlearnConfig(**{**FAST, "bank_size": 1}))
-    with pytest.raises(ErasureError, match="set it to 0 with module unet-xattn"):
-        AdvUnlearnConfig(module="unet-xattn", retain_embedding_weight=1.0)
+    with pytest.raises(ErasureError, match="set it to 0 with module unet-noxattn"):
+        AdvUnlearnConfig(module="unet-noxattn", retain_embedding_weight=1.0)
     with pytest.raises(ErasureError, match="encoder_layers must be at least 0"):
         AdvUnlearnConfig(encoder_layers=[-1])
     with pytest.raises(ErasureError, match="attack_type must be one of 'prefix', 'replace', 'alternate'"):

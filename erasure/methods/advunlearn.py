@@ -42,8 +42,9 @@ concept's word the short inner attacks do not reach).
 What trains (``module``): the text encoder (default, the paper's finding: every encoder
 layer and the final layer norm, not the token and position embeddings; each text
 encoder of SDXL; ``encoder_layers`` narrows it to some layers, the authors'
-``text_encoder_layer0``, ``text_encoder_layer01``, ...), or the UNet's cross-attention
-blocks (``unet-xattn``, ESD's ``esd-x`` subset).
+``text_encoder_layer0``, ``text_encoder_layer01``, ...), the UNet's cross-attention
+blocks (``unet-xattn``, the authors' ``xattn``, ESD's ``esd-x`` subset), or the UNet outside
+them (``unet-noxattn``, the authors' ``noxattn``, ESD's ``esd-u`` subset).
 
 Sources (``OPTML-Group/AdvUnlearn@9d23124``, ``train-scripts/``): ``AdvUnlearn.py``
 (loop lines 72-206, argparse defaults lines 226-261), ``utils/attack_util.py`` (the
@@ -67,7 +68,7 @@ frozen prediction comes from the bank and an iteration runs only the gradient pa
 Deviations (none in the objectives, unless ``attack_objective`` is ``denoising`` or
 ``attack_replay_every``, ``inversion_every`` or ``retain_embedding_weight`` is set):
 - ``x_t`` comes from a finite bank (``bank_size`` concept trajectories, one per retain
-  prompt) reused over iterations. In ``unet-xattn`` mode the authors sample ``x_t`` from
+  prompt) reused over iterations. In the UNet modes the authors sample ``x_t`` from
   the UNet being trained; the bank holds the frozen UNet's (as ESD's 2025 code's
   ``sample_from="frozen"``).
 - ``x_t`` after ``k`` DDIM steps is scored at ``timesteps[k]``, as ``esd.py`` documents;
@@ -138,6 +139,9 @@ from . import esd
 from .mace import MACEConfig, general_captions
 
 BANK_CHUNK = 64  # trajectories sampled per batch while building a bank (memory only)
+# The UNet modes as ESD's variants: the authors' ``xattn`` and ``noxattn`` select the same
+# parameters as ESD's (both names come from ESD's 2023 code).
+UNET_MODULES = {"unet-xattn": "esd-x", "unet-noxattn": "esd-u"}
 CONDITIONAL, UNCONDITIONAL = 0, 1  # where a bank's values hold the frozen predictions
 
 
@@ -146,8 +150,9 @@ class AdvUnlearnConfig(MethodConfig):
     """AdvUnlearn's settings; defaults are the authors' (sources in the module docstring).
 
     Attributes:
-        module: what trains: ``"text_encoder"`` (authors' ``text_encoder_full``) or
-            ``"unet-xattn"`` (the UNet's cross-attention blocks, authors' ``xattn``).
+        module: what trains: ``"text_encoder"`` (authors' ``text_encoder_full``),
+            ``"unet-xattn"`` (the UNet's cross-attention blocks, authors' ``xattn``) or
+            ``"unet-noxattn"`` (the UNet outside them, authors' ``noxattn``).
         encoder_layers: with ``module: text_encoder``, train only these transformer
             layers (0 = the first), their attention, MLP and layer norms, and leave the
             final layer norm frozen: the authors' ``text_encoder_layer0``,
@@ -215,7 +220,7 @@ class AdvUnlearnConfig(MethodConfig):
             Adam state stay float32).
     """
 
-    module: Literal["text_encoder", "unet-xattn"] = "text_encoder"
+    module: Literal["text_encoder", "unet-xattn", "unet-noxattn"] = "text_encoder"
     encoder_layers: list[int] | None = setting(None, min=0)
     iterations: int = setting(1000, min=1)
     warmup: int = setting(200, min=0)
@@ -259,7 +264,7 @@ class AdvUnlearnConfig(MethodConfig):
                                "with module text_encoder, or leave it null (every layer)")
         if self.retain_embedding_weight and self.module != "text_encoder":
             raise ErasureError("AdvUnlearnConfig.retain_embedding_weight holds the trained text encoder's outputs: "
-                               "set it to 0 with module unet-xattn, whose encoder stays frozen")
+                               f"set it to 0 with module {self.module}, whose encoder stays frozen")
 
 
 # ---- the entry point -------------------------------------------------------------
@@ -395,17 +400,17 @@ def trained_parameter_names(adapter: StableDiffusionAdapter, module: str,
 
     Text encoder: every parameter but the token and position tables (the authors'
     ``text_encoder_full``), whatever transformers' naming; with ``encoder_layers``, only
-    the parameters of those transformer layers. UNet: its cross-attention blocks
-    (ESD's ``esd-x``).
+    the parameters of those transformer layers. UNet: ESD's subset of the same reach
+    (``UNET_MODULES``).
 
     Args:
         adapter: the model's adapter.
-        module: ``"text_encoder"`` or ``"unet-xattn"``.
+        module: ``"text_encoder"``, ``"unet-xattn"`` or ``"unet-noxattn"``.
         encoder_layers: the text-encoder layers that train (``None``: all, and the final norm).
     """
-    if module == "unet-xattn":
+    if module in UNET_MODULES:
         names = esd.trainable_parameter_names(adapter.unet, set(adapter.cross_attention_modules()),
-                                              esd.ESDConfig(variant="esd-x"))
+                                              esd.ESDConfig(variant=UNET_MODULES[module]))
         return {"unet": (adapter.unet, names)}
     chosen = {}
     for component, encoder in adapter.text_encoders().items():
