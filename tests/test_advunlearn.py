@@ -526,6 +526,61 @@ def test_weights_round_trip_through_save_apply_and_plain_diffusers(tmp_path):
     assert torch.equal(noise_predictions(plain), trained)
 
 
+# A second stage on the UNet outside cross-attention, at the rate a UNet stage needs.
+UNET_STAGE = {"module": "unet-noxattn", "lr": 5e-4}
+
+
+def test_two_stages_are_the_two_one_stage_runs_in_one_file(tmp_path):
+    pipe = build_tiny_pipeline("sd1")
+    before = snapshot(pipe)
+    edited = erasure.erase(pipe, "advunlearn", "circle", **FAST, second_stage=UNET_STAGE)
+    encoder = advunlearn.erase(pipe, CIRCLE, AdvUnlearnConfig(**FAST))
+    unet = advunlearn.erase(pipe, CIRCLE, AdvUnlearnConfig(**{**FAST, **UNET_STAGE}))
+    assert not changed_names(pipe, before)
+    for one in (encoder, unet):
+        for component, values in one.new.items():
+            assert edited.components[component].keys() == values.keys()
+            assert all(torch.equal(edited.components[component][n], v) for n, v in values.items()), component
+    assert edited.extra["second_stage"]["losses"] == unet.extra["losses"]
+    assert edited.config["second_stage"] == UNET_STAGE
+
+    path = edited.save(tmp_path / "circle.safetensors")
+    applied = build_tiny_pipeline("sd1")
+    erasure.apply(applied, path)
+    with ExitStack() as stack:  # both components in place, as the file holds them
+        for component, values in edited.components.items():
+            stack.enter_context(swapped_parameters(getattr(pipe, component), values))
+        assert torch.equal(noise_predictions(applied), noise_predictions(pipe))
+
+
+def test_a_run_stopped_in_the_second_stage_resumes_there_bit_identically(monkeypatch, tmp_path):
+    config = AdvUnlearnConfig(**FAST, seed=3, second_stage=UNET_STAGE)
+    reference = advunlearn.erase(build_tiny_pipeline("sd1"), CIRCLE, config, RunOptions(checkpoint_dir=tmp_path / "once"))
+    assert not (tmp_path / "once").exists(), "an uninterrupted run leaves no checkpoint behind"
+
+    pipe = build_tiny_pipeline("sd1")
+    real, calls = advunlearn.Loop.step, {"n": 0, "stop_at": FAST["iterations"] + 3}  # the second stage's third
+
+    def step(self, index):
+        calls["n"] += 1
+        if calls["n"] == calls["stop_at"]:
+            signal.raise_signal(signal.SIGINT)
+        return real(self, index)
+
+    monkeypatch.setattr(advunlearn.Loop, "step", step)
+    with pytest.raises(KeyboardInterrupt):
+        advunlearn.erase(pipe, CIRCLE, config, RunOptions(checkpoint_dir=tmp_path / "run"))
+    assert json.loads((tmp_path / "run" / CHECKPOINT_INDEX).read_text())["step"] == FAST["iterations"]
+    assert json.loads((tmp_path / "run" / "second-stage" / CHECKPOINT_INDEX).read_text())["step"] == 3
+
+    calls.update(n=0, stop_at=None)
+    resumed = advunlearn.erase(pipe, CIRCLE, config, RunOptions(checkpoint_dir=tmp_path / "run", resume=True))
+    assert calls["n"] == FAST["iterations"] - 3, "only the second stage's last iteration runs again"
+    assert resumed.extra["second_stage"]["losses"] == reference.extra["second_stage"]["losses"]
+    for component, values in reference.new.items():
+        assert all(torch.equal(resumed.new[component][n], v) for n, v in values.items()), component
+
+
 def test_the_wrong_base_is_refused(tmp_path):
     path = erasure.erase(build_tiny_pipeline("sd1"), "advunlearn", "circle", **FAST).save(tmp_path / "circle.safetensors")
     other = build_tiny_pipeline("sd1", seed=1)
@@ -601,6 +656,14 @@ def test_bad_input_is_refused(tmp_path):
         advunlearn.erase(pipe, [Concept("circle"), Concept("square")], AdvUnlearnConfig(**{**FAST, "bank_size": 1}))
     with pytest.raises(ErasureError, match="set it to 0 with module unet-noxattn"):
         AdvUnlearnConfig(module="unet-noxattn", retain_embedding_weight=1.0)
+    with pytest.raises(ErasureError, match="second_stage trains text_encoder, as the first stage does"):
+        AdvUnlearnConfig(second_stage={"lr": 1e-4})
+    with pytest.raises(ErasureError, match="second_stage.lr must be float"):
+        AdvUnlearnConfig(second_stage={"module": "unet-noxattn", "lr": "fast"})
+    with pytest.raises(ErasureError, match="second_stage: unknown key 'colour'"):
+        AdvUnlearnConfig(second_stage={"module": "unet-noxattn", "colour": 1})
+    with pytest.raises(ErasureError, match=r"encoder_layers lists.*\(override it in second_stage\)"):
+        AdvUnlearnConfig(encoder_layers=[0], second_stage={"module": "unet-noxattn"})
     with pytest.raises(ErasureError, match="encoder_layers must be at least 0"):
         AdvUnlearnConfig(encoder_layers=[-1])
     with pytest.raises(ErasureError, match="attack_type must be one of 'prefix', 'replace', 'alternate'"):

@@ -46,6 +46,14 @@ encoder of SDXL; ``encoder_layers`` narrows it to some layers, the authors'
 blocks (``unet-xattn``, the authors' ``xattn``, ESD's ``esd-x`` subset), or the UNet outside
 them (``unet-noxattn``, the authors' ``noxattn``, ESD's ``esd-u`` subset).
 
+Two stages (``second_stage``; not the authors', who train one module): a second AdvUnlearn
+run, also from the base model, trains another module, and both runs' tensors go into one
+weights file. With the text encoder first and the UNet outside cross-attention second, the
+encoder keeps the concept's prompts away from it and the UNet stops drawing it from the
+conditionings an attacker finds instead (STEREO, Srivatsan et al., CVPR 2025, adds a UNet
+stage to an adversarially trained erasure for the same reason). Each stage is the
+one-stage run of its settings, bit for bit; docs/advunlearn-mini-sd.md has the measurements.
+
 Sources (``OPTML-Group/AdvUnlearn@9d23124``, ``train-scripts/``): ``AdvUnlearn.py``
 (loop lines 72-206, argparse defaults lines 226-261), ``utils/attack_util.py`` (the
 inner attack, ``soft_prompt_attack`` lines 126-222; where its vectors go,
@@ -112,7 +120,7 @@ import re
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -120,12 +128,13 @@ import torch.nn.functional as F
 from ..adapters import PromptEmbeddings, StableDiffusionAdapter, adapter_for
 from ..attacks.tokens import SLOT, candidate_ids, encode_with_vectors
 from ..concepts import Concept, slug
-from ..config import SEED_BOUNDS, MethodConfig, setting
+from ..config import SEED_BOUNDS, ConfigValueError, MethodConfig, build_config, setting
 from ..edit import Edit
 from ..errors import ErasureError
 from ..loading import model_folder
 from ..trajectories import StepPredictions, TrajectoryBank, ddim_step, widened
 from ..training import (
+    CHECKPOINT_INDEX,
     Checkpoint,
     RunOptions,
     TrainingState,
@@ -218,6 +227,10 @@ class AdvUnlearnConfig(MethodConfig):
         seed: seeds the bank's noise and the run's draws.
         mixed_precision: ``"no"`` or ``"bf16"`` autocast around the models (weights and
             Adam state stay float32).
+        second_stage: settings of a second run from the base model, each overriding this
+            config's, e.g. ``{module: unet-noxattn, lr: 2.0e-4}``; it must train another
+            module, and its tensors join this run's in the same file (the module
+            docstring). Empty: one run, the authors'.
     """
 
     module: Literal["text_encoder", "unet-xattn", "unet-noxattn"] = "text_encoder"
@@ -254,6 +267,7 @@ class AdvUnlearnConfig(MethodConfig):
     bank_size: int = setting(256, min=1)
     seed: int = setting(0, **SEED_BOUNDS)
     mixed_precision: Literal["no", "bf16"] = "no"
+    second_stage: dict[str, Any] = setting(default_factory=dict)
 
     def check(self) -> None:
         bad = [t for t in self.concept_templates if t.count("{}") != 1]
@@ -265,13 +279,40 @@ class AdvUnlearnConfig(MethodConfig):
         if self.retain_embedding_weight and self.module != "text_encoder":
             raise ErasureError("AdvUnlearnConfig.retain_embedding_weight holds the trained text encoder's outputs: "
                                f"set it to 0 with module {self.module}, whose encoder stays frozen")
+        stage = self.second_stage_config()
+        if stage is not None:  # kept as the stage reads them: "2e-4" from the command line is 0.0002
+            self.second_stage = {key: getattr(stage, key) for key in self.second_stage}
+
+    def second_stage_config(self) -> "AdvUnlearnConfig | None":
+        """The second run's config: this one with ``second_stage``'s settings; ``None`` without one."""
+        if not self.second_stage:
+            return None
+        if "second_stage" in self.second_stage:
+            raise ErasureError("AdvUnlearnConfig.second_stage cannot have a second_stage of its own: two stages at most")
+        settings = {key: value for key, value in dataclasses.asdict(self).items() if key != "second_stage"}
+        unknown = sorted(set(self.second_stage) - set(settings))
+        if unknown:
+            raise ErasureError(f"AdvUnlearnConfig.second_stage: unknown key {unknown[0]!r}: it takes AdvUnlearnConfig's "
+                               "own keys, e.g. {module: unet-noxattn, lr: 2.0e-4}")
+        try:
+            stage = build_config(AdvUnlearnConfig, settings, self.second_stage)
+        except ConfigValueError as error:
+            raise error.within(type(self).__name__, "second_stage") from None
+        except ErasureError as error:
+            raise ErasureError(f"AdvUnlearnConfig.second_stage takes this config's other settings: {error} "
+                               "(override it in second_stage)") from None
+        if stage.module == self.module:
+            raise ErasureError(f"AdvUnlearnConfig.second_stage trains {stage.module}, as the first stage does: give it "
+                               "another module, e.g. second_stage: {module: unet-noxattn}")
+        return stage
 
 
 # ---- the entry point -------------------------------------------------------------
 
 
 def erase(pipe, concepts: list[Concept], config: AdvUnlearnConfig, run: RunOptions = RunOptions()) -> Edit:
-    """Train the chosen module adversarially; ``pipe`` is left unchanged.
+    """Train the chosen module adversarially, then the ``second_stage``'s if there is one;
+    ``pipe`` is left unchanged.
 
     Args:
         pipe: a Stable Diffusion 1.x, 2.x or SDXL pipeline with float32 weights.
@@ -280,9 +321,10 @@ def erase(pipe, concepts: list[Concept], config: AdvUnlearnConfig, run: RunOptio
         run: checkpoint folder and interval, resume, overwrite, gradient checkpointing.
 
     Returns:
-        An ``Edit`` keyed by component (``text_encoder``[, ``text_encoder_2``] or
+        An ``Edit`` keyed by component (``text_encoder``[, ``text_encoder_2``] and/or
         ``unet``); ``extra`` records the trained names, losses, the bank's size and the
-        seconds spent building the bank, attacking and in the outer steps.
+        seconds spent building the bank, attacking and in the outer steps (the second
+        stage's under ``second_stage``).
     """
     mapped = [str(c) for c in concepts if c.target is not None]
     if mapped:
@@ -291,12 +333,43 @@ def erase(pipe, concepts: list[Concept], config: AdvUnlearnConfig, run: RunOptio
     if config.bank_size < len(concepts):
         raise ErasureError(f"AdvUnlearnConfig.bank_size {config.bank_size} is smaller than the {len(concepts)} concepts: "
                            f"set it to at least {len(concepts)}, so that every concept has a trajectory to train on")
+    second = config.second_stage_config()
+    if second is None:
+        return train(pipe, concepts, config, run)[0]
+    # The first stage's end is checkpointed, so that a run stopped in the second resumes
+    # there; that checkpoint goes again at the end unless checkpoints were asked for.
+    first, checkpoint = train(pipe, concepts, config, run, checkpoint_at_end=True)
+    folder = checkpoint.folder / "second-stage"
+    resume = run.resume and (folder / CHECKPOINT_INDEX).is_file()
+    edit = joined(first, train(pipe, concepts, second, dataclasses.replace(run, checkpoint_dir=folder, resume=resume))[0])
+    if not (run.checkpoint_every or run.resume):
+        checkpoint.delete()
+    return edit
+
+
+def joined(first: Edit, second: Edit) -> Edit:
+    """One ``Edit`` of both stages' tensors (their parameters are disjoint: other modules)."""
+    new, original = {}, {}
+    for stage in (first, second):
+        for component in stage.new:
+            new.setdefault(component, {}).update(stage.new[component])
+            original.setdefault(component, {}).update(stage.original[component])
+    parameters = first.extra["parameters"] + second.extra["parameters"]
+    return Edit(new, original, {**first.extra, "parameters": parameters, "second_stage": second.extra})
+
+
+def train(pipe, concepts: list[Concept], config: AdvUnlearnConfig, run: RunOptions,
+          checkpoint_at_end: bool = False) -> tuple[Edit, Checkpoint]:
+    """One AdvUnlearn run from the base model (``erase``'s arguments; the first stage
+    alone); ``checkpoint_at_end``: save the final state. Returns the edit and the run's
+    checkpoint."""
     adapter = adapter_for(pipe)
     trained_modules = trained_parameter_names(adapter, config.module, config.encoder_layers)
     original = {f"{component}.{name}": module.get_parameter(name).detach()
                 for component, (module, names) in trained_modules.items() for name in names}
     esd.check_float32(original)
-    checkpoint = Checkpoint.open(run, run_identity(concepts, config), original, "AdvUnlearn", f"advunlearn-{slug(concepts)}")
+    checkpoint = Checkpoint.open(run, run_identity(concepts, config), original, f"AdvUnlearn ({config.module})",
+                                 f"advunlearn-{slug(concepts)}")
     prompts = concept_prompts(concepts, config.concept_templates)
     retain = retain_prompts(concepts, config, str(pipe.name_or_path))
 
@@ -335,6 +408,8 @@ def erase(pipe, concepts: list[Concept], config: AdvUnlearnConfig, run: RunOptio
                    concept_bank)
         loop = Loop(adapter, scheduler, concept, (retain, retain_bank, retain_frozen), candidates, delta, config, state)
         losses = run_steps(loop.step, state, config.iterations, checkpoint, run.checkpoint_every, unit="iteration")
+        if checkpoint_at_end:
+            checkpoint.save(state)
     seconds = {"bank": round(bank_seconds, 3), **{k: round(v, 3) for k, v in state.extra["seconds"].items()}}
     extra = {
         "final_loss": losses[-1], "losses": losses, "seconds": seconds, "attack_losses": state.extra["attack_losses"],
@@ -344,7 +419,7 @@ def erase(pipe, concepts: list[Concept], config: AdvUnlearnConfig, run: RunOptio
         "kept_attack_sets": {placement: len(loop.kept_vectors(placement)) for placement in placements},
         "kept_inversions": len(loop.kept_vectors("inversion")), "inversion_losses": state.extra["inversion_losses"],
     }
-    return edit_of(original, trained, extra)
+    return edit_of(original, trained, extra), checkpoint
 
 
 def sample_banks(adapter: StableDiffusionAdapter, scheduler, concept_prompts: list[str], retain: list[str],
@@ -377,9 +452,12 @@ def edit_of(original: dict[str, torch.Tensor], trained: dict[str, torch.Tensor],
 
 
 def run_identity(concepts: list[Concept], config: AdvUnlearnConfig) -> dict:
-    """What a resumed run must share with its checkpoint: everything but ``iterations``."""
+    """What a resumed run must share with its checkpoint: everything but ``iterations``
+    and ``second_stage``."""
     settings = dataclasses.asdict(config)
-    del settings["iterations"]
+    # A stage's run does not depend on the other stage's settings (and one-stage
+    # checkpoints from before two stages existed still resume).
+    del settings["iterations"], settings["second_stage"]
     # Several concepts' prompts were once ordered concept by concept: such a checkpoint's
     # bank rows mean other prompts, so its identity differs.
     order = {"prompt_order": "interleaved"} if len(concepts) > 1 else {}
