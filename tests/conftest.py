@@ -11,10 +11,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before anything imports huggingf
 
 from erasure.tiny import FAMILIES, build_tiny_pipeline  # noqa: E402
 
-# Tests that start several processes or run long: marked slow here, by name (so that a
-# test keeps its mark when it moves between files), and skipped unless --runslow.
+# Tests that start other processes or run for minutes: marked slow here and skipped unless
+# --runslow, so that the README's `pytest` stays within 6 minutes on a 2-core machine; CI
+# (.ci/run) runs them after it. A key is a test's name (it keeps its mark when it moves
+# between files) or a scope's node id (a module, or a class).
 SLOW_TESTS = {
     "test_torchrun_two_processes_share_the_rows": "starts two interpreters",
+    "test_the_smoke_run_writes_every_figure": "runs scripts/gpu_bench.sh in a child process",
+    "tests/test_benchmark.py::TestQuickTrainedVariants": "the quick benchmark's trained half: 3.5 CPU-minutes",
+    "tests/test_benchmark.py::TestQuickClosedFormVariants": "the quick benchmark's other half: 4 CPU-minutes",
 }
 
 # The scopes (a module, or a class where a module has classes: pyproject's --dist loadscope)
@@ -40,12 +45,17 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=rank)  # stable: every other test keeps its place
     run_slow = config.getoption("--runslow")
     for item in items:
-        why = SLOW_TESTS.get(getattr(item, "originalname", item.name))
+        why = _why_slow(item)
         if why is None:
             continue
         item.add_marker(pytest.mark.slow)
         if not run_slow:
             item.add_marker(pytest.mark.skip(reason=f"slow ({why}): run with --runslow"))
+
+
+def _why_slow(item) -> str | None:
+    by_name = SLOW_TESTS.get(getattr(item, "originalname", item.name))
+    return by_name or next((why for key, why in SLOW_TESTS.items() if item.nodeid.startswith(f"{key}::")), None)
 
 
 @pytest.fixture(scope="session", autouse=True)

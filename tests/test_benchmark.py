@@ -289,10 +289,11 @@ def test_a_readme_without_the_markers_fails_before_the_run(tmp_path, capsys):
 
 
 # ---- quick mode on mini-sd ----
-# Quick mode is most of this suite's time, so its variants run in two halves, a class
-# each, which pytest-xdist (`--dist loadscope`, pyproject.toml) gives to two workers: the
-# ones that train, and the rest (closed forms; MACE's LoRAs are short). A new variant
-# joins the second half by its file alone.
+# Quick mode takes 7.7 of the suite's 18 CPU-minutes, so it runs with --runslow (and in CI:
+# tests/conftest.py, SLOW_TESTS), in two halves, a class each, which pytest-xdist
+# (`--dist loadscope`, pyproject.toml) gives to two workers: the variants that train, and
+# the rest (closed forms; MACE's LoRAs are short). A new variant joins the second half by
+# its file alone.
 TRAINED = ("esd-u", "esd-x", "esd-x-strict", "advunlearn")
 
 
